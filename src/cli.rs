@@ -1,0 +1,216 @@
+//! The command line: `run` (default), `check`, `jwks`, `init`. `anyhow` lives here only.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use serde_json::{json, Value};
+
+use crate::config::AuthMethod;
+use crate::snapshot::{BuildOptions, Credential};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tokenrelay",
+    version,
+    about = "Local proxy that signs OAuth 2.0 token requests (private_key_jwt, DPoP, mTLS)"
+)]
+pub struct Cli {
+    /// Config file.
+    #[arg(long, global = true, default_value = "proxy.toml", env = "TOKENRELAY_CONFIG")]
+    pub config: PathBuf,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the proxy (the default).
+    Run,
+    /// Validate the config, load every key and certificate, print the resolved routes.
+    /// Binds no listener; exits 1 on any error.
+    Check,
+    /// Print the public JWKS to register at the AS (JSON on stdout).
+    Jwks {
+        /// Only this route.
+        #[arg(long)]
+        route: Option<String>,
+    },
+    /// Create the keys and certificates the config names and are missing.
+    Init {
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let result = match cli.command.unwrap_or(Command::Run) {
+        Command::Run => run(&cli.config),
+        Command::Check => check(&cli.config),
+        Command::Jwks { route } => jwks(&cli.config, route.as_deref()),
+        Command::Init { force } => init(&cli.config, force),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal as _;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
+}
+
+fn run(config: &Path) -> anyhow::Result<()> {
+    runtime()?.block_on(async {
+        let running = crate::app::start(crate::app::Options::new(config)).await?;
+        if let Some(line) = running.curl_line() {
+            println!("tokenrelay is listening on http://{}; get a token through it with:", running.addr);
+            println!("{line}");
+        }
+        wait_for_stop().await;
+        tracing::info!("shutting down");
+        running.stop().await;
+        Ok(())
+    })
+}
+
+async fn wait_for_stop() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+fn check(config: &Path) -> anyhow::Result<()> {
+    let snapshot = crate::app::load(config, BuildOptions { create_missing: false })?;
+    let c = &snapshot.config;
+    println!("config {} is valid", c.path.display());
+    println!("listen http://{}", c.listen);
+    if let Some(d) = &c.demo_as {
+        println!("demo AS http://{}", d.listen);
+    }
+    for r in &snapshot.routes {
+        let cfg = &r.cfg;
+        let auth = cfg
+            .client
+            .as_ref()
+            .map(|c| format!("{} as {:?}", c.auth.as_str(), c.id))
+            .unwrap_or_else(|| "no client auth".into());
+        println!("route {:?}: {} -> {} ({auth})", cfg.name, cfg.prefix, cfg.upstream.url(""));
+        println!("  client-authenticated endpoints: {}", cfg.endpoints.join(", "));
+        if let Credential::Key(k) = &r.credential {
+            println!("  client key: {} kid {}", k.alg(), k.thumbprint());
+        }
+        if let Some(k) = &r.dpop_key {
+            println!("  dpop key: {} jkt {}", k.alg(), k.thumbprint());
+        }
+        if let Some(t) = &r.cert_thumbprint {
+            println!("  mtls cert x5t#S256 {t}");
+        }
+    }
+    for w in &snapshot.warnings {
+        println!("warning: {w}");
+    }
+    Ok(())
+}
+
+/// The JWKS and registration facts for each route (RFC 7517, RFC 8705 §3.1, RFC 9449 §6).
+pub fn jwks_document(config: &Path, only: Option<&str>) -> anyhow::Result<Value> {
+    let snapshot = crate::app::load(config, BuildOptions { create_missing: false })?;
+    let mut routes = serde_json::Map::new();
+    for r in &snapshot.routes {
+        if only.is_some_and(|n| n != r.cfg.name) {
+            continue;
+        }
+        let mut keys = Vec::new();
+        if let Credential::Key(k) = &r.credential {
+            let mut jwk = k.public_jwk().clone();
+            let kid = r.cfg.client.as_ref().and_then(|c| c.kid.clone()).unwrap_or_else(|| k.thumbprint().to_string());
+            jwk.insert("kid".into(), kid.into());
+            jwk.insert("use".into(), "sig".into());
+            jwk.insert("alg".into(), k.alg().as_str().into());
+            keys.push(Value::Object(jwk));
+        }
+        let mut entry = json!({ "jwks": { "keys": keys } });
+        if let Some(c) = &r.cfg.client {
+            entry["client_id"] = c.id.clone().into();
+            entry["token_endpoint_auth_method"] = c.auth.as_str().into();
+            if c.auth == AuthMethod::SelfSignedTlsClientAuth || c.auth == AuthMethod::TlsClientAuth {
+                if let Some(der) = &r.cert_der {
+                    if crate::pki::is_self_signed(der) {
+                        // RFC 8705 §2.2: the self-signed certificate is registered in x5c.
+                        use base64::Engine as _;
+                        let x5c = base64::engine::general_purpose::STANDARD.encode(der);
+                        let mut jwk = crate::pki::public_jwk_of_cert(der).unwrap_or_default();
+                        jwk.insert("x5c".into(), json!([x5c]));
+                        jwk.insert("use".into(), "sig".into());
+                        if let Some(Value::Array(keys)) = entry["jwks"].get_mut("keys") {
+                            keys.push(Value::Object(jwk));
+                        }
+                    }
+                    if let Some(dn) = crate::pki::subject_dn(der) {
+                        entry["tls_client_auth_subject_dn"] = dn.into();
+                    }
+                }
+            }
+        }
+        if let Some(t) = &r.cert_thumbprint {
+            entry["x5t#S256"] = t.clone().into();
+        }
+        if let Some(k) = &r.dpop_key {
+            entry["dpop_jkt"] = k.thumbprint().into();
+        }
+        routes.insert(r.cfg.name.clone(), entry);
+    }
+    if let Some(name) = only {
+        if routes.is_empty() {
+            anyhow::bail!("no route named {name:?} in {}", config.display());
+        }
+    }
+    Ok(json!({ "routes": routes }))
+}
+
+fn jwks(config: &Path, only: Option<&str>) -> anyhow::Result<()> {
+    let doc = jwks_document(config, only)?;
+    eprintln!("Register each route's \"jwks\" (and x5c / tls_client_auth_subject_dn for mTLS clients) at your AS.");
+    println!("{}", serde_json::to_string_pretty(&doc)?);
+    Ok(())
+}
+
+fn init(config: &Path, force: bool) -> anyhow::Result<()> {
+    let made = crate::init::init(config, force)?;
+    if made.is_empty() {
+        println!("nothing to create: every key and certificate {} names exists", config.display());
+    }
+    for line in made {
+        println!("created {line}");
+    }
+    Ok(())
+}

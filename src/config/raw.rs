@@ -1,0 +1,161 @@
+//! The `proxy.toml` file as written: serde structs that mirror it field for field.
+//!
+//! Field names are the contract of DESIGN.md. Unknown fields are rejected
+//! (`deny_unknown_fields`) so a typo is an error with a line and column, not a silent default.
+//! Semantic checks (which fields go together, paths, URLs) happen in [`super::check`].
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub proxy: RawProxy,
+    pub demo_as: Option<Spanned<RawDemoAs>>,
+    #[serde(default)]
+    pub routes: BTreeMap<String, Spanned<RawRoute>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawProxy {
+    pub listen: Option<Spanned<String>>,
+    pub listen_tls: Option<Spanned<String>>,
+    pub forward: Option<Spanned<String>>,
+    pub unknown_hosts: Option<UnknownHosts>,
+    pub ca_cert: Option<String>,
+    pub ca_key: Option<String>,
+    /// Largest request body accepted, in bytes (default 65536).
+    pub max_body: Option<usize>,
+    /// Extra `Origin` values allowed to use the proxy (default: none; see CHECKLIST "Transport").
+    #[serde(default)]
+    pub allow_origins: Vec<String>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum UnknownHosts {
+    #[default]
+    Tunnel,
+    Refuse,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDemoAs {
+    pub listen: Spanned<String>,
+    /// Demand a DPoP nonce on every token request (exercises the nonce engine).
+    #[serde(default)]
+    pub dpop_nonce: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub prefix: Spanned<String>,
+    pub hosts: Option<Vec<String>>,
+    pub upstream: Spanned<String>,
+    pub issuer: Option<Spanned<String>>,
+    #[serde(default)]
+    pub trust: Vec<String>,
+    pub timeout: Option<Spanned<String>>,
+    pub endpoints: Option<Vec<String>>,
+    pub client: Option<Spanned<RawClient>>,
+    pub dpop: Option<Spanned<RawDpop>>,
+    pub mtls: Option<Spanned<RawMtls>>,
+    #[serde(default)]
+    pub headers: RawHeaders,
+    #[serde(default)]
+    pub params: RawParams,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMethod {
+    None,
+    ClientSecretBasic,
+    ClientSecretPost,
+    ClientSecretJwt,
+    PrivateKeyJwt,
+    TlsClientAuth,
+    SelfSignedTlsClientAuth,
+}
+
+impl AuthMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMethod::None => "none",
+            AuthMethod::ClientSecretBasic => "client_secret_basic",
+            AuthMethod::ClientSecretPost => "client_secret_post",
+            AuthMethod::ClientSecretJwt => "client_secret_jwt",
+            AuthMethod::PrivateKeyJwt => "private_key_jwt",
+            AuthMethod::TlsClientAuth => "tls_client_auth",
+            AuthMethod::SelfSignedTlsClientAuth => "self_signed_tls_client_auth",
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClient {
+    pub id: String,
+    pub auth: AuthMethod,
+    pub key: Option<String>,
+    pub secret: Option<String>,
+    pub secret_env: Option<String>,
+    pub alg: Option<Spanned<String>>,
+    pub audience: Option<String>,
+    pub lifetime: Option<Spanned<String>>,
+    /// `kid` header value; default: the RFC 7638 thumbprint of the public key.
+    pub kid: Option<String>,
+    /// `typ` header of the assertion, e.g. `client-authentication+jwt` (rfc7523bis).
+    pub typ: Option<String>,
+    /// Generate `key` on first start when the file does not exist.
+    #[serde(default)]
+    pub create: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDpop {
+    pub key: String,
+    pub alg: Option<Spanned<String>>,
+    /// Generate `key` on first start when the file does not exist.
+    #[serde(default)]
+    pub create: bool,
+    /// Upgrade `Authorization: Bearer` to `DPoP` on API calls (default true).
+    pub upgrade_bearer: Option<bool>,
+    /// Refuse (502) token responses whose `token_type` is not `DPoP` (default: warn only).
+    #[serde(default)]
+    pub require_bound: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMtls {
+    pub cert: String,
+    pub key: String,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawHeaders {
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawParams {
+    #[serde(default)]
+    pub add: BTreeMap<String, String>,
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    #[serde(default)]
+    pub remove: Vec<String>,
+}

@@ -1,0 +1,436 @@
+//! JOSE: the one module that touches `josekit`.
+//!
+//! Everything tokenrelay signs or verifies (client assertions, DPoP proofs, the demo AS's
+//! checks) goes through the small API here: [`Alg`], [`SigningKey`], [`sign`] and
+//! [`verify`]. Keeping josekit behind this wall means a change of JOSE library is a change
+//! of one file.
+
+use std::fmt;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use josekit::jwk::alg::ec::{EcCurve, EcKeyPair};
+use josekit::jwk::alg::ed::{EdCurve, EdKeyPair};
+use josekit::jwk::alg::rsa::RsaKeyPair;
+use josekit::jwk::{Jwk, KeyPair};
+use josekit::jws::alg::ecdsa::EcdsaJwsAlgorithm;
+use josekit::jws::alg::eddsa::EddsaJwsAlgorithm;
+use josekit::jws::alg::hmac::HmacJwsAlgorithm;
+use josekit::jws::alg::rsassa::RsassaJwsAlgorithm;
+use josekit::jws::alg::rsassa_pss::RsassaPssJwsAlgorithm;
+use josekit::jws::{JwsHeader, JwsSigner, JwsVerifier};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+/// JWS algorithms tokenrelay signs with (CHECKLIST PKJ-6). `none` is not representable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Alg {
+    ES256,
+    ES384,
+    PS256,
+    RS256,
+    EdDSA,
+    HS256,
+}
+
+impl Alg {
+    pub const ASYMMETRIC: [Alg; 5] = [Alg::ES256, Alg::ES384, Alg::PS256, Alg::RS256, Alg::EdDSA];
+
+    pub fn parse(s: &str) -> Option<Alg> {
+        Some(match s {
+            "ES256" => Alg::ES256,
+            "ES384" => Alg::ES384,
+            "PS256" => Alg::PS256,
+            "RS256" => Alg::RS256,
+            "EdDSA" => Alg::EdDSA,
+            "HS256" => Alg::HS256,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Alg::ES256 => "ES256",
+            Alg::ES384 => "ES384",
+            Alg::PS256 => "PS256",
+            Alg::RS256 => "RS256",
+            Alg::EdDSA => "EdDSA",
+            Alg::HS256 => "HS256",
+        }
+    }
+
+    /// What kind of key the algorithm needs, for error messages.
+    pub fn key_kind(self) -> &'static str {
+        match self {
+            Alg::ES256 => "an EC P-256 private key",
+            Alg::ES384 => "an EC P-384 private key",
+            Alg::PS256 | Alg::RS256 => "an RSA private key of at least 2048 bits",
+            Alg::EdDSA => "an Ed25519 private key",
+            Alg::HS256 => "a shared secret",
+        }
+    }
+}
+
+impl fmt::Display for Alg {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a key could not be loaded. The caller adds the file name and config key.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("alg {alg} needs {}, but the file holds {found}", alg.key_kind())]
+    WrongType { alg: Alg, found: String },
+    #[error("the file holds a public key or certificate; tokenrelay needs the private key")]
+    PublicOnly,
+    #[error("RSA key is {bits} bits; at least 2048 are required (RFC 7518 §3.3)")]
+    RsaTooShort { bits: u32 },
+    #[error("not a PEM (PKCS#8, SEC1 or PKCS#1) private key or a JWK: {0}")]
+    Unreadable(String),
+    #[error("alg {0} cannot be used with a private key file (HS256 takes a secret)")]
+    Symmetric(Alg),
+}
+
+/// Error from signing or verifying, with josekit's reason as text.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct JoseError(String);
+
+impl From<josekit::JoseError> for JoseError {
+    fn from(e: josekit::JoseError) -> Self {
+        JoseError(e.to_string())
+    }
+}
+
+/// A loaded private key bound to one algorithm, with its public JWK and thumbprint.
+pub struct SigningKey {
+    alg: Alg,
+    signer: Box<dyn JwsSigner>,
+    public_jwk: Map<String, Value>,
+    thumbprint: String,
+    pkcs8_pem: Vec<u8>,
+}
+
+impl fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SigningKey")
+            .field("alg", &self.alg)
+            .field("thumbprint", &self.thumbprint)
+            .field("private", &"[redacted]")
+            .finish()
+    }
+}
+
+enum Pair {
+    Ec(EcKeyPair),
+    Rsa(RsaKeyPair),
+    Ed(EdKeyPair),
+}
+
+impl Pair {
+    fn describe(&self) -> String {
+        match self {
+            Pair::Ec(k) => format!("an EC {} key", k.curve()),
+            Pair::Rsa(k) => format!("an RSA key of {} bits", k.key_len() * 8),
+            Pair::Ed(k) => format!("an {} key", k.curve()),
+        }
+    }
+
+    fn as_key_pair(&self) -> &dyn KeyPair {
+        match self {
+            Pair::Ec(k) => k,
+            Pair::Rsa(k) => k,
+            Pair::Ed(k) => k,
+        }
+    }
+
+    fn from_pem(bytes: &[u8]) -> Result<Pair, KeyError> {
+        let text = String::from_utf8_lossy(bytes);
+        if text.contains("PUBLIC KEY-----") && !text.contains("PRIVATE KEY-----")
+            || text.contains("BEGIN CERTIFICATE") && !text.contains("PRIVATE KEY-----")
+        {
+            return Err(KeyError::PublicOnly);
+        }
+        if let Ok(k) = EcKeyPair::from_pem(bytes, None) {
+            return Ok(Pair::Ec(k));
+        }
+        if let Ok(k) = RsaKeyPair::from_pem(bytes) {
+            return Ok(Pair::Rsa(k));
+        }
+        match EdKeyPair::from_pem(bytes) {
+            Ok(k) => Ok(Pair::Ed(k)),
+            Err(e) => Err(KeyError::Unreadable(first_line(&e.to_string()))),
+        }
+    }
+
+    fn from_jwk(bytes: &[u8]) -> Result<Pair, KeyError> {
+        let jwk = Jwk::from_bytes(bytes).map_err(|e| KeyError::Unreadable(first_line(&e.to_string())))?;
+        let unreadable = |e: josekit::JoseError| KeyError::Unreadable(first_line(&e.to_string()));
+        if jwk.parameter("d").is_none() {
+            return Err(KeyError::PublicOnly);
+        }
+        match jwk.key_type() {
+            "EC" => EcKeyPair::from_jwk(&jwk).map(Pair::Ec).map_err(unreadable),
+            "RSA" => RsaKeyPair::from_jwk(&jwk).map(Pair::Rsa).map_err(unreadable),
+            "OKP" => EdKeyPair::from_jwk(&jwk).map(Pair::Ed).map_err(unreadable),
+            other => Err(KeyError::Unreadable(format!("unsupported JWK kty {other:?}"))),
+        }
+    }
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or_default().to_string()
+}
+
+impl SigningKey {
+    /// Loads a private key from PEM (PKCS#8, SEC1 `EC PRIVATE KEY`, PKCS#1 `RSA PRIVATE KEY`)
+    /// or JWK bytes, and checks that its type fits `alg` (CHECKLIST PKJ-6).
+    pub fn load(bytes: &[u8], alg: Alg) -> Result<SigningKey, KeyError> {
+        if alg == Alg::HS256 {
+            return Err(KeyError::Symmetric(alg));
+        }
+        let trimmed = bytes.iter().position(|b| !b.is_ascii_whitespace()).map(|i| &bytes[i..]);
+        let pair = match trimmed {
+            Some(rest) if rest.starts_with(b"{") => Pair::from_jwk(rest)?,
+            _ => Pair::from_pem(bytes)?,
+        };
+        Self::from_pair(pair, alg)
+    }
+
+    /// Generates a fresh key for `alg` (RSA: 2048 bits).
+    pub fn generate(alg: Alg) -> Result<SigningKey, JoseError> {
+        let pair = match alg {
+            Alg::ES256 => Pair::Ec(EcKeyPair::generate(EcCurve::P256)?),
+            Alg::ES384 => Pair::Ec(EcKeyPair::generate(EcCurve::P384)?),
+            Alg::PS256 | Alg::RS256 => Pair::Rsa(RsaKeyPair::generate(2048)?),
+            Alg::EdDSA => Pair::Ed(EdKeyPair::generate(EdCurve::Ed25519)?),
+            Alg::HS256 => return Err(JoseError("HS256 uses a shared secret, not a key pair".into())),
+        };
+        Self::from_pair(pair, alg).map_err(|e| JoseError(e.to_string()))
+    }
+
+    fn from_pair(pair: Pair, alg: Alg) -> Result<SigningKey, KeyError> {
+        let wrong = |pair: &Pair| KeyError::WrongType { alg, found: pair.describe() };
+        let der = pair.as_key_pair().to_der_private_key();
+        let signer: Box<dyn JwsSigner> = match (&pair, alg) {
+            (Pair::Ec(k), Alg::ES256) if k.curve() == EcCurve::P256 => {
+                Box::new(EcdsaJwsAlgorithm::Es256.signer_from_der(&der).map_err(|_| wrong(&pair))?)
+            }
+            (Pair::Ec(k), Alg::ES384) if k.curve() == EcCurve::P384 => {
+                Box::new(EcdsaJwsAlgorithm::Es384.signer_from_der(&der).map_err(|_| wrong(&pair))?)
+            }
+            (Pair::Rsa(k), Alg::RS256 | Alg::PS256) => {
+                let bits = k.key_len() * 8;
+                if bits < 2048 {
+                    return Err(KeyError::RsaTooShort { bits });
+                }
+                if alg == Alg::RS256 {
+                    Box::new(RsassaJwsAlgorithm::Rs256.signer_from_der(&der).map_err(|_| wrong(&pair))?)
+                } else {
+                    Box::new(
+                        RsassaPssJwsAlgorithm::Ps256
+                            .signer_from_der(&der)
+                            .map_err(|e| KeyError::Unreadable(first_line(&e.to_string())))?,
+                    )
+                }
+            }
+            (Pair::Ed(k), Alg::EdDSA) if k.curve() == EdCurve::Ed25519 => {
+                Box::new(EddsaJwsAlgorithm::Eddsa.signer_from_der(&der).map_err(|_| wrong(&pair))?)
+            }
+            _ => return Err(wrong(&pair)),
+        };
+        let jwk = pair.as_key_pair().to_jwk_public_key();
+        let public_jwk = public_members(&jwk);
+        let thumbprint = thumbprint(&public_jwk);
+        let pkcs8_pem = pair.as_key_pair().to_pem_private_key();
+        Ok(SigningKey { alg, signer, public_jwk, thumbprint, pkcs8_pem })
+    }
+
+    pub fn alg(&self) -> Alg {
+        self.alg
+    }
+
+    /// The public JWK: required members only (`kty`, `crv`, `x`, `y`, `n`, `e`).
+    pub fn public_jwk(&self) -> &Map<String, Value> {
+        &self.public_jwk
+    }
+
+    /// RFC 7638 JWK thumbprint (SHA-256, base64url).
+    pub fn thumbprint(&self) -> &str {
+        &self.thumbprint
+    }
+
+    /// PKCS#8 PEM of the private key, for writing generated keys to disk.
+    pub fn pkcs8_pem(&self) -> &[u8] {
+        &self.pkcs8_pem
+    }
+
+    /// Signs `claims` as a compact JWS with `header` (`alg` is set here).
+    pub fn sign(&self, header: Map<String, Value>, claims: &Map<String, Value>) -> Result<String, JoseError> {
+        sign_with(self.signer.as_ref(), self.alg, header, claims)
+    }
+}
+
+/// HS256 signing for `client_secret_jwt` (RFC 7523 §2.2 with a shared secret).
+pub fn sign_hs256(secret: &[u8], header: Map<String, Value>, claims: &Map<String, Value>) -> Result<String, JoseError> {
+    let signer = HmacJwsAlgorithm::Hs256.signer_from_bytes(secret)?;
+    sign_with(&signer, Alg::HS256, header, claims)
+}
+
+fn sign_with(
+    signer: &dyn JwsSigner,
+    alg: Alg,
+    mut header: Map<String, Value>,
+    claims: &Map<String, Value>,
+) -> Result<String, JoseError> {
+    header.insert("alg".into(), Value::String(alg.as_str().into()));
+    let header = JwsHeader::from_map(header)?;
+    let payload = serde_json::to_vec(claims).map_err(|e| JoseError(e.to_string()))?;
+    Ok(josekit::jws::serialize_compact(&payload, &header, signer)?)
+}
+
+/// The public key (or secret) a verifier checks a JWS against.
+pub enum VerifyKey<'a> {
+    Jwk(&'a Map<String, Value>),
+    Secret(&'a [u8]),
+}
+
+/// A verified JWS: its header and claims.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    pub header: Map<String, Value>,
+    pub claims: Map<String, Value>,
+}
+
+/// Decodes the protected header without verifying, so a verifier can pick the key.
+pub fn peek_header(token: &str) -> Result<Map<String, Value>, JoseError> {
+    let first = token.split('.').next().unwrap_or_default();
+    let bytes = URL_SAFE_NO_PAD.decode(first).map_err(|e| JoseError(format!("header is not base64url: {e}")))?;
+    match serde_json::from_slice(&bytes) {
+        Ok(Value::Object(m)) => Ok(m),
+        _ => Err(JoseError("header is not a JSON object".into())),
+    }
+}
+
+/// Verifies a compact JWS signed with `alg` by `key`; returns header and claims.
+pub fn verify(token: &str, alg: Alg, key: VerifyKey<'_>) -> Result<Verified, JoseError> {
+    let verifier: Box<dyn JwsVerifier> = match key {
+        VerifyKey::Secret(secret) => {
+            if alg != Alg::HS256 {
+                return Err(JoseError(format!("alg {alg} cannot be checked with a secret")));
+            }
+            Box::new(HmacJwsAlgorithm::Hs256.verifier_from_bytes(secret)?)
+        }
+        VerifyKey::Jwk(map) => {
+            let jwk = Jwk::from_map(map.clone())?;
+            match alg {
+                Alg::ES256 => Box::new(EcdsaJwsAlgorithm::Es256.verifier_from_jwk(&jwk)?),
+                Alg::ES384 => Box::new(EcdsaJwsAlgorithm::Es384.verifier_from_jwk(&jwk)?),
+                Alg::RS256 => Box::new(RsassaJwsAlgorithm::Rs256.verifier_from_jwk(&jwk)?),
+                Alg::PS256 => Box::new(RsassaPssJwsAlgorithm::Ps256.verifier_from_jwk(&jwk)?),
+                Alg::EdDSA => Box::new(EddsaJwsAlgorithm::Eddsa.verifier_from_jwk(&jwk)?),
+                Alg::HS256 => return Err(JoseError("HS256 cannot be checked with a public key".into())),
+            }
+        }
+    };
+    let (payload, header) = josekit::jws::deserialize_compact(token, verifier.as_ref())?;
+    let claims = match serde_json::from_slice(&payload) {
+        Ok(Value::Object(m)) => m,
+        _ => return Err(JoseError("payload is not a JSON object".into())),
+    };
+    Ok(Verified { header: header.claims_set().clone(), claims })
+}
+
+/// Keeps only the members RFC 7638 §3.2 names for the key type (no `d`, no `kid`).
+fn public_members(jwk: &Jwk) -> Map<String, Value> {
+    let names: &[&str] = match jwk.key_type() {
+        "EC" => &["crv", "kty", "x", "y"],
+        "RSA" => &["e", "kty", "n"],
+        "OKP" => &["crv", "kty", "x"],
+        _ => &["kty"],
+    };
+    names.iter().filter_map(|n| jwk.parameter(n).map(|v| ((*n).to_string(), v.clone()))).collect()
+}
+
+/// RFC 7638 thumbprint of a public JWK: the required members, sorted, no whitespace,
+/// SHA-256, base64url. josekit has none, so it is computed here.
+pub fn thumbprint(public_jwk: &Map<String, Value>) -> String {
+    let required: &[&str] = match public_jwk.get("kty").and_then(Value::as_str) {
+        Some("EC") => &["crv", "kty", "x", "y"],
+        Some("RSA") => &["e", "kty", "n"],
+        Some("OKP") => &["crv", "kty", "x"],
+        _ => &["kty"],
+    };
+    // serde_json's Map is a BTreeMap (no preserve_order feature), so keys serialize sorted.
+    let canonical: Map<String, Value> =
+        required.iter().filter_map(|n| public_jwk.get(*n).map(|v| ((*n).to_string(), v.clone()))).collect();
+    let json = serde_json::to_string(&canonical).unwrap_or_default();
+    URL_SAFE_NO_PAD.encode(Sha256::digest(json.as_bytes()))
+}
+
+/// base64url(SHA-256(data)): `ath` (RFC 9449 §4.2) and `x5t#S256` (RFC 8705 §3.1).
+pub fn sha256_b64url(data: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(Sha256::digest(data))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn rfc7638_example_thumbprint() {
+        // RFC 7638 §3.1 example key.
+        let jwk: Map<String, Value> = serde_json::from_str(r#"{"kty":"RSA","e":"AQAB","alg":"RS256","kid":"2011-04-29","n":"0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw"}"#).unwrap();
+        assert_eq!(thumbprint(&jwk), "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs");
+    }
+
+    #[test]
+    fn pkj6_each_alg_signs_and_verifies() {
+        for alg in Alg::ASYMMETRIC {
+            let key = SigningKey::generate(alg).unwrap();
+            let mut claims = Map::new();
+            claims.insert("iss".into(), "c".into());
+            let jws = key.sign(Map::new(), &claims).unwrap();
+            let v = verify(&jws, alg, VerifyKey::Jwk(key.public_jwk())).unwrap();
+            assert_eq!(v.claims["iss"], "c");
+            assert_eq!(v.header["alg"], alg.as_str());
+            assert!(!key.public_jwk().contains_key("d"));
+            // Round trip through PEM keeps the thumbprint.
+            let again = SigningKey::load(key.pkcs8_pem(), alg).unwrap();
+            assert_eq!(again.thumbprint(), key.thumbprint());
+        }
+    }
+
+    #[test]
+    fn pkj6_es256_signature_is_raw_64_bytes() {
+        let key = SigningKey::generate(Alg::ES256).unwrap();
+        let jws = key.sign(Map::new(), &Map::new()).unwrap();
+        let sig = URL_SAFE_NO_PAD.decode(jws.rsplit('.').next().unwrap()).unwrap();
+        assert_eq!(sig.len(), 64);
+    }
+
+    #[test]
+    fn pkj6_wrong_key_type_is_named() {
+        let ec = SigningKey::generate(Alg::ES256).unwrap();
+        let err = SigningKey::load(ec.pkcs8_pem(), Alg::RS256).unwrap_err().to_string();
+        assert!(err.contains("RSA") && err.contains("EC P-256"), "{err}");
+        let err = SigningKey::load(ec.pkcs8_pem(), Alg::ES384).unwrap_err().to_string();
+        assert!(err.contains("P-384"), "{err}");
+    }
+
+    #[test]
+    fn public_jwk_file_is_refused() {
+        let ec = SigningKey::generate(Alg::ES256).unwrap();
+        let public = serde_json::to_vec(ec.public_jwk()).unwrap();
+        assert!(matches!(SigningKey::load(&public, Alg::ES256), Err(KeyError::PublicOnly)));
+    }
+
+    #[test]
+    fn hs256_round_trip() {
+        let jws = sign_hs256(b"0123456789abcdef0123456789abcdef", Map::new(), &Map::new()).unwrap();
+        assert!(verify(&jws, Alg::HS256, VerifyKey::Secret(b"0123456789abcdef0123456789abcdef")).is_ok());
+        assert!(verify(&jws, Alg::HS256, VerifyKey::Secret(b"another-secret-another-secret-xx")).is_err());
+    }
+}

@@ -1,0 +1,137 @@
+//! Key files: read, check, and (when asked) create the private keys a config names.
+//!
+//! Errors name the route, the config key and the file, and say how to fix it:
+//! `route "demo": client.key "certs/client.pem": file not found (run \`tokenrelay init\`)`.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::jose::{Alg, SigningKey};
+
+/// A key file problem, with enough context to act on.
+#[derive(Debug, thiserror::Error)]
+#[error("route {route:?}: {field} {path:?}: {reason}")]
+pub struct KeyFileError {
+    pub route: String,
+    pub field: String,
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+/// Where a key is used, for messages.
+#[derive(Debug, Clone)]
+pub struct KeyRef<'a> {
+    pub route: &'a str,
+    pub field: &'a str,
+    pub path: &'a Path,
+}
+
+impl KeyRef<'_> {
+    pub fn error(&self, reason: impl Into<String>) -> KeyFileError {
+        KeyFileError {
+            route: self.route.to_string(),
+            field: self.field.to_string(),
+            path: self.path.to_path_buf(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Reads a file, mapping "not found" to a message with the fix.
+pub fn read(at: &KeyRef<'_>) -> Result<Vec<u8>, KeyFileError> {
+    std::fs::read(at.path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => at.error("file not found (run `tokenrelay init` to create it)"),
+        std::io::ErrorKind::PermissionDenied => at.error("permission denied (check the file's owner and mode)"),
+        _ => at.error(format!("cannot read: {e}")),
+    })
+}
+
+/// Loads a private signing key for `alg`; creates it first when `create` and missing.
+/// Returns the key and any warnings (such as loose file permissions).
+pub fn load_signing_key(
+    at: &KeyRef<'_>,
+    alg: Alg,
+    create: bool,
+) -> Result<(Arc<SigningKey>, Vec<String>), KeyFileError> {
+    if create && !at.path.exists() {
+        let key = SigningKey::generate(alg).map_err(|e| at.error(format!("cannot generate a {alg} key: {e}")))?;
+        write_private(at.path, key.pkcs8_pem()).map_err(|e| at.error(format!("cannot create: {e}")))?;
+        tracing::info!(route = at.route, file = %at.path.display(), %alg, kid = key.thumbprint(), "created {}", at.field);
+    }
+    let bytes = read(at)?;
+    let key = SigningKey::load(&bytes, alg).map_err(|e| at.error(e.to_string()))?;
+    let warnings = permission_warning(at.path).into_iter().collect();
+    Ok((Arc::new(key), warnings))
+}
+
+/// Writes a private key with mode 0600, refusing to overwrite.
+pub fn write_private(path: &Path, pem: &[u8]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path)?;
+    f.write_all(pem)?;
+    f.sync_all()
+}
+
+/// A warning when a private key file is readable by group or others.
+pub fn permission_warning(path: &Path) -> Option<String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(path).ok()?.permissions().mode();
+        if mode & 0o077 != 0 {
+            return Some(format!(
+                "private key {} is readable by group or others (mode {:o}); fix: chmod 600 {}",
+                path.display(),
+                mode & 0o777,
+                path.display()
+            ));
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn missing_file_says_run_init() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nope.pem");
+        let at = KeyRef { route: "demo", field: "client.key", path: &path };
+        let err = load_signing_key(&at, Alg::ES256, false).unwrap_err().to_string();
+        assert!(err.contains("route \"demo\": client.key") && err.contains("tokenrelay init"), "{err}");
+    }
+
+    #[test]
+    fn create_writes_0600_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.pem");
+        let at = KeyRef { route: "demo", field: "dpop.key", path: &path };
+        let (a, warnings) = load_signing_key(&at, Alg::ES256, true).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let (b, _) = load_signing_key(&at, Alg::ES256, true).unwrap();
+        assert_eq!(a.thumbprint(), b.thumbprint(), "the key persists across loads");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+            let (_, warnings) = load_signing_key(&at, Alg::ES256, false).unwrap();
+            assert!(warnings[0].contains("chmod 600"), "{warnings:?}");
+        }
+    }
+}

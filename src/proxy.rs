@@ -1,0 +1,516 @@
+//! The request pipeline: route match → exposure checks → buffer body (limited) → rewrite
+//! steps in fixed order (hop-by-hop → headers/params → client auth → DPoP) → upstream →
+//! `use_dpop_nonce`? re-sign everything and retry once → response back to the app.
+//!
+//! Fail closed: a route that signs never forwards a request it could not sign.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::body::Incoming;
+use rand::RngCore as _;
+use tokio::sync::watch;
+use tracing::Instrument as _;
+
+use crate::body::{self, Body};
+use crate::config::is_loopback_host;
+use crate::error::ProxyError;
+use crate::rewrite::client_auth::{self, Call, Injected};
+use crate::rewrite::dpop::{self, NonceCache, ProofInput};
+use crate::rewrite::form::Form;
+use crate::rewrite::{headers as header_rules, hop, params};
+use crate::snapshot::{Route, Snapshot};
+
+/// State shared by every connection: the live snapshot and what outlives reloads.
+#[derive(Debug)]
+pub struct Shared {
+    pub snapshot: watch::Receiver<Arc<Snapshot>>,
+    pub nonces: NonceCache,
+}
+
+impl Shared {
+    pub fn new(snapshot: watch::Receiver<Arc<Snapshot>>) -> Shared {
+        Shared { snapshot, nonces: NonceCache::default() }
+    }
+}
+
+/// A fresh `jti`: 128 random bits, base64url (CHECKLIST PKJ-4, DP-3).
+pub fn new_jti() -> String {
+    let mut bytes = [0u8; 16];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// What one exchange did, for its log line.
+#[derive(Debug, Default)]
+struct Outcome {
+    route: String,
+    injected: Injected,
+    dpop_jti: Option<String>,
+    attempts: u32,
+    upstream_ms: u128,
+    changed_params: Vec<String>,
+}
+
+/// Serves one request from the app. Never panics on input; every failure is an answer.
+pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    let snapshot = shared.snapshot.borrow().clone();
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let span = tracing::info_span!("exchange", %method, %path, %peer);
+    async move {
+        let started = Instant::now();
+        let mut outcome = Outcome::default();
+        let resp = match relay(&shared, &snapshot, req, &mut outcome).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                tracing::warn!(route = %outcome.route, status = e.status().as_u16(), "refused: {e}");
+                e.into_response()
+            }
+        };
+        tracing::info!(
+            route = %outcome.route,
+            status = resp.status().as_u16(),
+            upstream_ms = outcome.upstream_ms as u64,
+            total_ms = started.elapsed().as_millis() as u64,
+            attempts = outcome.attempts,
+            auth = outcome.injected.method,
+            kid = outcome.injected.kid.as_deref().unwrap_or("-"),
+            jti = outcome.injected.jti.as_deref().unwrap_or("-"),
+            dpop_jti = outcome.dpop_jti.as_deref().unwrap_or("-"),
+            removed = ?outcome.injected.removed,
+            params = ?outcome.changed_params,
+            "exchange"
+        );
+        resp
+    }
+    .instrument(span)
+    .await
+}
+
+/// CHECKLIST "Transport": a form POST needs no CORS preflight, so any web page could make a
+/// localhost signer sign. Refuse foreign `Host` (DNS rebinding), foreign `Origin` and
+/// `Sec-Fetch-Site: cross-site`.
+fn check_exposure(headers: &HeaderMap, uri: &http::Uri, allow_origins: &[String]) -> Result<(), ProxyError> {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| uri.authority().map(|a| a.to_string()));
+    if let Some(host) = host {
+        let name = match host.rfind(':') {
+            Some(i) if !host.ends_with(']') => &host[..i],
+            _ => host.as_str(),
+        };
+        if !is_loopback_host(name) {
+            return Err(ProxyError::Forbidden(format!(
+                "Host {host:?} is not a loopback name; tokenrelay answers only localhost / 127.0.0.1 / [::1] (DNS-rebinding guard)"
+            )));
+        }
+    }
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or("");
+        let allowed = allow_origins.iter().any(|o| o == origin)
+            || origin.parse::<http::Uri>().ok().and_then(|u| u.host().map(is_loopback_host)).unwrap_or(false);
+        if !allowed {
+            return Err(ProxyError::Forbidden(format!(
+                "Origin {origin:?} is not allowed to use the signing proxy; add it to [proxy] allow_origins if intended"
+            )));
+        }
+    }
+    if headers.get("sec-fetch-site").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site")) {
+        return Err(ProxyError::Forbidden("cross-site browser request refused (Sec-Fetch-Site: cross-site)".into()));
+    }
+    Ok(())
+}
+
+fn is_form(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"))
+}
+
+async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, ProxyError> {
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(ProxyError::TooLarge { limit }),
+        Err(e) => Err(ProxyError::BadRequest(format!("could not read the request body: {e}"))),
+    }
+}
+
+async fn relay(
+    shared: &Shared,
+    snapshot: &Snapshot,
+    req: Request<Incoming>,
+    outcome: &mut Outcome,
+) -> Result<Response<Body>, ProxyError> {
+    let (parts, body) = req.into_parts();
+    check_exposure(&parts.headers, &parts.uri, &snapshot.config.allow_origins)?;
+    let path = parts.uri.path();
+    let Some((route, rest)) = snapshot.route_for(path) else {
+        return Err(ProxyError::NoRoute { path: path.to_string(), prefixes: snapshot.prefixes() });
+    };
+    outcome.route = route.cfg.name.clone();
+    // RFC 9112 §6.1: Content-Length with Transfer-Encoding is a smuggling vector.
+    if parts.headers.contains_key(header::CONTENT_LENGTH) && parts.headers.contains_key(header::TRANSFER_ENCODING) {
+        return Err(ProxyError::BadRequest("both Content-Length and Transfer-Encoding sent (RFC 9112 §6.1)".into()));
+    }
+    let limit = snapshot.config.max_body;
+    let declared =
+        parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ProxyError::TooLarge { limit });
+    }
+    let body = read_body(body, limit).await?;
+
+    let endpoint_url = route.cfg.upstream.url(rest);
+    let target = match parts.uri.query() {
+        Some(q) => format!("{endpoint_url}?{q}"),
+        None => endpoint_url.clone(),
+    };
+    let mut headers = parts.headers.clone();
+    hop::strip(&mut headers);
+    headers.remove(header::HOST);
+    headers.remove(header::CONTENT_LENGTH);
+    header_rules::apply(&route.cfg.headers, &mut headers);
+
+    let is_auth_endpoint = route.cfg.endpoints.iter().any(|e| e == rest);
+    let exchange = if is_auth_endpoint {
+        Exchange::token(route, &parts.method, &headers, &body)?
+    } else {
+        Exchange::resource(route, &mut headers)?
+    };
+    if let Exchange::Token { form, .. } = &exchange {
+        let mut form = form.clone();
+        outcome.changed_params = params::apply(&route.cfg.params, &mut form);
+        return send_signed(shared, route, &parts.method, &target, &endpoint_url, headers, form, outcome).await;
+    }
+    let access_token = match &exchange {
+        Exchange::Resource { access_token } => access_token.clone(),
+        _ => None,
+    };
+    if let (Some(token), Some(_)) = (access_token, &route.dpop_key) {
+        return send_resource_with_dpop(
+            shared,
+            route,
+            &parts.method,
+            &target,
+            &endpoint_url,
+            headers,
+            body,
+            &token,
+            outcome,
+        )
+        .await;
+    }
+    // Pass-through: header rules only.
+    let (resp, _) = send(route, &parts.method, &target, headers, body, outcome).await?;
+    observe_nonce(shared, route, &resp);
+    Ok(into_app_response(resp))
+}
+
+/// What kind of exchange a request is.
+enum Exchange {
+    /// A client-authenticated endpoint (token, PAR, ...): form POST, to be signed.
+    Token { form: Form },
+    /// Anything else; carries the access token when the app sent one.
+    Resource { access_token: Option<String> },
+}
+
+impl Exchange {
+    fn token(route: &Route, method: &Method, headers: &HeaderMap, body: &Bytes) -> Result<Exchange, ProxyError> {
+        let rewrites =
+            route.cfg.client.is_some() || route.dpop_key.is_some() || route.cfg.params.names().next().is_some();
+        if !rewrites {
+            return Ok(Exchange::Resource { access_token: None });
+        }
+        if method != Method::POST {
+            return Err(ProxyError::BadRequest(format!(
+                "{method} to a token endpoint; token requests must be POST (RFC 6749 §3.2)"
+            )));
+        }
+        if !is_form(headers) {
+            return Err(ProxyError::BadRequest(
+                "token requests must be application/x-www-form-urlencoded (RFC 6749 §3.2, Appendix B)".into(),
+            ));
+        }
+        let form = Form::parse(body);
+        // TR-2: every parameter tokenrelay reads or writes must appear at most once.
+        form.check_single(client_auth::OWNED_PARAMS.iter().copied().chain(route.cfg.params.names()))
+            .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+        Ok(Exchange::Token { form })
+    }
+
+    fn resource(route: &Route, headers: &mut HeaderMap) -> Result<Exchange, ProxyError> {
+        let Some(dpop) = &route.cfg.dpop else {
+            return Ok(Exchange::Resource { access_token: None });
+        };
+        let Some(auth) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+            return Ok(Exchange::Resource { access_token: None });
+        };
+        let (scheme, token) = auth.split_once(' ').unwrap_or((auth, ""));
+        let token = token.trim();
+        let is_dpop = scheme.eq_ignore_ascii_case("dpop");
+        let is_bearer = scheme.eq_ignore_ascii_case("bearer");
+        if token.is_empty() || !(is_dpop || (is_bearer && dpop.upgrade_bearer)) {
+            return Ok(Exchange::Resource { access_token: None });
+        }
+        Ok(Exchange::Resource { access_token: Some(token.to_string()) })
+    }
+}
+
+fn observe_nonce(shared: &Shared, route: &Route, resp: &Response<Incoming>) {
+    shared.nonces.observe(&route.cfg.upstream.origin(), resp.headers());
+}
+
+/// Sends `body` once, with the route's timeout. Returns the response and the upstream time.
+async fn send(
+    route: &Route,
+    method: &Method,
+    target: &str,
+    headers: HeaderMap,
+    body: Bytes,
+    outcome: &mut Outcome,
+) -> Result<(Response<Incoming>, u128), ProxyError> {
+    let mut req = Request::new(Full::new(body.clone()));
+    *req.method_mut() = method.clone();
+    *req.uri_mut() =
+        target.parse().map_err(|_| ProxyError::BadRequest(format!("cannot build an upstream URL from {target:?}")))?;
+    *req.headers_mut() = headers;
+    if !body.is_empty() || matches!(*method, Method::POST | Method::PUT | Method::PATCH) {
+        req.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    }
+    outcome.attempts += 1;
+    let started = Instant::now();
+    let timeout = route.cfg.timeout;
+    let result = tokio::time::timeout(timeout, route.client.request(req)).await;
+    let elapsed = started.elapsed().as_millis();
+    outcome.upstream_ms += elapsed;
+    match result {
+        Err(_) => Err(ProxyError::Timeout(format!(
+            "upstream {target} did not answer within {} (routes.{}.timeout)",
+            humantime::format_duration(timeout),
+            route.cfg.name
+        ))),
+        Ok(Err(e)) => Err(ProxyError::Upstream(crate::upstream::describe_error(&e, target, &route.cfg.name))),
+        Ok(Ok(resp)) => Ok((resp, elapsed)),
+    }
+}
+
+/// The signing loop for client-authenticated endpoints. Every attempt is signed afresh (new
+/// `jti` for the assertion and the proof); a `use_dpop_nonce` answer with a nonce that
+/// differs from the one sent is retried exactly once (CHECKLIST DP-5, PKJ-4).
+#[allow(clippy::too_many_arguments)]
+async fn send_signed(
+    shared: &Shared,
+    route: &Route,
+    method: &Method,
+    target: &str,
+    endpoint_url: &str,
+    headers: HeaderMap,
+    form: Form,
+    outcome: &mut Outcome,
+) -> Result<Response<Body>, ProxyError> {
+    let origin = route.cfg.upstream.origin();
+    let mut nonce = shared.nonces.get(&origin);
+    loop {
+        let mut headers = headers.clone();
+        let mut form = form.clone();
+        let now = unix_now();
+        let call = Call { endpoint_url, now, jti: new_jti() };
+        outcome.injected = client_auth::apply(&route.cfg, &route.credential, &call, &mut headers, &mut form)?;
+        let sent_nonce = nonce.clone();
+        if let Some(key) = &route.dpop_key {
+            let jti = new_jti();
+            let input = ProofInput {
+                htm: method.as_str(),
+                htu: endpoint_url,
+                now,
+                jti: jti.clone(),
+                nonce: sent_nonce.as_deref(),
+                access_token: None,
+            };
+            let proof = dpop::proof(key, &input).map_err(|e| {
+                ProxyError::Signing(format!("route {:?}: DPoP proof signing failed: {e}", route.cfg.name))
+            })?;
+            headers.remove("dpop");
+            headers.insert(
+                "dpop",
+                HeaderValue::from_str(&proof)
+                    .map_err(|_| ProxyError::Signing("DPoP proof is not a header value".into()))?,
+            );
+            outcome.dpop_jti = Some(jti);
+        }
+        let body = Bytes::from(form.encode());
+        let (resp, _) = send(route, method, target, headers, body, outcome).await?;
+        let fresh = shared.nonces.observe(&origin, resp.headers());
+        if route.dpop_key.is_none() {
+            return Ok(into_app_response(resp));
+        }
+        let (resp, bytes) = buffer_small(resp).await?;
+        let retry = outcome.attempts == 1
+            && dpop::wants_nonce(resp.status().as_u16(), resp.headers(), Some(&bytes))
+            && fresh.as_ref().is_some_and(|n| Some(n) != sent_nonce.as_ref());
+        if retry {
+            tracing::debug!(route = %route.cfg.name, "use_dpop_nonce: re-signing with the new nonce");
+            nonce = fresh;
+            continue;
+        }
+        check_token_type(route, &resp, &bytes)?;
+        return Ok(rebuild(resp, bytes));
+    }
+}
+
+/// DPoP for API calls: proof with `ath`, `Authorization: DPoP` (CHECKLIST DP-3, DP-6).
+#[allow(clippy::too_many_arguments)]
+async fn send_resource_with_dpop(
+    shared: &Shared,
+    route: &Route,
+    method: &Method,
+    target: &str,
+    endpoint_url: &str,
+    headers: HeaderMap,
+    body: Bytes,
+    token: &str,
+    outcome: &mut Outcome,
+) -> Result<Response<Body>, ProxyError> {
+    let Some(key) = &route.dpop_key else {
+        return Err(ProxyError::Signing("route has no DPoP key".into()));
+    };
+    let origin = route.cfg.upstream.origin();
+    let mut nonce = shared.nonces.get(&origin);
+    loop {
+        let mut headers = headers.clone();
+        let jti = new_jti();
+        let sent_nonce = nonce.clone();
+        let input = ProofInput {
+            htm: method.as_str(),
+            htu: endpoint_url,
+            now: unix_now(),
+            jti: jti.clone(),
+            nonce: sent_nonce.as_deref(),
+            access_token: Some(token),
+        };
+        let proof = dpop::proof(key, &input)
+            .map_err(|e| ProxyError::Signing(format!("route {:?}: DPoP proof signing failed: {e}", route.cfg.name)))?;
+        headers.remove("dpop");
+        let bad = |_| ProxyError::Signing("DPoP proof or token is not a valid header value".into());
+        headers.insert("dpop", HeaderValue::from_str(&proof).map_err(bad)?);
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_str(&format!("DPoP {token}")).map_err(bad)?);
+        outcome.dpop_jti = Some(jti);
+        outcome.injected.method = "dpop";
+        let (resp, _) = send(route, method, target, headers, body.clone(), outcome).await?;
+        let fresh = shared.nonces.observe(&origin, resp.headers());
+        let retry = outcome.attempts == 1
+            && dpop::wants_nonce(resp.status().as_u16(), resp.headers(), None)
+            && fresh.as_ref().is_some_and(|n| Some(n) != sent_nonce.as_ref());
+        if retry {
+            nonce = fresh;
+            continue;
+        }
+        return Ok(into_app_response(resp));
+    }
+}
+
+/// Reads a (small) upstream answer whole: needed to see `use_dpop_nonce` and `token_type`.
+async fn buffer_small(resp: Response<Incoming>) -> Result<(Response<()>, Bytes), ProxyError> {
+    let (parts, body) = resp.into_parts();
+    let bytes = Limited::new(body, 1024 * 1024)
+        .collect()
+        .await
+        .map_err(|e| ProxyError::Upstream(format!("reading the upstream answer failed: {e}")))?
+        .to_bytes();
+    Ok((Response::from_parts(parts, ()), bytes))
+}
+
+/// CHECKLIST DP-8: a token answer without `token_type: DPoP` on a DPoP route.
+fn check_token_type(route: &Route, resp: &Response<()>, body: &[u8]) -> Result<(), ProxyError> {
+    if resp.status() != StatusCode::OK {
+        return Ok(());
+    }
+    let Ok(json) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return Ok(());
+    };
+    let Some(token_type) = json.get("token_type").and_then(|v| v.as_str()) else {
+        return Ok(());
+    };
+    if json.get("access_token").is_none() || token_type.eq_ignore_ascii_case("dpop") {
+        return Ok(());
+    }
+    let msg = format!(
+        "route {:?} sent a DPoP proof but the AS issued token_type {token_type:?}, not \"DPoP\" (RFC 9449 §5): the token is not bound to the DPoP key",
+        route.cfg.name
+    );
+    if route.cfg.dpop.as_ref().is_some_and(|d| d.require_bound) {
+        return Err(ProxyError::Upstream(format!(
+            "{msg}; refused because routes.{}.dpop.require_bound = true",
+            route.cfg.name
+        )));
+    }
+    tracing::warn!("{msg}");
+    Ok(())
+}
+
+fn rebuild(resp: Response<()>, bytes: Bytes) -> Response<Body> {
+    let (mut parts, ()) = resp.into_parts();
+    hop::strip(&mut parts.headers);
+    parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+    Response::from_parts(parts, body::full(bytes))
+}
+
+/// Streams the upstream answer back: status, headers (minus hop-by-hop) and body intact.
+fn into_app_response(resp: Response<Incoming>) -> Response<Body> {
+    let (mut parts, incoming) = resp.into_parts();
+    hop::strip(&mut parts.headers);
+    Response::from_parts(parts, body::boxed(incoming))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn exposure_guard() {
+        let uri: http::Uri = "/demo/token".parse().unwrap();
+        assert!(check_exposure(&headers(&[("host", "127.0.0.1:8787")]), &uri, &[]).is_ok());
+        assert!(check_exposure(&headers(&[("host", "localhost")]), &uri, &[]).is_ok());
+        assert!(check_exposure(&headers(&[("host", "[::1]:8787")]), &uri, &[]).is_ok());
+        assert!(check_exposure(&headers(&[("host", "evil.example:8787")]), &uri, &[]).is_err());
+        let foreign = headers(&[("host", "localhost:8787"), ("origin", "https://evil.example")]);
+        assert!(check_exposure(&foreign, &uri, &[]).is_err());
+        assert!(check_exposure(&foreign, &uri, &["https://evil.example".into()]).is_ok());
+        let local = headers(&[("host", "localhost:8787"), ("origin", "http://localhost:3000")]);
+        assert!(check_exposure(&local, &uri, &[]).is_ok());
+        let cross = headers(&[("host", "localhost:8787"), ("sec-fetch-site", "cross-site")]);
+        assert!(check_exposure(&cross, &uri, &[]).is_err());
+    }
+
+    #[test]
+    fn jti_has_128_bits() {
+        let a = new_jti();
+        assert_eq!(URL_SAFE_NO_PAD.decode(&a).unwrap().len(), 16);
+        assert_ne!(a, new_jti());
+    }
+}

@@ -1,0 +1,172 @@
+//! Step 4: DPoP proofs (RFC 9449) and the per-origin nonce cache.
+//!
+//! A proof is made fresh for every attempt (CHECKLIST DP-1) with `htu` = the URL as the
+//! upstream sees it, never the proxy's own URL (DP-3). Nonces are remembered per upstream
+//! origin from every response, 200s included (DP-4).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use http::header::{HeaderMap, HeaderValue};
+use serde_json::{Map, Value};
+
+use crate::jose::{self, SigningKey};
+
+/// Inputs of one proof. `htu` is already normalized (see [`crate::config::Upstream::url`]).
+#[derive(Debug, Clone)]
+pub struct ProofInput<'a> {
+    pub htm: &'a str,
+    pub htu: &'a str,
+    pub now: u64,
+    pub jti: String,
+    pub nonce: Option<&'a str>,
+    /// The access token, for `ath` on resource requests (RFC 9449 §4.2, §7).
+    pub access_token: Option<&'a str>,
+}
+
+/// Signs a DPoP proof JWT (RFC 9449 §4.2, CHECKLIST DP-2, DP-3).
+pub fn proof(key: &SigningKey, input: &ProofInput<'_>) -> Result<String, jose::JoseError> {
+    let mut header = Map::new();
+    header.insert("typ".into(), "dpop+jwt".into());
+    header.insert("jwk".into(), Value::Object(key.public_jwk().clone()));
+    let mut claims = Map::new();
+    claims.insert("jti".into(), input.jti.clone().into());
+    claims.insert("htm".into(), input.htm.into());
+    claims.insert("htu".into(), input.htu.into());
+    claims.insert("iat".into(), input.now.into());
+    if let Some(nonce) = input.nonce {
+        claims.insert("nonce".into(), nonce.into());
+    }
+    if let Some(token) = input.access_token {
+        claims.insert("ath".into(), jose::sha256_b64url(token.as_bytes()).into());
+    }
+    key.sign(header, &claims)
+}
+
+/// RFC 9449 §8.1: `nonce = 1*NQCHAR`, NQCHAR = %x21 / %x23-5B / %x5D-7E.
+pub fn is_valid_nonce(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
+}
+
+/// The newest `DPoP-Nonce` seen per upstream origin (CHECKLIST DP-4). Survives reloads.
+#[derive(Debug, Default)]
+pub struct NonceCache {
+    by_origin: Mutex<HashMap<String, String>>,
+}
+
+/// What a response said about nonces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NonceHeader {
+    Absent,
+    Valid(String),
+    /// Malformed or repeated: ignored with a warning (DP-4).
+    Ignored(String),
+}
+
+/// Reads the `DPoP-Nonce` header of a response.
+pub fn nonce_header(headers: &HeaderMap) -> NonceHeader {
+    let values: Vec<&HeaderValue> = headers.get_all("dpop-nonce").iter().collect();
+    match values.as_slice() {
+        [] => NonceHeader::Absent,
+        [one] => match one.to_str() {
+            Ok(s) if is_valid_nonce(s) => NonceHeader::Valid(s.to_string()),
+            _ => NonceHeader::Ignored("malformed DPoP-Nonce header (RFC 9449 §8.1: 1*NQCHAR)".into()),
+        },
+        _ => NonceHeader::Ignored(format!("{} DPoP-Nonce headers in one response", values.len())),
+    }
+}
+
+impl NonceCache {
+    pub fn get(&self, origin: &str) -> Option<String> {
+        self.by_origin.lock().ok()?.get(origin).cloned()
+    }
+
+    /// Remembers a valid nonce from `headers`; returns it when there was one.
+    pub fn observe(&self, origin: &str, headers: &HeaderMap) -> Option<String> {
+        match nonce_header(headers) {
+            NonceHeader::Valid(n) => {
+                if let Ok(mut map) = self.by_origin.lock() {
+                    map.insert(origin.to_string(), n.clone());
+                }
+                Some(n)
+            }
+            NonceHeader::Ignored(why) => {
+                tracing::warn!(origin, "ignoring DPoP nonce: {why}");
+                None
+            }
+            NonceHeader::Absent => None,
+        }
+    }
+}
+
+/// Did the server ask for a (new) nonce? AS: 400 `{"error":"use_dpop_nonce"}` (§8);
+/// RS: 401 with `WWW-Authenticate: DPoP error="use_dpop_nonce"` (§9).
+pub fn wants_nonce(status: u16, headers: &HeaderMap, body: Option<&[u8]>) -> bool {
+    match status {
+        400 => body
+            .and_then(|b| serde_json::from_slice::<Value>(b).ok())
+            .is_some_and(|v| v.get("error").and_then(Value::as_str) == Some("use_dpop_nonce")),
+        401 => headers.get_all("www-authenticate").iter().filter_map(|v| v.to_str().ok()).any(|v| {
+            let v = v.trim_start();
+            v.len() > 5 && v[..5].eq_ignore_ascii_case("dpop ") && v.contains("use_dpop_nonce")
+        }),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::jose::{Alg, VerifyKey};
+
+    #[test]
+    fn dp2_dp3_proof_shape() {
+        let key = SigningKey::generate(Alg::ES256).unwrap();
+        let input = ProofInput {
+            htm: "POST",
+            htu: "https://as.example.com:8443/token",
+            now: 1_700_000_000,
+            jti: "j1".into(),
+            nonce: Some("n-1"),
+            access_token: Some("tok"),
+        };
+        let jwt = proof(&key, &input).unwrap();
+        let v = jose::verify(&jwt, Alg::ES256, VerifyKey::Jwk(key.public_jwk())).unwrap();
+        assert_eq!(v.header["typ"], "dpop+jwt");
+        assert_eq!(v.header["jwk"], Value::Object(key.public_jwk().clone()));
+        assert!(v.header["jwk"].get("d").is_none(), "DP-2: public members only");
+        assert_eq!(v.claims["htm"], "POST");
+        assert_eq!(v.claims["htu"], "https://as.example.com:8443/token");
+        assert_eq!(v.claims["nonce"], "n-1");
+        assert_eq!(v.claims["ath"], jose::sha256_b64url(b"tok"));
+    }
+
+    #[test]
+    fn dp4_nonce_syntax_and_repeats() {
+        assert!(is_valid_nonce("abc!#[]~"));
+        assert!(!is_valid_nonce("has space"));
+        assert!(!is_valid_nonce("quo\"te"));
+        assert!(!is_valid_nonce(""));
+        let mut h = HeaderMap::new();
+        h.append("dpop-nonce", "a".parse().unwrap());
+        h.append("dpop-nonce", "b".parse().unwrap());
+        assert!(matches!(nonce_header(&h), NonceHeader::Ignored(_)));
+        let cache = NonceCache::default();
+        let mut h = HeaderMap::new();
+        h.insert("dpop-nonce", "n1".parse().unwrap());
+        cache.observe("https://as", &h);
+        assert_eq!(cache.get("https://as").as_deref(), Some("n1"));
+        assert_eq!(cache.get("https://other"), None);
+    }
+
+    #[test]
+    fn dp5_use_dpop_nonce_detection() {
+        let h = HeaderMap::new();
+        assert!(wants_nonce(400, &h, Some(br#"{"error":"use_dpop_nonce"}"#)));
+        assert!(!wants_nonce(400, &h, Some(br#"{"error":"invalid_grant"}"#)));
+        let mut h = HeaderMap::new();
+        h.insert("www-authenticate", r#"DPoP error="use_dpop_nonce", algs="ES256""#.parse().unwrap());
+        assert!(wants_nonce(401, &h, None));
+    }
+}

@@ -1,0 +1,130 @@
+//! The upstream side: rustls client configs and pooled hyper clients, one per route identity.
+//!
+//! Server certificates are always verified against the system roots plus the route's `trust`
+//! files; there is no switch to turn verification off (FAPI 2.0 §5.2.1). A route with
+//! `[mtls]` gets its own client, so a pooled connection never carries another identity
+//! (CHECKLIST MT-5); a reload that changes the certificate builds a new client and pool.
+
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+/// The pooled HTTP(S) client a route sends through.
+pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// Why a TLS client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("trust file {path:?}: {reason}")]
+    Trust { path: PathBuf, reason: String },
+    #[error("client certificate: {0}")]
+    Identity(String),
+}
+
+/// System roots, loaded once per process (reading them takes milliseconds, not microseconds).
+fn native_roots() -> &'static [CertificateDer<'static>] {
+    static ROOTS: OnceLock<Vec<CertificateDer<'static>>> = OnceLock::new();
+    ROOTS.get_or_init(|| {
+        let loaded = rustls_native_certs::load_native_certs();
+        for e in &loaded.errors {
+            tracing::debug!("system root store: {e}");
+        }
+        loaded.certs
+    })
+}
+
+/// Reads every certificate in a PEM file.
+pub fn read_certs(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let bytes = std::fs::read(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => "file not found".to_string(),
+        _ => format!("cannot read: {e}"),
+    })?;
+    let certs: Vec<_> = rustls_pemfile::certs(&mut bytes.as_slice())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("not a PEM certificate file: {e}"))?;
+    if certs.is_empty() {
+        return Err("no CERTIFICATE block found (expected PEM certificates)".into());
+    }
+    Ok(certs)
+}
+
+/// A rustls client config: system roots + `trust` files, optional client identity.
+pub fn tls_config(
+    trust: &[PathBuf],
+    identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+) -> Result<rustls::ClientConfig, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    let _ = roots.add_parsable_certificates(native_roots().iter().cloned());
+    for path in trust {
+        let certs = read_certs(path).map_err(|reason| TlsError::Trust { path: path.clone(), reason })?;
+        for cert in certs {
+            roots.add(cert).map_err(|e| TlsError::Trust {
+                path: path.clone(),
+                reason: format!("not a usable CA certificate: {e}"),
+            })?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Identity(e.to_string()))?
+        .with_root_certificates(roots);
+    let config = match identity {
+        Some((chain, key)) => {
+            builder.with_client_auth_cert(chain, key).map_err(|e| TlsError::Identity(e.to_string()))?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    Ok(config)
+}
+
+/// A pooled client over `tls`. Redirects are never followed (RFC 9700 §4.12): the legacy
+/// client does not follow them, and nothing here adds a layer that would.
+pub fn client(tls: rustls::ClientConfig) -> HttpClient {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(std::time::Duration::from_secs(10)));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(std::time::Duration::from_secs(60))
+        .build(https)
+}
+
+/// Turns a client error into a sentence a user can act on.
+pub fn describe_error(err: &(dyn std::error::Error + 'static), url: &str, route: &str) -> String {
+    let mut chain = Vec::new();
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        chain.push(e.to_string());
+        cur = e.source();
+    }
+    let text = chain.join(": ");
+    if text.contains("UnknownIssuer") || text.contains("invalid peer certificate") {
+        return format!(
+            "upstream {url}: TLS certificate not trusted ({}); add the AS's CA certificate (PEM) to routes.{route}.trust",
+            chain.last().map(String::as_str).unwrap_or("unknown issuer")
+        );
+    }
+    if text.contains("NotValidForName") || text.contains("not valid for name") {
+        return format!("upstream {url}: TLS certificate does not match the host name ({text})");
+    }
+    if text.contains("Connection refused") || text.contains("connection refused") {
+        return format!("upstream {url} unreachable: connection refused (is the authorization server running?)");
+    }
+    format!("upstream {url} failed: {text}")
+}

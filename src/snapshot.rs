@@ -104,7 +104,19 @@ impl Snapshot {
                         Credential::Key(load(name, "client.key", &path, c.alg, c.create, &mut warnings)?)
                     }
                     AuthMethod::ClientSecretBasic | AuthMethod::ClientSecretPost | AuthMethod::ClientSecretJwt => {
-                        Credential::Secret(resolve_secret(name, c.secret.as_ref())?)
+                        let secret = resolve_secret(name, c.secret.as_ref())?;
+                        // RFC 7518 §3.2: an HS256 key must be at least 256 bits.
+                        if c.auth == AuthMethod::ClientSecretJwt && secret.expose().len() < 32 {
+                            return Err(BuildError::Route {
+                                route: name.into(),
+                                message: format!(
+                                    "client.secret: client_secret_jwt (HS256) needs a secret of at least 32 bytes \
+                                     (RFC 7518 §3.2); this one has {}",
+                                    secret.expose().len()
+                                ),
+                            });
+                        }
+                        Credential::Secret(secret)
                     }
                     AuthMethod::None | AuthMethod::TlsClientAuth | AuthMethod::SelfSignedTlsClientAuth => {
                         Credential::None

@@ -63,8 +63,29 @@ struct Outcome {
     changed_params: Vec<String>,
 }
 
-/// Serves one request from the app. Never panics on input; every failure is an answer.
+/// How a request reached the pipeline.
+#[derive(Debug, Clone)]
+pub enum Entry {
+    /// Reverse mode: the route is chosen by path prefix; Host/Origin exposure checks apply.
+    Reverse,
+    /// Forward mode: the listener already chose the route (by CONNECT host, after checking
+    /// that target, SNI and Host agree); `rest` is the path relative to the route's upstream.
+    Forward { route: String, rest: String },
+}
+
+/// Serves one reverse-mode request from the app. Never panics on input; every failure is
+/// an answer.
 pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    handle_entry(shared, req, peer, Entry::Reverse).await
+}
+
+/// Serves one request that entered through `entry`.
+pub async fn handle_entry(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    entry: Entry,
+) -> Response<Body> {
     let snapshot = shared.snapshot.borrow().clone();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
@@ -72,7 +93,7 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAdd
     async move {
         let started = Instant::now();
         let mut outcome = Outcome::default();
-        let resp = match relay(&shared, &snapshot, req, &mut outcome).await {
+        let resp = match relay(&shared, &snapshot, req, entry, &mut outcome).await {
             Ok(resp) => resp,
             Err(e) => {
                 tracing::warn!(route = %outcome.route, status = e.status().as_u16(), "refused: {e}");
@@ -155,13 +176,26 @@ async fn relay(
     shared: &Shared,
     snapshot: &Snapshot,
     req: Request<Incoming>,
+    entry: Entry,
     outcome: &mut Outcome,
 ) -> Result<Response<Body>, ProxyError> {
     let (parts, body) = req.into_parts();
-    check_exposure(&parts.headers, &parts.uri, &snapshot.config.allow_origins)?;
     let path = parts.uri.path();
-    let Some((route, rest)) = snapshot.route_for(path) else {
-        return Err(ProxyError::NoRoute { path: path.to_string(), prefixes: snapshot.prefixes() });
+    let (route, rest) = match &entry {
+        Entry::Reverse => {
+            check_exposure(&parts.headers, &parts.uri, &snapshot.config.allow_origins)?;
+            snapshot
+                .route_for(path)
+                .ok_or_else(|| ProxyError::NoRoute { path: path.to_string(), prefixes: snapshot.prefixes() })?
+        }
+        Entry::Forward { route, rest } => {
+            let found = snapshot
+                .routes
+                .iter()
+                .find(|r| &r.cfg.name == route)
+                .ok_or_else(|| ProxyError::NoRoute { path: path.to_string(), prefixes: snapshot.prefixes() })?;
+            (found, rest.as_str())
+        }
     };
     outcome.route = route.cfg.name.clone();
     // RFC 9112 §6.1: Content-Length with Transfer-Encoding is a smuggling vector.

@@ -79,13 +79,24 @@ impl Snapshot {
         // Routes naming the same key file share one loaded key (a DPoP-bound token from the
         // AS route must verify on the API route).
         let mut key_cache: HashMap<(PathBuf, Alg), Arc<SigningKey>> = HashMap::new();
+        // A file that any route marks `create = true` is created whichever route loads it first.
+        let creatable: std::collections::HashSet<PathBuf> = config
+            .routes
+            .iter()
+            .flat_map(|r| {
+                let client = r.client.as_ref().filter(|c| c.create).and_then(|c| c.key.clone());
+                let dpop = r.dpop.as_ref().filter(|d| d.create).map(|d| d.key.clone());
+                client.into_iter().chain(dpop)
+            })
+            .collect();
         let mut load =
             |route: &str, field: &str, path: &PathBuf, alg: Alg, create: bool, warnings: &mut Vec<String>| {
                 if let Some(k) = key_cache.get(&(path.clone(), alg)) {
                     return Ok::<_, KeyFileError>(k.clone());
                 }
                 let at = KeyRef { route, field, path };
-                let (key, w) = keys::load_signing_key(&at, alg, create && opts.create_missing)?;
+                let create = (create || creatable.contains(path)) && opts.create_missing;
+                let (key, w) = keys::load_signing_key(&at, alg, create)?;
                 warnings.extend(w);
                 key_cache.insert((path.clone(), alg), key.clone());
                 Ok(key)

@@ -1,0 +1,231 @@
+//! DPoP (RFC 9449): proofs, the nonce engine's bounds, `htu`, and DPoP for API calls.
+//! IDs in test names refer to ../shared/CHECKLIST.md.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::proxy::{write_key, TestProxy};
+use common::upstream::{Recorder, Reply, Seen};
+use tokenrelay::jose::{self, Alg, VerifyKey};
+
+fn config(upstream: &str, dpop_extra: &str) -> String {
+    format!(
+        r#"
+[routes.as]
+prefix = "/as"
+upstream = "{upstream}"
+
+[routes.as.client]
+id = "app-1"
+auth = "private_key_jwt"
+key = "client.pem"
+
+[routes.as.dpop]
+key = "dpop.pem"
+alg = "ES256"
+{dpop_extra}
+"#
+    )
+}
+
+async fn start(up: &str, dpop_extra: &str) -> (TestProxy, std::sync::Arc<jose::SigningKey>) {
+    let dir = tempfile::tempdir().unwrap();
+    write_key(dir.path(), "client.pem", Alg::ES256);
+    let (_, dpop) = write_key(dir.path(), "dpop.pem", Alg::ES256);
+    (TestProxy::start_in(dir, &config(up, dpop_extra)).await, dpop)
+}
+
+fn use_nonce(nonce: &str) -> Reply {
+    Reply::json(400, serde_json::json!({"error": "use_dpop_nonce", "error_description": "nonce required"}))
+        .header("dpop-nonce", nonce)
+}
+
+fn proof_claims(seen: &Seen) -> serde_json::Value {
+    let proofs: Vec<_> = seen.headers.get_all("dpop").iter().collect();
+    assert_eq!(proofs.len(), 1, "DP-1: exactly one DPoP header");
+    Seen::jwt_claims(proofs[0].to_str().unwrap())
+}
+
+fn assertion_jti(seen: &Seen) -> String {
+    Seen::jwt_claims(&seen.param("client_assertion").unwrap())["jti"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn dp5_new_nonce_every_attempt_means_exactly_two_attempts_each_freshly_signed() {
+    let up = Recorder::start(|_, n| use_nonce(&format!("nonce-{n}"))).await;
+    let (proxy, _) = start(&up.url(), "").await;
+    let (status, body) = proxy.post_form("/as/token", "grant_type=client_credentials").await;
+    assert_eq!(status, 400, "the app sees the AS's last answer: {body}");
+    assert_eq!(body["error"], "use_dpop_nonce");
+    let seen = up.seen();
+    assert_eq!(seen.len(), 2, "DP-5: retried exactly once");
+    let (p0, p1) = (proof_claims(&seen[0]), proof_claims(&seen[1]));
+    assert!(p0.get("nonce").is_none());
+    assert_eq!(p1["nonce"], "nonce-0", "the retry carries the challenged nonce");
+    assert_ne!(p0["jti"], p1["jti"], "DP-1: fresh proof per attempt");
+    assert_ne!(assertion_jti(&seen[0]), assertion_jti(&seen[1]), "PKJ-4: fresh assertion per attempt");
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn dp5_same_nonce_repeated_is_not_retried() {
+    let up = Recorder::start(|_, _| use_nonce("always-the-same")).await;
+    let (proxy, _) = start(&up.url(), "").await;
+    // First request: no nonce known -> challenged -> one retry with the nonce.
+    proxy.post_form("/as/token", "grant_type=client_credentials").await;
+    assert_eq!(up.seen().len(), 2);
+    // Second request: sends the cached nonce, gets the same one back: no retry.
+    let (status, _) = proxy.post_form("/as/token", "grant_type=client_credentials").await;
+    assert_eq!(status, 400);
+    let seen = up.seen();
+    assert_eq!(seen.len(), 3, "one attempt for the second app request");
+    assert_eq!(proof_claims(&seen[2])["nonce"], "always-the-same");
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn dp5_nonce_retry_succeeds_and_app_sees_one_answer() {
+    let up = Recorder::start(|seen, _| {
+        let proof = seen.header("dpop").unwrap();
+        if Seen::jwt_claims(&proof)["nonce"] == "server-nonce-1" {
+            Reply::json(200, serde_json::json!({"access_token": "t", "token_type": "DPoP"}))
+        } else {
+            use_nonce("server-nonce-1")
+        }
+    })
+    .await;
+    let (proxy, _) = start(&up.url(), "").await;
+    let (status, body) = proxy.post_form("/as/token", "grant_type=client_credentials").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(up.seen().len(), 2);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn dp4_nonce_from_a_200_is_used_next_time_and_malformed_ones_ignored() {
+    let up = Recorder::start(|_, n| {
+        let reply = Reply::json(200, serde_json::json!({"access_token": "t", "token_type": "DPoP"}));
+        match n {
+            0 => reply.header("dpop-nonce", "from-200"),
+            1 => reply.header("dpop-nonce", "bad nonce with spaces"),
+            _ => reply,
+        }
+    })
+    .await;
+    let (proxy, _) = start(&up.url(), "").await;
+    for _ in 0..3 {
+        assert_eq!(proxy.post_form("/as/token", "grant_type=client_credentials").await.0, 200);
+    }
+    let seen = up.seen();
+    assert!(proof_claims(&seen[0]).get("nonce").is_none());
+    assert_eq!(proof_claims(&seen[1])["nonce"], "from-200");
+    assert_eq!(proof_claims(&seen[2])["nonce"], "from-200", "malformed nonce ignored");
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn dp2_dp3_proof_is_signed_by_the_configured_key_with_upstream_htu() {
+    let up =
+        Recorder::start(|_, _| Reply::json(200, serde_json::json!({"access_token": "t", "token_type": "DPoP"}))).await;
+    // Upper-case host and a non-default port in the config; query string on the request.
+    let upstream = format!("http://LOCALHOST:{}/Base", up.addr.port());
+    let (proxy, dpop) = start(&upstream, "").await;
+    let resp = proxy
+        .http
+        .post(format!("{}/as/token?tenant=a#frag", proxy.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("dpop", "app-sent-proof-must-go")
+        .body("grant_type=client_credentials")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let seen = &up.seen()[0];
+    assert_eq!(seen.path, "/Base/token?tenant=a");
+    let proof = seen.header("dpop").unwrap();
+    assert_ne!(proof, "app-sent-proof-must-go");
+    let v = jose::verify(&proof, Alg::ES256, VerifyKey::Jwk(dpop.public_jwk())).unwrap();
+    assert_eq!(v.header["typ"], "dpop+jwt");
+    assert_eq!(v.header["jwk"], serde_json::Value::Object(dpop.public_jwk().clone()));
+    assert_eq!(v.claims["htm"], "POST");
+    assert_eq!(
+        v.claims["htu"],
+        format!("http://localhost:{}/Base/token", up.addr.port()),
+        "DP-3: lowercase host, path case kept, port kept, no query, never the proxy URL"
+    );
+    assert!(v.claims["iat"].as_u64().is_some());
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn dp8_unbound_token_is_refused_when_require_bound() {
+    let up = Recorder::start(|_, _| Reply::token()).await; // token_type Bearer
+    let (proxy, _) = start(&up.url(), "require_bound = true").await;
+    let (status, body) = proxy.post_form("/as/token", "grant_type=client_credentials").await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body["error_description"].as_str().unwrap().contains("require_bound"), "{body}");
+    proxy.stop().await;
+    // Without require_bound the token passes through (with a warning in the log).
+    let (proxy, _) = start(&up.url(), "").await;
+    assert_eq!(proxy.post_form("/as/token", "grant_type=client_credentials").await.0, 200);
+    proxy.stop().await;
+}
+
+/// Against the demo AS in nonce mode: a bare app gets a DPoP-bound token in one call, then
+/// calls the API route with `Authorization: Bearer`; tokenrelay upgrades it to DPoP with
+/// `ath`, handles the resource server's 401 nonce challenge, and the call succeeds.
+#[tokio::test]
+async fn dp6_bearer_app_uses_dpop_bound_token_at_resource_server_with_nonces() {
+    let demo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let demo_url = format!("http://{}", demo.local_addr().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        r#"
+[demo_as]
+listen = "127.0.0.1:0"
+dpop_nonce = true
+
+[routes.as]
+prefix = "/as"
+upstream = "{demo_url}"
+issuer = "{demo_url}"
+[routes.as.client]
+id = "demo-app"
+auth = "private_key_jwt"
+key = "client.pem"
+create = true
+[routes.as.dpop]
+key = "dpop.pem"
+create = true
+
+[routes.api]
+prefix = "/api"
+upstream = "{demo_url}"
+[routes.api.dpop]
+key = "dpop.pem"
+"#
+    );
+    let proxy = TestProxy::try_start_in(dir, &config, Some(demo)).await.unwrap();
+    let (status, token) = proxy.post_form("/as/token", "grant_type=client_credentials").await;
+    assert_eq!(status, 200, "{token}");
+    assert_eq!(token["token_type"], "DPoP");
+    let jkt = token["cnf"]["jkt"].as_str().unwrap().to_string();
+    let snapshot = proxy.running.as_ref().unwrap().snapshot();
+    let route_key = snapshot.routes.iter().find(|r| r.cfg.name == "as").unwrap().dpop_key.clone().unwrap();
+    assert_eq!(jkt, route_key.thumbprint(), "cnf.jkt is the RFC 7638 thumbprint of the configured key");
+    assert!(token["verified"]["dpop_checks"].as_array().unwrap().contains(&"nonce".into()));
+
+    let access = token["access_token"].as_str().unwrap();
+    let resp = proxy.http.get(format!("{}/api/resource", proxy.base)).bearer_auth(access).send().await.unwrap();
+    let status = resp.status();
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["verified"]["dpop_jkt"], jkt);
+    assert!(body["verified"]["dpop_checks"].as_array().unwrap().contains(&"ath".into()));
+
+    // Without the proxy, the same Bearer token is refused: the RS really checks binding.
+    let direct = proxy.http.get(format!("{demo_url}/resource")).bearer_auth(access).send().await.unwrap();
+    assert_eq!(direct.status(), 401);
+    proxy.stop().await;
+}

@@ -15,6 +15,7 @@ pub mod body;
 pub mod cli;
 pub mod config;
 pub mod demo_as;
+pub mod discovery;
 pub mod error;
 pub mod init;
 pub mod jose;

@@ -210,18 +210,14 @@ async fn relay(
     }
     let body = read_body(body, limit).await?;
 
-    let endpoint_url = route.cfg.upstream.url(rest);
-    let target = match parts.uri.query() {
-        Some(q) => format!("{endpoint_url}?{q}"),
-        None => endpoint_url.clone(),
-    };
+    let target = resolve_target(route, rest, parts.uri.query()).await;
     let mut headers = parts.headers.clone();
     hop::strip(&mut headers);
     headers.remove(header::HOST);
     headers.remove(header::CONTENT_LENGTH);
     header_rules::apply(&route.cfg.headers, &mut headers);
 
-    let is_auth_endpoint = route.cfg.endpoints.iter().any(|e| e == rest);
+    let is_auth_endpoint = route.cfg.endpoints.iter().any(|e| e == rest) || target.discovered_auth_endpoint;
     let exchange = if is_auth_endpoint {
         Exchange::token(route, &parts.method, &headers, &body)?
     } else {
@@ -230,29 +226,18 @@ async fn relay(
     if let Exchange::Token { form, .. } = &exchange {
         let mut form = form.clone();
         outcome.changed_params = params::apply(&route.cfg.params, &mut form);
-        return send_signed(shared, route, &parts.method, &target, &endpoint_url, headers, form, outcome).await;
+        return send_signed(shared, route, &parts.method, &target, headers, form, outcome).await;
     }
     let access_token = match &exchange {
         Exchange::Resource { access_token } => access_token.clone(),
         _ => None,
     };
     if let (Some(token), Some(_)) = (access_token, &route.dpop_key) {
-        return send_resource_with_dpop(
-            shared,
-            route,
-            &parts.method,
-            &target,
-            &endpoint_url,
-            headers,
-            body,
-            &token,
-            outcome,
-        )
-        .await;
+        return send_resource_with_dpop(shared, route, &parts.method, &target, headers, body, &token, outcome).await;
     }
     // Pass-through: header rules only.
-    let (resp, _) = send(route, &parts.method, &target, headers, body, outcome).await?;
-    observe_nonce(shared, route, &resp);
+    let (resp, _) = send(route, &parts.method, &target.full, headers, body, outcome).await?;
+    shared.nonces.observe(&target.origin, resp.headers());
     Ok(into_app_response(resp))
 }
 
@@ -306,8 +291,63 @@ impl Exchange {
     }
 }
 
-fn observe_nonce(shared: &Shared, route: &Route, resp: &Response<Incoming>) {
-    shared.nonces.observe(&route.cfg.upstream.origin(), resp.headers());
+/// Where a request goes upstream, as the AS will see it.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The endpoint URL without query: `htu` (RFC 9449 §4.2) and `aud = "endpoint"`.
+    pub url: String,
+    /// `url` plus the app's query string: what is requested.
+    pub full: String,
+    /// Normalized origin of `url`: the nonce cache key (DP-4).
+    pub origin: String,
+    /// The token endpoint URL as used (mTLS alias when the route presents a certificate).
+    pub token_endpoint: String,
+    /// Discovery lists this URL as client-authenticated (when `endpoints` is not configured).
+    pub discovered_auth_endpoint: bool,
+}
+
+/// Normalized origin of an absolute URL: lowercase scheme and host, default port omitted.
+pub fn origin_of(url: &str) -> String {
+    let Ok(uri) = url.parse::<http::Uri>() else {
+        return url.to_string();
+    };
+    let scheme = uri.scheme_str().unwrap_or("https").to_ascii_lowercase();
+    let host = uri.host().unwrap_or_default().to_ascii_lowercase();
+    match (scheme.as_str(), uri.port_u16()) {
+        ("https", Some(443)) | ("http", Some(80)) | (_, None) => format!("{scheme}://{host}"),
+        (_, Some(port)) => format!("{scheme}://{host}:{port}"),
+    }
+}
+
+/// Resolves the upstream URL for `rest`: the route's upstream, or the RFC 8705 §5 mTLS
+/// alias when the route presents a certificate and the AS metadata has one (MT-3: `htu`
+/// and `aud` follow the URL actually used).
+async fn resolve_target(route: &Route, rest: &str, query: Option<&str>) -> Target {
+    let mut url = route.cfg.upstream.url(rest);
+    let mut token_endpoint = route.cfg.token_endpoint_url();
+    let mut discovered_auth_endpoint = false;
+    if let Some(meta) = route.metadata().await {
+        if !route.cfg.endpoints_configured {
+            discovered_auth_endpoint = meta.client_auth_endpoints().iter().any(|(_, u)| *u == url);
+            if let Some(t) = &meta.token_endpoint {
+                token_endpoint = t.clone();
+            }
+        }
+        if route.cfg.mtls.is_some() {
+            if let Some(alias) = meta.mtls_alias(&token_endpoint) {
+                token_endpoint = alias.to_string();
+            }
+            if let Some(alias) = meta.mtls_alias(&url) {
+                discovered_auth_endpoint = discovered_auth_endpoint || !route.cfg.endpoints_configured;
+                url = alias.to_string();
+            }
+        }
+    }
+    let full = match query {
+        Some(q) => format!("{url}?{q}"),
+        None => url.clone(),
+    };
+    Target { origin: origin_of(&url), full, url, token_endpoint, discovered_auth_endpoint }
 }
 
 /// Sends `body` once, with the route's timeout. Returns the response and the upstream time.
@@ -352,26 +392,25 @@ async fn send_signed(
     shared: &Shared,
     route: &Route,
     method: &Method,
-    target: &str,
-    endpoint_url: &str,
+    target: &Target,
     headers: HeaderMap,
     form: Form,
     outcome: &mut Outcome,
 ) -> Result<Response<Body>, ProxyError> {
-    let origin = route.cfg.upstream.origin();
-    let mut nonce = shared.nonces.get(&origin);
+    let origin = &target.origin;
+    let mut nonce = shared.nonces.get(origin);
     loop {
         let mut headers = headers.clone();
         let mut form = form.clone();
         let now = unix_now();
-        let call = Call { endpoint_url, now, jti: new_jti() };
+        let call = Call { endpoint_url: &target.url, token_endpoint: &target.token_endpoint, now, jti: new_jti() };
         outcome.injected = client_auth::apply(&route.cfg, &route.credential, &call, &mut headers, &mut form)?;
         let sent_nonce = nonce.clone();
         if let Some(key) = &route.dpop_key {
             let jti = new_jti();
             let input = ProofInput {
                 htm: method.as_str(),
-                htu: endpoint_url,
+                htu: &target.url,
                 now,
                 jti: jti.clone(),
                 nonce: sent_nonce.as_deref(),
@@ -389,8 +428,8 @@ async fn send_signed(
             outcome.dpop_jti = Some(jti);
         }
         let body = Bytes::from(form.encode());
-        let (resp, _) = send(route, method, target, headers, body, outcome).await?;
-        let fresh = shared.nonces.observe(&origin, resp.headers());
+        let (resp, _) = send(route, method, &target.full, headers, body, outcome).await?;
+        let fresh = shared.nonces.observe(origin, resp.headers());
         if route.dpop_key.is_none() {
             return Ok(into_app_response(resp));
         }
@@ -414,8 +453,7 @@ async fn send_resource_with_dpop(
     shared: &Shared,
     route: &Route,
     method: &Method,
-    target: &str,
-    endpoint_url: &str,
+    target: &Target,
     headers: HeaderMap,
     body: Bytes,
     token: &str,
@@ -424,15 +462,15 @@ async fn send_resource_with_dpop(
     let Some(key) = &route.dpop_key else {
         return Err(ProxyError::Signing("route has no DPoP key".into()));
     };
-    let origin = route.cfg.upstream.origin();
-    let mut nonce = shared.nonces.get(&origin);
+    let origin = &target.origin;
+    let mut nonce = shared.nonces.get(origin);
     loop {
         let mut headers = headers.clone();
         let jti = new_jti();
         let sent_nonce = nonce.clone();
         let input = ProofInput {
             htm: method.as_str(),
-            htu: endpoint_url,
+            htu: &target.url,
             now: unix_now(),
             jti: jti.clone(),
             nonce: sent_nonce.as_deref(),
@@ -446,8 +484,8 @@ async fn send_resource_with_dpop(
         headers.insert(header::AUTHORIZATION, HeaderValue::from_str(&format!("DPoP {token}")).map_err(bad)?);
         outcome.dpop_jti = Some(jti);
         outcome.injected.method = "dpop";
-        let (resp, _) = send(route, method, target, headers, body.clone(), outcome).await?;
-        let fresh = shared.nonces.observe(&origin, resp.headers());
+        let (resp, _) = send(route, method, &target.full, headers, body.clone(), outcome).await?;
+        let fresh = shared.nonces.observe(origin, resp.headers());
         let retry = outcome.attempts == 1
             && dpop::wants_nonce(resp.status().as_u16(), resp.headers(), None)
             && fresh.as_ref().is_some_and(|n| Some(n) != sent_nonce.as_ref());

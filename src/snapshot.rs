@@ -42,6 +42,8 @@ pub struct Route {
     pub cert_thumbprint: Option<String>,
     /// The mTLS leaf certificate (DER), for `jwks` and the demo AS.
     pub cert_der: Option<Vec<u8>>,
+    /// AS metadata, fetched on first need (see [`crate::discovery`]).
+    pub metadata: tokio::sync::OnceCell<crate::discovery::Metadata>,
 }
 
 impl std::fmt::Debug for Route {
@@ -51,6 +53,22 @@ impl std::fmt::Debug for Route {
 }
 
 impl Route {
+    /// The AS metadata, when the route has an issuer and needs it (mTLS aliases, or
+    /// endpoints not configured). Fetched once per snapshot; failures are logged and retried.
+    pub async fn metadata(&self) -> Option<&crate::discovery::Metadata> {
+        self.cfg.issuer.as_ref()?;
+        if self.cfg.endpoints_configured && self.cfg.mtls.is_none() {
+            return None;
+        }
+        match self.metadata.get_or_try_init(|| crate::discovery::fetch(self)).await {
+            Ok(meta) => Some(meta),
+            Err(e) => {
+                tracing::warn!(route = %self.cfg.name, "AS discovery failed; using the configured upstream: {e}");
+                None
+            }
+        }
+    }
+
     /// Does this route sign requests (so must never forward them unsigned)?
     pub fn signs(&self) -> bool {
         self.cfg.client.as_ref().is_some_and(|c| c.auth != AuthMethod::None) || self.dpop_key.is_some()
@@ -153,6 +171,7 @@ impl Snapshot {
                 client: upstream::client(tls),
                 cert_thumbprint,
                 cert_der,
+                metadata: tokio::sync::OnceCell::new(),
             }));
         }
         Ok(Snapshot { config: Arc::new(config), routes, warnings })

@@ -94,6 +94,8 @@ pub struct RouteConfig {
     pub trust: Vec<PathBuf>,
     pub timeout: Duration,
     pub endpoints: Vec<String>,
+    /// `endpoints` was set in the file (otherwise discovery may add endpoints).
+    pub endpoints_configured: bool,
     pub client: Option<ClientConfig>,
     pub dpop: Option<DpopConfig>,
     pub mtls: Option<MtlsConfig>,
@@ -325,6 +327,7 @@ impl Cx<'_> {
             Some(s) => self.duration(s, &key("timeout"))?,
             None => DEFAULT_TIMEOUT,
         };
+        let endpoints_configured = r.endpoints.is_some();
         let endpoints = match r.endpoints {
             Some(list) => {
                 if let Some(bad) = list.iter().find(|e| !e.starts_with('/')) {
@@ -364,6 +367,7 @@ impl Cx<'_> {
             trust: r.trust.iter().map(|t| self.resolve(t)).collect(),
             timeout,
             endpoints,
+            endpoints_configured,
             client,
             dpop,
             mtls,

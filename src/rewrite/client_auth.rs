@@ -36,16 +36,18 @@ pub struct Injected {
 pub struct Call<'a> {
     /// Upstream URL of the endpoint called, without query (`aud = "endpoint"`).
     pub endpoint_url: &'a str,
+    /// Token endpoint URL as used (the mTLS alias when one applies): `aud = "token_endpoint"`.
+    pub token_endpoint: &'a str,
     pub now: u64,
     pub jti: String,
 }
 
 /// The `aud` claim (CHECKLIST PKJ-3): from config, never from the incoming request.
-pub fn audience(route: &RouteConfig, client: &ClientConfig, endpoint_url: &str) -> String {
+pub fn audience(route: &RouteConfig, client: &ClientConfig, call: &Call<'_>) -> String {
     match &client.audience {
-        Audience::Issuer => route.issuer.clone().unwrap_or_else(|| route.token_endpoint_url()),
-        Audience::TokenEndpoint => route.token_endpoint_url(),
-        Audience::Endpoint => endpoint_url.to_string(),
+        Audience::Issuer => route.issuer.clone().unwrap_or_else(|| call.token_endpoint.to_string()),
+        Audience::TokenEndpoint => call.token_endpoint.to_string(),
+        Audience::Endpoint => call.endpoint_url.to_string(),
         Audience::Literal(url) => url.clone(),
     }
 }
@@ -159,7 +161,7 @@ fn assertion_parts(
     let mut claims = Map::new();
     claims.insert("iss".into(), client.id.clone().into());
     claims.insert("sub".into(), client.id.clone().into());
-    claims.insert("aud".into(), audience(route, client, call.endpoint_url).into());
+    claims.insert("aud".into(), audience(route, client, call).into());
     claims.insert("iat".into(), call.now.into());
     claims.insert("exp".into(), (call.now + client.lifetime.as_secs()).into());
     claims.insert("jti".into(), call.jti.clone().into());
@@ -185,7 +187,12 @@ mod tests {
     }
 
     fn call() -> Call<'static> {
-        Call { endpoint_url: "https://as.example.com/token", now: 1_700_000_000, jti: "jti-1".into() }
+        Call {
+            endpoint_url: "https://as.example.com/token",
+            token_endpoint: "https://as.example.com/token",
+            now: 1_700_000_000,
+            jti: "jti-1".into(),
+        }
     }
 
     #[test]
@@ -214,14 +221,12 @@ mod tests {
     #[test]
     fn pkj3_audience_choices() {
         let r = route("private_key_jwt", "audience = \"token_endpoint\"\n");
-        assert_eq!(audience(&r, r.client.as_ref().unwrap(), "x"), "https://as.example.com/token");
+        assert_eq!(audience(&r, r.client.as_ref().unwrap(), &call()), "https://as.example.com/token");
         let r = route("private_key_jwt", "audience = \"endpoint\"\n");
-        assert_eq!(
-            audience(&r, r.client.as_ref().unwrap(), "https://as.example.com/par"),
-            "https://as.example.com/par"
-        );
+        let par = Call { endpoint_url: "https://as.example.com/par", ..call() };
+        assert_eq!(audience(&r, r.client.as_ref().unwrap(), &par), "https://as.example.com/par");
         let r = route("private_key_jwt", "audience = \"https://aud.example\"\n");
-        assert_eq!(audience(&r, r.client.as_ref().unwrap(), "x"), "https://aud.example");
+        assert_eq!(audience(&r, r.client.as_ref().unwrap(), &call()), "https://aud.example");
     }
 
     #[test]

@@ -7,6 +7,10 @@
 //! It also hosts a resource endpoint (`/resource`) that verifies DPoP-bound tokens with `ath`.
 //! It is a development aid for `cargo run`, not a production AS.
 
+// Checks return `Result<_, Response>`: the error *is* the OAuth error answer, built once per
+// failed request, so its size does not matter.
+#![allow(clippy::result_large_err)]
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

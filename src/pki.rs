@@ -158,8 +158,21 @@ pub fn issue_leaf(issuer: &Minted, names: &[&str], usage: LeafUse, days: i64) ->
 
 /// A self-signed client certificate (`self_signed_tls_client_auth`, RFC 8705 §2.2).
 pub fn self_signed_client(cn: &str, days: i64) -> Result<Minted, PkiError> {
+    let now = OffsetDateTime::now_utc();
+    self_signed_client_window(cn, now - Duration::minutes(5), now + Duration::days(days))
+}
+
+/// A self-signed client certificate valid from `not_before` to `not_after` (tests use this
+/// to make expired certificates).
+pub fn self_signed_client_window(
+    cn: &str,
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+) -> Result<Minted, PkiError> {
     let key = KeyPair::generate()?;
-    let params = leaf_params(&[cn], LeafUse::Client, days)?;
+    let mut params = leaf_params(&[cn], LeafUse::Client, 1)?;
+    params.not_before = not_before;
+    params.not_after = not_after;
     let cert = params.self_signed(&key)?;
     Ok(Minted { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
 }

@@ -1,0 +1,450 @@
+//! Test harness around a real authorization server: panva's `oidc-provider`
+//! (pinned in `tests/oidc/package.json`), wrapped by `tests/oidc/server.mjs`.
+//!
+//! ```ignore
+//! let op = OidcProvider::start(json!({ "clients": [ { "client_id": "c1", ... } ] })).await;
+//! // ... drive the proxy against op.token_endpoint() ...
+//! let reqs = op.token_requests().await;   // exactly what the AS received
+//! let tok = op.introspect(&access_token).await;
+//! ```
+//!
+//! The config JSON is passed through to `server.mjs`; see the header of that
+//! file for its schema. `tls.cert` / `tls.key` / `tls.ca` are file paths:
+//! [`write_server_tls`] produces them from a [`TestCa`].
+
+use std::fs::OpenOptions;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
+
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+const INSTALL_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+const STALE_LOCK_AGE: Duration = Duration::from_secs(5 * 60);
+const STDERR_KEEP: usize = 64 * 1024;
+
+/// A running `oidc-provider` instance on 127.0.0.1. Killed on drop.
+pub struct OidcProvider {
+    /// Issuer identifier, `http(s)://<issuer_host>:<port>`.
+    pub issuer: String,
+    pub port: u16,
+    /// `http(s)://127.0.0.1:<port>`, used for the control routes.
+    control_base: String,
+    /// Client for the `/__*` control routes only. In TLS mode it skips
+    /// certificate verification; never use it for anything under test.
+    control: reqwest::Client,
+    stderr_log: Arc<Mutex<String>>,
+    child: Child,
+    /// Held so the server (started with TOKENRELAY_OIDC_WATCH_STDIN=1) exits
+    /// when this process dies without running Drop.
+    _stdin: Option<ChildStdin>,
+    _dir: tempfile::TempDir,
+}
+
+fn oidc_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("oidc")
+}
+
+/// `Some(reason)` when the AS cannot be run here (no `node` on PATH).
+/// Tests must fail with this message, not pass silently.
+pub fn skip_reason() -> Option<String> {
+    static REASON: OnceLock<Option<String>> = OnceLock::new();
+    REASON
+        .get_or_init(|| {
+            match std::process::Command::new("node")
+                .arg("--version")
+                .stdin(Stdio::null())
+                .output()
+            {
+                Ok(out) if out.status.success() => None,
+                Ok(out) => Some(format!(
+                    "`node --version` failed ({}): {}; Node.js is required for the oidc-provider integration tests",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )),
+                Err(e) => Some(format!(
+                    "`node` not found on PATH ({e}); Node.js (>= 20) and npm are required for the oidc-provider integration tests"
+                )),
+            }
+        })
+        .clone()
+}
+
+/// Removes the cross-process install lock when dropped (also on panic).
+struct LockGuard(PathBuf);
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn run_npm(dir: &Path, args: &[&str]) -> Result<(), String> {
+    let out = std::process::Command::new("npm")
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run npm {args:?}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "npm {args:?} failed ({}):\n{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+fn install_blocking(dir: &Path) -> Result<(), String> {
+    let marker = dir.join("node_modules/oidc-provider/package.json");
+    let lock = dir.join(".install.lock");
+    let deadline = Instant::now() + INSTALL_TIMEOUT;
+    loop {
+        if marker.exists() && !lock.exists() {
+            return Ok(());
+        }
+        match OpenOptions::new().write(true).create_new(true).open(&lock) {
+            Ok(mut f) => {
+                let _guard = LockGuard(lock.clone());
+                let _ = writeln!(f, "{}", std::process::id());
+                drop(f);
+                if marker.exists() {
+                    return Ok(());
+                }
+                let ci = run_npm(dir, &["ci", "--no-audit", "--no-fund"]);
+                if let Err(ci_err) = ci {
+                    eprintln!("[oidc] npm ci failed, falling back to npm install:\n{ci_err}");
+                    run_npm(dir, &["install", "--no-audit", "--no-fund"])?;
+                }
+                if !marker.exists() {
+                    return Err(format!("npm finished but {} is still missing", marker.display()));
+                }
+                return Ok(());
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let stale = std::fs::metadata(&lock)
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| SystemTime::now().duration_since(t).ok())
+                    .is_some_and(|age| age > STALE_LOCK_AGE);
+                if stale {
+                    eprintln!("[oidc] removing stale install lock {}", lock.display());
+                    let _ = std::fs::remove_file(&lock);
+                    continue;
+                }
+                if Instant::now() > deadline {
+                    return Err(format!(
+                        "timed out after {INSTALL_TIMEOUT:?} waiting for another process to install {} (lock {})",
+                        marker.display(),
+                        lock.display()
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            Err(e) => return Err(format!("cannot create {}: {e}", lock.display())),
+        }
+    }
+}
+
+/// Installs `tests/oidc/node_modules` once per process (and once across
+/// concurrently running test binaries, via `tests/oidc/.install.lock`).
+async fn ensure_npm_deps() {
+    static INSTALLED: OnceLock<Result<(), String>> = OnceLock::new();
+    let result = tokio::task::spawn_blocking(|| INSTALLED.get_or_init(|| install_blocking(&oidc_dir())).clone())
+        .await
+        .expect("npm install task panicked");
+    if let Err(e) = result {
+        panic!("installing oidc-provider failed: {e}");
+    }
+}
+
+fn append_capped(buf: &Mutex<String>, line: &str) {
+    let mut b = buf.lock().unwrap_or_else(|e| e.into_inner());
+    if b.len() < STDERR_KEEP {
+        b.push_str(line);
+        b.push('\n');
+    }
+}
+
+impl OidcProvider {
+    /// Starts the AS with `config` (see `tests/oidc/server.mjs`). Panics with
+    /// the server's stderr if it does not become ready within 60 s.
+    pub async fn start(config: Value) -> OidcProvider {
+        if let Some(reason) = skip_reason() {
+            panic!("cannot start oidc-provider: {reason}");
+        }
+        ensure_npm_deps().await;
+
+        let tls = config.get("tls").is_some_and(|t| !t.is_null());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg_path = dir.path().join("config.json");
+        std::fs::write(&cfg_path, serde_json::to_vec_pretty(&config).expect("serialize config")).expect("write config");
+
+        let mut child = Command::new("node")
+            .arg(oidc_dir().join("server.mjs"))
+            .arg(&cfg_path)
+            .current_dir(oidc_dir())
+            .env("TOKENRELAY_OIDC_WATCH_STDIN", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn node tests/oidc/server.mjs");
+
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().expect("child stdout");
+        let stderr = child.stderr.take().expect("child stderr");
+
+        let stderr_log = Arc::new(Mutex::new(String::new()));
+        let stderr_task = {
+            let log = stderr_log.clone();
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(stderr).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    eprintln!("[oidc] {line}");
+                    append_capped(&log, &line);
+                }
+            })
+        };
+
+        let mut stdout_lines = BufReader::new(stdout).lines();
+        let started = Instant::now();
+        let ready = tokio::time::timeout(READY_TIMEOUT, async {
+            loop {
+                match stdout_lines.next_line().await {
+                    Ok(Some(line)) => {
+                        if let Some(rest) = line.strip_prefix("READY ") {
+                            return serde_json::from_str::<Value>(rest)
+                                .map_err(|e| format!("bad READY line {line:?}: {e}"));
+                        }
+                        eprintln!("[oidc stdout] {line}");
+                    }
+                    Ok(None) => return Err("server exited before printing READY".to_string()),
+                    Err(e) => return Err(format!("reading server stdout: {e}")),
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| Err(format!("no READY line within {READY_TIMEOUT:?}")));
+
+        let ready = match ready {
+            Ok(v) => v,
+            Err(msg) => {
+                let _ = child.start_kill();
+                let status = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+                let _ = tokio::time::timeout(Duration::from_secs(5), stderr_task).await;
+                let log = stderr_log.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                panic!("oidc-provider failed to start: {msg} (exit: {status:?})\nconfig: {config:#}\nstderr:\n{log}");
+            }
+        };
+
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = stdout_lines.next_line().await {
+                eprintln!("[oidc stdout] {line}");
+            }
+        });
+
+        let port = ready["port"].as_u64().and_then(|p| u16::try_from(p).ok()).expect("READY line has a port");
+        let issuer = ready["issuer"].as_str().expect("READY line has an issuer").to_string();
+        eprintln!("[oidc] ready at {issuer} after {:?}", started.elapsed());
+
+        let control_base = format!("{}://127.0.0.1:{port}", if tls { "https" } else { "http" });
+        let control = reqwest::Client::builder()
+            .no_proxy()
+            .danger_accept_invalid_certs(tls)
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("control client");
+
+        OidcProvider { issuer, port, control_base, control, stderr_log, child, _stdin: stdin, _dir: dir }
+    }
+
+    /// `<issuer>/token`.
+    pub fn token_endpoint(&self) -> String {
+        format!("{}/token", self.issuer)
+    }
+
+    /// Everything the server printed to stderr so far (capped at 64 KiB).
+    pub fn stderr(&self) -> String {
+        self.stderr_log.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    async fn control_json(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let url = format!("{}{path}", self.control_base);
+        let mut req = self.control.request(method, &url);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.unwrap_or_else(|e| panic!("control request {url} failed: {e}"));
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_else(|e| panic!("control response {url}: {e}"));
+        let value =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("control response {url} is not JSON ({e}): {text}"));
+        (status, value)
+    }
+
+    /// Every request the AS received (excluding `/__*` control routes), in
+    /// arrival order. Each record: `seq`, `method`, `path` (with query),
+    /// `headers` (lowercase name -> string, or array when repeated), `body`
+    /// (UTF-8), `body_b64` (exact bytes), `tls_client_cert` (PEM or null),
+    /// `status`, `response`, `response_headers`, `error`, `error_detail`.
+    pub async fn received(&self) -> Vec<Value> {
+        let (status, value) = self.control_json(reqwest::Method::GET, "/__received", None).await;
+        assert_eq!(status, 200, "/__received: {value}");
+        match value {
+            Value::Array(records) => records,
+            other => panic!("/__received returned a non-array: {other}"),
+        }
+    }
+
+    /// [`received`](Self::received) filtered to paths starting with `/token`
+    /// (includes `/token/introspection` and `/token/revocation`).
+    pub async fn token_requests(&self) -> Vec<Value> {
+        self.received()
+            .await
+            .into_iter()
+            .filter(|r| r["path"].as_str().is_some_and(|p| p.starts_with("/token")))
+            .collect()
+    }
+
+    /// Looks the token up in the AS's store (AccessToken, ClientCredentials or
+    /// RefreshToken). Found: the stored payload (`clientId`, `scope`, `jkt`,
+    /// `x5t#S256`, `accountId`, `gty`, ...) plus `model`, `active`,
+    /// `client_id`, `sub`, `token_type` and `cnf` (`{"jkt"}` or
+    /// `{"x5t#S256"}`) when sender-constrained. Not found:
+    /// `{"error":"not_found","active":false}`.
+    pub async fn introspect(&self, token: &str) -> Value {
+        let (status, value) =
+            self.control_json(reqwest::Method::POST, "/__introspect", Some(json!({ "token": token }))).await;
+        assert!(status == 200 || status == 404, "/__introspect: {status} {value}");
+        value
+    }
+
+    /// Mints a refresh token for account `test-user` (with a Grant for
+    /// `scope`), DPoP-bound to `jkt` when given. The client must allow the
+    /// `refresh_token` grant type to redeem it.
+    pub async fn mint_refresh_token(&self, client_id: &str, jkt: Option<&str>, scope: &str) -> String {
+        let mut req = json!({ "client_id": client_id, "scope": scope });
+        if let Some(jkt) = jkt {
+            req["jkt"] = json!(jkt);
+        }
+        self.mint_refresh_token_json(req).await
+    }
+
+    /// Like [`mint_refresh_token`](Self::mint_refresh_token) with the raw
+    /// request: `client_id`, `scope`, optional `jkt`, optional `x5t#S256`
+    /// (certificate-bound refresh token).
+    pub async fn mint_refresh_token_json(&self, req: Value) -> String {
+        let (status, value) = self.control_json(reqwest::Method::POST, "/__refresh_token", Some(req)).await;
+        assert_eq!(status, 200, "/__refresh_token: {value}");
+        value["refresh_token"]
+            .as_str()
+            .unwrap_or_else(|| panic!("/__refresh_token: no refresh_token in {value}"))
+            .to_string()
+    }
+
+    /// Clears the request record.
+    pub async fn reset(&self) {
+        let (status, value) = self.control_json(reqwest::Method::POST, "/__reset", None).await;
+        assert_eq!(status, 200, "/__reset: {value}");
+    }
+}
+
+impl Drop for OidcProvider {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+/// Parses an `application/x-www-form-urlencoded` body into (name, value) pairs.
+pub fn form_pairs(body: &str) -> Vec<(String, String)> {
+    form_urlencoded::parse(body.as_bytes()).into_owned().collect()
+}
+
+/// A throw-away certificate authority for TLS tests.
+pub struct TestCa {
+    pub cert_pem: String,
+    cert: rcgen::Certificate,
+    key: rcgen::KeyPair,
+}
+
+/// A certificate issued by a [`TestCa`]: leaf PEM, leaf+CA chain PEM, key PEM.
+pub struct IssuedCert {
+    pub cert_pem: String,
+    pub chain_pem: String,
+    pub key_pem: String,
+    pub der: Vec<u8>,
+}
+
+impl TestCa {
+    pub fn new(common_name: &str) -> TestCa {
+        let key = rcgen::KeyPair::generate().expect("CA key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.distinguished_name.push(rcgen::DnType::CommonName, common_name);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let cert = params.self_signed(&key).expect("self-sign CA");
+        TestCa { cert_pem: cert.pem(), cert, key }
+    }
+
+    fn issue(&self, common_name: &str, sans: &[&str], eku: rcgen::ExtendedKeyUsagePurpose) -> IssuedCert {
+        let key = rcgen::KeyPair::generate().expect("leaf key");
+        let sans: Vec<String> = sans.iter().map(|s| s.to_string()).collect();
+        let mut params = rcgen::CertificateParams::new(sans).expect("leaf params");
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.distinguished_name.push(rcgen::DnType::CommonName, common_name);
+        params.is_ca = rcgen::IsCa::ExplicitNoCa;
+        params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![eku];
+        let cert = params.signed_by(&key, &self.cert, &self.key).expect("sign leaf");
+        let cert_pem = cert.pem();
+        IssuedCert {
+            chain_pem: format!("{cert_pem}{}", self.cert_pem),
+            cert_pem,
+            key_pem: key.serialize_pem(),
+            der: cert.der().to_vec(),
+        }
+    }
+
+    /// Server certificate (serverAuth) for the given DNS names / IP addresses.
+    pub fn issue_server(&self, sans: &[&str]) -> IssuedCert {
+        self.issue(sans.first().copied().unwrap_or("server"), sans, rcgen::ExtendedKeyUsagePurpose::ServerAuth)
+    }
+
+    /// Client certificate (clientAuth) with subject `CN=<common_name>`.
+    pub fn issue_client(&self, common_name: &str) -> IssuedCert {
+        self.issue(common_name, &[], rcgen::ExtendedKeyUsagePurpose::ClientAuth)
+    }
+}
+
+/// Issues a server certificate for `127.0.0.1` and `localhost` from
+/// `server_ca`, writes it (leaf + CA chain), its key and the `client_ca_pems`
+/// into `dir`, and returns the `"tls"` config object for [`OidcProvider::start`].
+pub fn write_server_tls(dir: &Path, server_ca: &TestCa, client_ca_pems: &[&str]) -> Value {
+    let leaf = server_ca.issue_server(&["127.0.0.1", "localhost"]);
+    let cert = dir.join("as-chain.pem");
+    let key = dir.join("as-key.pem");
+    std::fs::write(&cert, &leaf.chain_pem).expect("write server cert");
+    std::fs::write(&key, &leaf.key_pem).expect("write server key");
+    let mut cas = Vec::new();
+    for (i, pem) in client_ca_pems.iter().enumerate() {
+        let path = dir.join(format!("client-ca-{i}.pem"));
+        std::fs::write(&path, pem).expect("write client CA");
+        cas.push(json!(path));
+    }
+    json!({ "cert": cert, "key": key, "ca": cas })
+}

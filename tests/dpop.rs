@@ -229,3 +229,51 @@ key = "dpop.pem"
     assert_eq!(direct.status(), 401);
     proxy.stop().await;
 }
+
+/// RFC 8705 §5 / CHECKLIST MT-3: a route that presents a certificate uses the AS's
+/// `mtls_endpoint_aliases`; the request, `htu` and `aud = "token_endpoint"` follow the alias.
+#[tokio::test]
+async fn mt3_mtls_endpoint_alias_is_used_and_htu_aud_follow_it() {
+    let up = Recorder::start(|seen, _| {
+        if seen.path.starts_with("/.well-known/oauth-authorization-server") {
+            let origin = format!("http://{}", seen.header("host").unwrap());
+            return Reply::json(
+                200,
+                serde_json::json!({
+                    "issuer": origin,
+                    "token_endpoint": format!("{origin}/token"),
+                    "mtls_endpoint_aliases": { "token_endpoint": format!("{origin}/mtls/token") },
+                }),
+            );
+        }
+        Reply::json(200, serde_json::json!({"access_token": "t", "token_type": "DPoP"}))
+    })
+    .await;
+    let origin = up.url();
+    let dir = tempfile::tempdir().unwrap();
+    write_key(dir.path(), "client.pem", Alg::ES256);
+    let (_, dpop) = write_key(dir.path(), "dpop.pem", Alg::ES256);
+    let id = tokenrelay::pki::self_signed_client("app-1", 30).unwrap();
+    std::fs::write(dir.path().join("cert.pem"), &id.cert_pem).unwrap();
+    tokenrelay::keys::write_private(&dir.path().join("key.pem"), id.key_pem.as_bytes()).unwrap();
+    let config = config(&origin, "")
+        .replace(&format!("upstream = \"{origin}\"\n"), &format!("upstream = \"{origin}\"\nissuer = \"{origin}\"\n"))
+        .replace("[routes.as.client]\n", "[routes.as.client]\naudience = \"token_endpoint\"\n")
+        + "[routes.as.mtls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n";
+    let proxy = TestProxy::start_in(dir, &config).await;
+    let (status, body) = proxy.post_form("/as/token", "grant_type=client_credentials").await;
+    assert_eq!(status, 200, "{body}");
+    let seen = up.seen();
+    assert!(seen[0].path.starts_with("/.well-known/"), "discovery first");
+    let token_req = seen.iter().find(|s| s.method == "POST").unwrap();
+    assert_eq!(token_req.path, "/mtls/token", "sent to the alias");
+    let proof = token_req.header("dpop").unwrap();
+    let v = jose::verify(&proof, Alg::ES256, VerifyKey::Jwk(dpop.public_jwk())).unwrap();
+    assert_eq!(v.claims["htu"], format!("{origin}/mtls/token"), "htu follows the alias");
+    let assertion = Seen::jwt_claims(&token_req.param("client_assertion").unwrap());
+    assert_eq!(assertion["aud"], format!("{origin}/mtls/token"), "aud = the token endpoint as used");
+    // Discovery happens once per config version.
+    proxy.post_form("/as/token", "grant_type=client_credentials").await;
+    assert_eq!(up.seen().iter().filter(|s| s.method == "GET").count(), 1);
+    proxy.stop().await;
+}

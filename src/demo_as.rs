@@ -71,10 +71,19 @@ fn oauth_error(status: StatusCode, error: &str, description: impl Into<String>) 
 }
 
 impl DemoAs {
-    /// A demo AS whose issuer is `http://<addr>`.
+    /// A demo AS whose issuer is `http://<addr>` (or `https://` when `tls`).
     pub fn new(addr: SocketAddr, snapshot: watch::Receiver<Arc<Snapshot>>, require_nonce: bool) -> DemoAs {
+        Self::with_scheme("http", addr, snapshot, require_nonce)
+    }
+
+    fn with_scheme(
+        scheme: &str,
+        addr: SocketAddr,
+        snapshot: watch::Receiver<Arc<Snapshot>>,
+        require_nonce: bool,
+    ) -> DemoAs {
         DemoAs {
-            issuer: format!("http://{addr}"),
+            issuer: format!("{scheme}://{addr}"),
             snapshot,
             require_nonce,
             nonce: crate::proxy::new_jti(),
@@ -97,13 +106,13 @@ impl DemoAs {
         seen.insert(jti.to_string(), exp).is_none()
     }
 
-    async fn serve(self: Arc<Self>, req: Request<Incoming>) -> Answer {
+    async fn serve(self: Arc<Self>, req: Request<Incoming>, peer_cert: Option<&[u8]>) -> Answer {
         let path = req.uri().path().to_string();
         match (req.method().clone(), path.as_str()) {
             (Method::GET, "/.well-known/oauth-authorization-server" | "/.well-known/openid-configuration") => {
                 self.metadata()
             }
-            (Method::POST, "/token") => self.token(req).await,
+            (Method::POST, "/token") => self.token(req, peer_cert).await,
             (_, "/resource") => self.resource(req),
             _ => oauth_error(StatusCode::NOT_FOUND, "not_found", format!("the demo AS has no {path}")),
         }
@@ -124,18 +133,18 @@ impl DemoAs {
         )
     }
 
-    async fn token(&self, req: Request<Incoming>) -> Answer {
+    async fn token(&self, req: Request<Incoming>, peer_cert: Option<&[u8]>) -> Answer {
         let (parts, body) = req.into_parts();
         let body = match Limited::new(body, 64 * 1024).collect().await {
             Ok(b) => b.to_bytes(),
             Err(_) => return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "body unreadable or over 64 KiB"),
         };
-        match self.token_inner(&parts.headers, &body) {
+        match self.token_inner(&parts.headers, &body, peer_cert) {
             Ok(resp) | Err(resp) => resp,
         }
     }
 
-    fn token_inner(&self, headers: &HeaderMap, body: &[u8]) -> Result<Answer, Answer> {
+    fn token_inner(&self, headers: &HeaderMap, body: &[u8], peer_cert: Option<&[u8]>) -> Result<Answer, Answer> {
         let bad = |e: &dyn std::fmt::Display| oauth_error(StatusCode::BAD_REQUEST, "invalid_request", e.to_string());
         let form = Form::parse(body);
         let names: Vec<String> = form.names().map(str::to_string).collect();
@@ -150,7 +159,7 @@ impl DemoAs {
             ));
         }
         let mut verified = Map::new();
-        let client_id = self.authenticate(headers, &form, &mut verified)?;
+        let client_id = self.authenticate(headers, &form, peer_cert, &mut verified)?;
         let jkt = self.check_dpop(headers, "POST", "/token", None, &mut verified)?;
         let token = crate::proxy::new_jti() + &crate::proxy::new_jti();
         let exp = now() + 300;
@@ -167,8 +176,16 @@ impl DemoAs {
         if let Some(scope) = get("scope") {
             answer["scope"] = scope.into();
         }
+        let mut cnf = Map::new();
         if let Some(jkt) = jkt {
-            answer["cnf"] = json!({ "jkt": jkt });
+            cnf.insert("jkt".into(), jkt.into());
+        }
+        // RFC 8705 §3: a token issued over mTLS is bound to the certificate.
+        if let Some(der) = peer_cert {
+            cnf.insert("x5t#S256".into(), jose::sha256_b64url(der).into());
+        }
+        if !cnf.is_empty() {
+            answer["cnf"] = Value::Object(cnf);
         }
         Ok(json_response(StatusCode::OK, answer))
     }
@@ -178,6 +195,7 @@ impl DemoAs {
         &self,
         headers: &HeaderMap,
         form: &Form,
+        peer_cert: Option<&[u8]>,
         verified: &mut Map<String, Value>,
     ) -> Result<String, Answer> {
         let invalid = |d: String| oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", d);
@@ -218,6 +236,11 @@ impl DemoAs {
             (None, Some(secret), None) => check_secret(&route.credential, &secret, AuthMethod::ClientSecretPost)?,
             (None, None, Some((_, secret))) => check_secret(&route.credential, secret, AuthMethod::ClientSecretBasic)?,
             (None, None, None) if client.auth == AuthMethod::None => AuthMethod::None,
+            (None, None, None)
+                if matches!(client.auth, AuthMethod::TlsClientAuth | AuthMethod::SelfSignedTlsClientAuth) =>
+            {
+                check_certificate(client.auth, route.cert_der.as_deref(), peer_cert, verified)?
+            }
             (None, None, None) => {
                 return Err(invalid(format!("client {client_id:?} must authenticate ({})", client.auth.as_str())))
             }
@@ -438,6 +461,36 @@ impl DemoAs {
     }
 }
 
+/// RFC 8705 §2: `self_signed_tls_client_auth` matches the registered certificate exactly;
+/// `tls_client_auth` matches the registered subject DN. (The demo AS registers what the
+/// route presents; it does not validate chains — a real AS does.)
+fn check_certificate(
+    method: AuthMethod,
+    registered: Option<&[u8]>,
+    presented: Option<&[u8]>,
+    verified: &mut Map<String, Value>,
+) -> Result<AuthMethod, Answer> {
+    let invalid = |d: &str| oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", d.to_string());
+    let Some(presented) = presented else {
+        return Err(invalid("no client certificate was presented in the TLS handshake (RFC 8705 §2)"));
+    };
+    let Some(registered) = registered else {
+        return Err(invalid("the client has no registered certificate"));
+    };
+    let ok = match method {
+        AuthMethod::SelfSignedTlsClientAuth => presented == registered,
+        _ => {
+            crate::pki::subject_dn(presented).is_some()
+                && crate::pki::subject_dn(presented) == crate::pki::subject_dn(registered)
+        }
+    };
+    if !ok {
+        return Err(invalid("the client certificate does not match the registered one"));
+    }
+    verified.insert("client_cert_x5t#S256".into(), jose::sha256_b64url(presented).into());
+    Ok(method)
+}
+
 fn check_secret(credential: &Credential, sent: &str, method: AuthMethod) -> Result<AuthMethod, Answer> {
     match credential {
         Credential::Secret(s) if constant_time_eq(s.expose().as_bytes(), sent.as_bytes()) => Ok(method),
@@ -451,10 +504,166 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 impl crate::server::Handler for DemoAs {
     async fn call(self: Arc<Self>, req: Request<Incoming>, _peer: SocketAddr) -> Response<Body> {
-        let method = req.method().clone();
-        let path = req.uri().path().to_string();
-        let resp = self.serve(req).await;
-        tracing::debug!(target: "tokenrelay::demo_as", %method, %path, status = resp.status().as_u16(), "demo AS");
-        resp
+        serve_logged(self, req, None).await
     }
+}
+
+async fn serve_logged(demo: Arc<DemoAs>, req: Request<Incoming>, peer_cert: Option<&[u8]>) -> Answer {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let resp = demo.serve(req, peer_cert).await;
+    tracing::debug!(target: "tokenrelay::demo_as", %method, %path, status = resp.status().as_u16(), "demo AS");
+    resp
+}
+
+/// One TLS connection to the demo AS, with the client certificate it presented.
+struct TlsConn {
+    demo: Arc<DemoAs>,
+    cert: Option<Vec<u8>>,
+}
+
+impl crate::server::Handler for TlsConn {
+    async fn call(self: Arc<Self>, req: Request<Incoming>, _peer: SocketAddr) -> Response<Body> {
+        serve_logged(self.demo.clone(), req, self.cert.as_deref()).await
+    }
+}
+
+/// Accepts any client certificate in the handshake (or none): the demo AS decides per
+/// client what it requires, as an AS supporting both RFC 8705 methods must.
+#[derive(Debug)]
+struct AnyClientCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::server::danger::ClientCertVerifier for AnyClientCert {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        Ok(rustls::server::danger::ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Where the demo AS's CA lives when `[demo_as] tls = true`.
+pub fn ca_paths(config: &crate::config::Config) -> (std::path::PathBuf, std::path::PathBuf) {
+    (config.dir.join("certs/demo-as-ca.pem"), config.dir.join("certs/demo-as-ca-key.pem"))
+}
+
+/// Creates the demo AS's CA (certificate + 0600 key) when TLS is on and it is missing, so
+/// routes can name `trust = ["certs/demo-as-ca.pem"]`. Returns true when it was created.
+pub fn ensure_ca(config: &crate::config::Config) -> Result<bool, String> {
+    if !config.demo_as.as_ref().is_some_and(|d| d.tls) {
+        return Ok(false);
+    }
+    let (cert, key) = ca_paths(config);
+    if cert.exists() && key.exists() {
+        return Ok(false);
+    }
+    let ca = crate::pki::generate_ca("tokenrelay demo AS CA").map_err(|e| e.to_string())?;
+    let _ = std::fs::remove_file(&key);
+    crate::keys::write_private(&key, ca.key_pem.as_bytes()).map_err(|e| format!("{}: {e}", key.display()))?;
+    std::fs::write(&cert, ca.cert_pem.as_bytes()).map_err(|e| format!("{}: {e}", cert.display()))?;
+    tracing::info!(file = %cert.display(), "created the demo AS CA (add it to a route's trust to reach the demo AS over HTTPS)");
+    Ok(true)
+}
+
+fn server_config(config: &crate::config::Config) -> Result<Arc<rustls::ServerConfig>, String> {
+    let (cert, key) = ca_paths(config);
+    let read = |p: &std::path::Path| std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()));
+    let ca = crate::pki::Minted { cert_pem: read(&cert)?, key_pem: read(&key)? };
+    let leaf = crate::pki::issue_leaf(&ca, &["localhost", "127.0.0.1", "::1"], crate::pki::LeafUse::Server, 30)
+        .map_err(|e| e.to_string())?;
+    let chain: Vec<rustls::pki_types::CertificateDer<'static>> =
+        rustls_pemfile::certs(&mut leaf.cert_pem.as_bytes()).collect::<Result<_, _>>().map_err(|e| e.to_string())?;
+    let key = rustls_pemfile::private_key(&mut leaf.key_pem.as_bytes())
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| "generated leaf has no key".to_string())?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_client_cert_verifier(Arc::new(AnyClientCert(provider)))
+        .with_single_cert(chain, key)
+        .map_err(|e| e.to_string())?;
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(tls))
+}
+
+/// Serves the demo AS on `listener` until shutdown: plain HTTP, or HTTPS requesting (not
+/// requiring) a client certificate when `[demo_as] tls = true`. Returns the issuer.
+pub fn spawn(
+    listener: tokio::net::TcpListener,
+    config: &crate::config::Config,
+    snapshot: watch::Receiver<Arc<Snapshot>>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(String, tokio::task::JoinHandle<()>), String> {
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let settings =
+        config.demo_as.clone().unwrap_or(crate::config::DemoAsConfig { listen: addr, dpop_nonce: false, tls: false });
+    if !settings.tls {
+        let demo = Arc::new(DemoAs::new(addr, snapshot, settings.dpop_nonce));
+        let issuer = demo.issuer.clone();
+        return Ok((issuer, tokio::spawn(crate::server::serve(listener, demo, shutdown))));
+    }
+    let tls = tokio_rustls::TlsAcceptor::from(server_config(config)?);
+    let demo = Arc::new(DemoAs::with_scheme("https", addr, snapshot, settings.dpop_nonce));
+    let issuer = demo.issuer.clone();
+    let task = tokio::spawn(async move {
+        let mut stop = shutdown.clone();
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(pair) => pair,
+                    Err(_) => continue,
+                },
+                _ = crate::server::stopped(&mut stop) => break,
+            };
+            let tls = tls.clone();
+            let demo = demo.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                let Ok(Ok(stream)) = tokio::time::timeout(std::time::Duration::from_secs(10), tls.accept(stream)).await
+                else {
+                    return;
+                };
+                let cert = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec());
+                crate::server::serve_connection(stream, Arc::new(TlsConn { demo, cert }), peer, shutdown).await;
+            });
+        }
+    });
+    Ok((issuer, task))
 }

@@ -54,6 +54,8 @@ pub struct Config {
 pub struct DemoAsConfig {
     pub listen: SocketAddr,
     pub dpop_nonce: bool,
+    /// Serve HTTPS with a leaf from `certs/demo-as-ca.pem`, requesting client certificates.
+    pub tls: bool,
 }
 
 /// `scheme://host:port/base` of a route's upstream, split once.
@@ -273,6 +275,7 @@ impl Cx<'_> {
             Some(d) => Some(DemoAsConfig {
                 listen: self.addr(&d.get_ref().listen, "demo_as.listen")?,
                 dpop_nonce: d.get_ref().dpop_nonce,
+                tls: d.get_ref().tls,
             }),
             None => None,
         };

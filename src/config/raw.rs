@@ -50,6 +50,10 @@ pub struct RawDemoAs {
     /// Demand a DPoP nonce on every token request (exercises the nonce engine).
     #[serde(default)]
     pub dpop_nonce: bool,
+    /// Serve HTTPS (leaf from `certs/demo-as-ca.pem`, created on first start) and request
+    /// client certificates, for `tls_client_auth` / `self_signed_tls_client_auth`.
+    #[serde(default)]
+    pub tls: bool,
 }
 
 #[derive(Debug, Deserialize)]

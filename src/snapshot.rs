@@ -53,6 +53,32 @@ impl std::fmt::Debug for Route {
 }
 
 impl Route {
+    /// Configured algorithms the AS does not advertise (RFC 8414 §2, RFC 9449 §5.1).
+    pub fn check_algs(&self, meta: &crate::discovery::Metadata) -> Vec<String> {
+        let mut out = Vec::new();
+        let client_alg = match (&self.cfg.client, &self.credential) {
+            (Some(c), Credential::Key(_)) => Some(c.alg),
+            (Some(c), Credential::Secret(_)) if c.auth == AuthMethod::ClientSecretJwt => Some(c.alg),
+            _ => None,
+        };
+        let supported = &meta.token_endpoint_auth_signing_alg_values_supported;
+        if let Some(alg) = client_alg.filter(|a| !supported.is_empty() && !supported.iter().any(|s| s == a.as_str())) {
+            out.push(format!(
+                "client.alg {alg} is not in the AS's token_endpoint_auth_signing_alg_values_supported {supported:?}"
+            ));
+        }
+        let dpop_supported = &meta.dpop_signing_alg_values_supported;
+        if let Some(key) = self.dpop_key.as_ref() {
+            let alg = key.alg();
+            if !dpop_supported.is_empty() && !dpop_supported.iter().any(|s| s == alg.as_str()) {
+                out.push(format!(
+                    "dpop.alg {alg} is not in the AS's dpop_signing_alg_values_supported {dpop_supported:?}"
+                ));
+            }
+        }
+        out
+    }
+
     /// The AS metadata, when the route has an issuer and needs it (mTLS aliases, or
     /// endpoints not configured). Fetched once per snapshot; failures are logged and retried.
     pub async fn metadata(&self) -> Option<&crate::discovery::Metadata> {
@@ -60,7 +86,14 @@ impl Route {
         if self.cfg.endpoints_configured && self.cfg.mtls.is_none() {
             return None;
         }
-        match self.metadata.get_or_try_init(|| crate::discovery::fetch(self)).await {
+        let fetch = || async {
+            let meta = crate::discovery::fetch(self).await?;
+            for warning in self.check_algs(&meta) {
+                tracing::warn!(route = %self.cfg.name, "{warning}");
+            }
+            Ok::<_, String>(meta)
+        };
+        match self.metadata.get_or_try_init(fetch).await {
             Ok(meta) => Some(meta),
             Err(e) => {
                 tracing::warn!(route = %self.cfg.name, "AS discovery failed; using the configured upstream: {e}");
@@ -208,5 +241,34 @@ fn resolve_secret(route: &str, source: Option<&SecretSource>) -> Result<Secret, 
             }),
         },
         None => Err(BuildError::Route { route: route.into(), message: "client.secret is required".into() }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn configured_algs_are_checked_against_metadata() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("proxy.toml");
+        std::fs::write(
+            &path,
+            "[routes.a]\nprefix = \"/a\"\nupstream = \"https://as.example\"\n[routes.a.client]\nid = \"c\"\n\
+             auth = \"private_key_jwt\"\nkey = \"k.pem\"\nalg = \"EdDSA\"\ncreate = true\n\
+             [routes.a.dpop]\nkey = \"d.pem\"\ncreate = true\n",
+        )
+        .unwrap();
+        let cfg = crate::config::load(&path).unwrap();
+        let snap = Snapshot::build(cfg, BuildOptions { create_missing: true }).unwrap();
+        let meta: crate::discovery::Metadata = serde_json::from_str(
+            r#"{"issuer":"https://as.example","token_endpoint_auth_signing_alg_values_supported":["ES256","PS256"],
+                "dpop_signing_alg_values_supported":["ES256"]}"#,
+        )
+        .unwrap();
+        let warnings = snap.routes[0].check_algs(&meta);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("client.alg EdDSA"), "{warnings:?}");
     }
 }

@@ -23,7 +23,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 
-const READY_TIMEOUT: Duration = Duration::from_secs(60);
+const READY_TIMEOUT: Duration = Duration::from_secs(25);
 const INSTALL_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 const STALE_LOCK_AGE: Duration = Duration::from_secs(5 * 60);
 const STDERR_KEEP: usize = 64 * 1024;
@@ -182,7 +182,19 @@ impl OidcProvider {
             panic!("cannot start oidc-provider: {reason}");
         }
         ensure_npm_deps().await;
+        // Under heavy parallel load a node process has (rarely) been seen never to print
+        // READY. That is the harness failing to start, not the behaviour under test: give it
+        // one fresh process before failing the test with the captured output.
+        match Self::try_start(&config).await {
+            Ok(op) => op,
+            Err(first) => {
+                eprintln!("[oidc] first start failed, retrying once: {first}");
+                Self::try_start(&config).await.unwrap_or_else(|second| panic!("{second}"))
+            }
+        }
+    }
 
+    async fn try_start(config: &Value) -> Result<OidcProvider, String> {
         let tls = config.get("tls").is_some_and(|t| !t.is_null());
         let dir = tempfile::tempdir().expect("tempdir");
         let cfg_path = dir.path().join("config.json");
@@ -243,7 +255,9 @@ impl OidcProvider {
                 let status = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
                 let _ = tokio::time::timeout(Duration::from_secs(5), stderr_task).await;
                 let log = stderr_log.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                panic!("oidc-provider failed to start: {msg} (exit: {status:?})\nconfig: {config:#}\nstderr:\n{log}");
+                return Err(format!(
+                    "oidc-provider failed to start: {msg} (exit: {status:?})\nconfig: {config:#}\nstderr:\n{log}"
+                ));
             }
         };
 
@@ -265,7 +279,7 @@ impl OidcProvider {
             .build()
             .expect("control client");
 
-        OidcProvider { issuer, port, control_base, control, stderr_log, child, _stdin: stdin, _dir: dir }
+        Ok(OidcProvider { issuer, port, control_base, control, stderr_log, child, _stdin: stdin, _dir: dir })
     }
 
     /// `<issuer>/token`.

@@ -1,5 +1,5 @@
 //! The running proxy: load config, build the first snapshot, bind listeners, start the
-//! demo AS, and publish new snapshots on reload.
+//! demo AS, and publish new snapshots on reload (the reloader lives in [`crate::reload`]).
 //!
 //! [`start`] is what `tokenrelay run` and the integration tests call. Tests pass pre-bound
 //! listeners (`127.0.0.1:0`) so they can learn the ports before writing the config.
@@ -13,8 +13,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::{self, ConfigError};
-use crate::demo_as::DemoAs;
 use crate::proxy::Shared;
+use crate::reload::{self, ReloadOptions, ReloadStats, ReloadStatus};
 use crate::snapshot::{BuildError, BuildOptions, Snapshot};
 
 /// Why the proxy could not start.
@@ -26,6 +26,8 @@ pub enum StartError {
     Build(#[from] BuildError),
     #[error("cannot listen on {addr} ({key}): {source} (is another tokenrelay running? change {key} in proxy.toml)")]
     Bind { addr: SocketAddr, key: &'static str, source: std::io::Error },
+    #[error(transparent)]
+    LocalTls(#[from] crate::forward::ListenError),
 }
 
 /// What to start.
@@ -36,6 +38,12 @@ pub struct Options {
     pub listener: Option<TcpListener>,
     /// Use this listener instead of binding `[demo_as] listen`.
     pub demo_as_listener: Option<TcpListener>,
+    /// Use this listener instead of binding `[proxy] forward` (when set).
+    pub forward_listener: Option<TcpListener>,
+    /// Use this listener instead of binding `[proxy] listen_tls` (when set).
+    pub tls_listener: Option<TcpListener>,
+    /// Hot reload: file watching, SIGHUP, debounce (all on by default).
+    pub reload: ReloadOptions,
 }
 
 impl Options {
@@ -48,8 +56,13 @@ impl Options {
 pub struct Running {
     pub addr: SocketAddr,
     pub demo_as_addr: Option<SocketAddr>,
+    /// The forward proxy (`[proxy] forward`), when configured.
+    pub forward_addr: Option<SocketAddr>,
+    /// The HTTPS reverse listener (`[proxy] listen_tls`), when configured.
+    pub tls_addr: Option<SocketAddr>,
     config_path: PathBuf,
     snapshot: watch::Sender<Arc<Snapshot>>,
+    reload: reload::Handle,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -57,6 +70,12 @@ pub struct Running {
 /// Loads config and builds a snapshot: the one validation `run`, `check` and reload share.
 pub fn load(path: &Path, opts: BuildOptions) -> Result<Snapshot, StartError> {
     let config = config::load(path)?;
+    if opts.create_missing {
+        // Routes may trust the demo AS's CA: it must exist before their TLS clients are built.
+        crate::demo_as::ensure_ca(&config).map_err(|message| {
+            BuildError::Route { route: "(demo_as)".into(), message: format!("cannot create the demo AS CA: {message}") }
+        })?;
+    }
     Ok(Snapshot::build(config, opts)?)
 }
 
@@ -76,8 +95,8 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
         None => bind(config.listen, "[proxy] listen").await?,
     };
     let demo_listener = match (opts.demo_as_listener, &config.demo_as) {
-        (Some(l), _) => Some((l, config.demo_as.as_ref().is_some_and(|d| d.dpop_nonce))),
-        (None, Some(d)) => Some((bind(d.listen, "[demo_as] listen").await?, d.dpop_nonce)),
+        (Some(l), _) => Some(l),
+        (None, Some(d)) => Some(bind(d.listen, "[demo_as] listen").await?),
         (None, None) => None,
     };
     let addr = listener.local_addr().map_err(|source| StartError::Bind {
@@ -89,17 +108,41 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut tasks = Vec::new();
     let mut demo_as_addr = None;
-    if let Some((l, nonce)) = demo_listener {
+    if let Some(l) = demo_listener {
         let demo_addr = l.local_addr().map_err(|source| StartError::Bind { addr, key: "[demo_as] listen", source })?;
-        let demo = Arc::new(DemoAs::new(demo_addr, snapshot_rx.clone(), nonce));
-        tracing::info!(issuer = demo.issuer(), "demo AS listening");
-        tasks.push(tokio::spawn(crate::server::serve(l, demo, shutdown_rx.clone())));
+        let (issuer, task) = crate::demo_as::spawn(l, &config, snapshot_rx.clone(), shutdown_rx.clone())
+            .map_err(|message| BuildError::Route { route: "(demo_as)".into(), message })?;
+        tracing::info!(%issuer, "demo AS listening");
+        tasks.push(task);
         demo_as_addr = Some(demo_addr);
     }
-    let shared = Arc::new(Shared::new(snapshot_rx));
+    let reload_status = Arc::new(ReloadStatus::default());
+    let (reload, reloader) = reload::spawn(
+        opts.config.clone(),
+        snapshot_tx.clone(),
+        reload_status.clone(),
+        opts.reload,
+        shutdown_rx.clone(),
+    );
+    tasks.push(reloader);
+    let mut shared = Shared::new(snapshot_rx);
+    shared.reload = reload_status;
+    let shared = Arc::new(shared);
     tracing::info!(%addr, routes = ?snapshot_tx.borrow().prefixes(), "tokenrelay listening");
+    let local = crate::forward::spawn(&config, &shared, opts.forward_listener, opts.tls_listener, &shutdown_rx).await?;
+    tasks.extend(local.tasks);
     tasks.push(tokio::spawn(crate::server::serve(listener, shared, shutdown_rx)));
-    Ok(Running { addr, demo_as_addr, config_path: opts.config, snapshot: snapshot_tx, shutdown: shutdown_tx, tasks })
+    Ok(Running {
+        addr,
+        demo_as_addr,
+        forward_addr: local.forward_addr,
+        tls_addr: local.tls_addr,
+        config_path: opts.config,
+        snapshot: snapshot_tx,
+        reload,
+        shutdown: shutdown_tx,
+        tasks,
+    })
 }
 
 impl crate::server::Handler for Shared {
@@ -120,6 +163,16 @@ impl Running {
 
     pub fn config_path(&self) -> &Path {
         &self.config_path
+    }
+
+    /// Reload counters and times (what `GET /.tokenrelay/status` answers).
+    pub fn reload_status(&self) -> ReloadStats {
+        self.reload.status()
+    }
+
+    /// Reloads the config now, as `SIGHUP` does, and says what happened.
+    pub async fn reload_now(&self) -> reload::Outcome {
+        self.reload.reload_now().await
     }
 
     /// A ready-to-paste curl command that gets a token through the first route.

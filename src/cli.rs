@@ -1,4 +1,4 @@
-//! The command line: `run` (default), `check`, `jwks`, `init`. `anyhow` lives here only.
+//! The command line: `run` (default), `check`, `jwks`, `init`, `ca`. `anyhow` lives here only.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -43,6 +43,10 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Print the environment that makes common runtimes trust the local CA and use the
+    /// forward proxy, as shell exports: `eval "$(tokenrelay ca)"`. Creates the CA when missing
+    /// and writes a merged bundle (system roots + local CA) beside it.
+    Ca,
 }
 
 /// Entry point of the binary.
@@ -54,6 +58,7 @@ pub fn main() -> ExitCode {
         Command::Check => check(&cli.config),
         Command::Jwks { route } => jwks(&cli.config, route.as_deref()),
         Command::Init { force } => init(&cli.config, force),
+        Command::Ca => ca(&cli.config),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -201,6 +206,36 @@ fn jwks(config: &Path, only: Option<&str>) -> anyhow::Result<()> {
     let doc = jwks_document(config, only)?;
     eprintln!("Register each route's \"jwks\" (and x5c / tls_client_auth_subject_dn for mTLS clients) at your AS.");
     println!("{}", serde_json::to_string_pretty(&doc)?);
+    Ok(())
+}
+
+fn ca(config_path: &Path) -> anyhow::Result<()> {
+    let config = crate::config::load(config_path)?;
+    if config.forward.is_none() && config.listen_tls.is_none() {
+        eprintln!("note: neither [proxy] forward nor [proxy] listen_tls is set; nothing serves with the local CA yet");
+    }
+    let (ca, created) = crate::ca::LocalCa::load_or_create(&config)?;
+    if created {
+        eprintln!("created the local CA {} (key {}, 0600)", config.ca_cert.display(), config.ca_key.display());
+    }
+    if let Some(w) = ca.warning() {
+        eprintln!("warning: {w}");
+    }
+    for route in &config.routes {
+        for entry in &route.hosts {
+            let (host, _) = crate::forward::split_host_entry(entry);
+            if let Some(why) = ca.refusal(&host).filter(|_| config.forward.is_some()) {
+                eprintln!("warning: route {:?}: {why}", route.name);
+            }
+        }
+    }
+    let bundle = crate::ca::bundle_path(&config);
+    let roots = crate::ca::write_bundle(&ca, &bundle)
+        .with_context(|| format!("cannot write the merged CA bundle {}", bundle.display()))?;
+    if roots == 0 {
+        eprintln!("warning: no system root certificates found; {} holds the local CA only", bundle.display());
+    }
+    print!("{}", crate::ca::env_script(&config, &ca, &bundle));
     Ok(())
 }
 

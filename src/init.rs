@@ -75,16 +75,24 @@ pub fn init(config_path: &Path, force: bool) -> anyhow::Result<Vec<String>> {
             }
         }
     }
-    if (config.listen_tls.is_some() || config.forward.is_some())
-        && (replace(&config.ca_cert, force)? || !config.ca_key.exists())
-    {
-        let ca = crate::pki::generate_ca("tokenrelay local CA")?;
-        if config.ca_key.exists() {
-            std::fs::remove_file(&config.ca_key)?;
+    if config.listen_tls.is_some() || config.forward.is_some() {
+        let present = config.ca_cert.exists() || config.ca_key.exists();
+        if force {
+            for path in [&config.ca_cert, &config.ca_key] {
+                if path.exists() {
+                    std::fs::remove_file(path).with_context(|| format!("cannot replace {}", path.display()))?;
+                }
+            }
         }
-        write_private(&config.ca_key, ca.key_pem.as_bytes())?;
-        write_public(&config.ca_cert, ca.cert_pem.as_bytes())?;
-        made.push(format!("{} + {} (local CA)", config.ca_cert.display(), config.ca_key.display()));
+        if !present || force {
+            let ca = crate::ca::LocalCa::create(&config)?;
+            let scope = ca.constraints().map(|c| c.describe()).unwrap_or_else(|| "any name".into());
+            made.push(format!(
+                "{} + {} (local CA, name-constrained to {scope}; trust it with `tokenrelay ca`)",
+                config.ca_cert.display(),
+                config.ca_key.display()
+            ));
+        }
     }
     Ok(made)
 }

@@ -8,21 +8,29 @@
 //! `proxy.toml` → [`config`] (raw → checked) → [`snapshot`] (keys loaded, clients built) →
 //! [`app`] publishes it → [`server`] accepts → [`proxy`] runs the [`rewrite`] steps →
 //! [`upstream`] → response. [`jose`] is the only module that touches josekit, [`pki`] the
-//! only one that touches rcgen.
+//! only one that touches rcgen. [`reload`] watches the config and every file it names and
+//! publishes a new snapshot, whole, when they change.
+//!
+//! Two ways in (DESIGN.md): reverse mode over [`server::serve`] (and over HTTPS with a leaf
+//! from the local [`ca`]), and [`forward`] mode, an `HTTPS_PROXY` that intercepts the hosts
+//! routes claim and feeds their requests into the same [`proxy`] pipeline.
 
 pub mod app;
 pub mod body;
+pub mod ca;
 pub mod cli;
 pub mod config;
 pub mod demo_as;
 pub mod discovery;
 pub mod error;
+pub mod forward;
 pub mod init;
 pub mod jose;
 pub mod keys;
 pub mod pki;
 pub mod proxy;
 pub mod redact;
+pub mod reload;
 pub mod rewrite;
 pub mod server;
 pub mod snapshot;

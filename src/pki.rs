@@ -4,9 +4,11 @@
 //! rustls refuses a CA certificate as a server's end-entity certificate, so every server
 //! certificate here is a leaf issued by a CA, never the CA itself.
 
+use std::net::IpAddr;
+
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-    KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, CidrSubnet, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
+    GeneralSubtree, IsCa, KeyPair, KeyUsagePurpose, SanType,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use time::{Duration, OffsetDateTime};
@@ -120,6 +122,147 @@ pub fn generate_ca(cn: &str) -> Result<Minted, PkiError> {
     Ok(Minted { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
 }
 
+/// How long a local CA made by tokenrelay is valid: a year, so a forgotten trusted CA does
+/// not stay trusted for a decade.
+pub const LOCAL_CA_DAYS: i64 = 365;
+
+/// tokenrelay's local CA (for `listen_tls` and forward mode): may sign leaves only (path length
+/// 0), key usage `keyCertSign` + `cRLSign`, valid [`LOCAL_CA_DAYS`], and name-constrained
+/// (RFC 5280 §4.2.1.10) to `permitted`: DNS names (each also covers its subdomains) and IP
+/// literals. Loopback (`localhost`, `127.0.0.0/8`, `::1`) is always permitted. A stolen key can
+/// then mint certificates for these names only, in every verifier that honours constraints on
+/// a trust anchor (OpenSSL, rustls/webpki, Go, ...).
+pub fn generate_local_ca(cn: &str, permitted: &[String]) -> Result<Minted, PkiError> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = dn(cn);
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let mut subtrees = vec![
+        GeneralSubtree::DnsName("localhost".into()),
+        GeneralSubtree::IpAddress(CidrSubnet::from_v4_prefix([127, 0, 0, 0], 8)),
+        GeneralSubtree::IpAddress(CidrSubnet::from_addr_prefix(IpAddr::from(std::net::Ipv6Addr::LOCALHOST), 128)),
+    ];
+    for name in permitted {
+        let subtree = match name.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+            Ok(ip @ IpAddr::V4(_)) => GeneralSubtree::IpAddress(CidrSubnet::from_addr_prefix(ip, 32)),
+            Ok(ip @ IpAddr::V6(_)) => GeneralSubtree::IpAddress(CidrSubnet::from_addr_prefix(ip, 128)),
+            Err(_) => GeneralSubtree::DnsName(name.to_ascii_lowercase()),
+        };
+        if !subtrees.contains(&subtree) {
+            subtrees.push(subtree);
+        }
+    }
+    params.name_constraints = Some(rcgen::NameConstraints { permitted_subtrees: subtrees, excluded_subtrees: vec![] });
+    window(&mut params, LOCAL_CA_DAYS);
+    let cert = params.self_signed(&key)?;
+    Ok(Minted { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+}
+
+/// The name constraints of a CA certificate (RFC 5280 §4.2.1.10), as far as tokenrelay needs
+/// them: DNS and IP subtrees.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NameConstraints {
+    pub permitted_dns: Vec<String>,
+    pub permitted_ip: Vec<(IpAddr, u8)>,
+    pub excluded_dns: Vec<String>,
+    pub excluded_ip: Vec<(IpAddr, u8)>,
+}
+
+impl NameConstraints {
+    /// Would a leaf for `host` (a DNS name or IP literal) pass these constraints?
+    pub fn permits(&self, host: &str) -> bool {
+        let host = host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+        match host.parse::<IpAddr>() {
+            Ok(ip) => {
+                !self.excluded_ip.iter().any(|n| in_subnet(ip, *n))
+                    && (self.permitted_ip.is_empty() || self.permitted_ip.iter().any(|n| in_subnet(ip, *n)))
+            }
+            Err(_) => {
+                !self.excluded_dns.iter().any(|c| in_dns_subtree(&host, c))
+                    && (self.permitted_dns.is_empty() || self.permitted_dns.iter().any(|c| in_dns_subtree(&host, c)))
+            }
+        }
+    }
+
+    /// The permitted subtrees, for messages: `localhost, 127.0.0.0/8, ::1/128, as.example.com`.
+    pub fn describe(&self) -> String {
+        let dns = self.permitted_dns.iter().cloned();
+        let ip = self.permitted_ip.iter().map(|(ip, len)| format!("{ip}/{len}"));
+        let all: Vec<String> = dns.chain(ip).collect();
+        if all.is_empty() {
+            "any name".into()
+        } else {
+            all.join(", ")
+        }
+    }
+}
+
+/// RFC 5280 §4.2.1.10: a DNS constraint matches the name itself and every name built by adding
+/// labels on the left; a leading dot means subdomains only.
+fn in_dns_subtree(host: &str, constraint: &str) -> bool {
+    let c = constraint.to_ascii_lowercase();
+    if c.is_empty() {
+        return true;
+    }
+    if let Some(parent) = c.strip_prefix('.') {
+        return host.ends_with(&format!(".{parent}"));
+    }
+    host == c || host.ends_with(&format!(".{c}"))
+}
+
+fn in_subnet(ip: IpAddr, (net, len): (IpAddr, u8)) -> bool {
+    match (ip, net) {
+        (IpAddr::V4(a), IpAddr::V4(n)) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(len.min(32))).unwrap_or(0);
+            u32::from(a) & mask == u32::from(n) & mask
+        }
+        (IpAddr::V6(a), IpAddr::V6(n)) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(len.min(128))).unwrap_or(0);
+            u128::from(a) & mask == u128::from(n) & mask
+        }
+        _ => false,
+    }
+}
+
+/// Reads the name constraints of a CA certificate; `None` when it has none (any name).
+pub fn name_constraints(der: &[u8]) -> Option<NameConstraints> {
+    use x509_parser::extensions::{GeneralName, ParsedExtension};
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let split = |subtrees: &Option<Vec<x509_parser::extensions::GeneralSubtree<'_>>>,
+                 dns: &mut Vec<String>,
+                 ip: &mut Vec<(IpAddr, u8)>| {
+        for s in subtrees.iter().flatten() {
+            match &s.base {
+                GeneralName::DNSName(name) => dns.push(name.to_ascii_lowercase()),
+                GeneralName::IPAddress(bytes) => ip.extend(subnet(bytes)),
+                _ => {}
+            }
+        }
+    };
+    for ext in cert.iter_extensions() {
+        if let ParsedExtension::NameConstraints(nc) = ext.parsed_extension() {
+            let mut out = NameConstraints::default();
+            split(&nc.permitted_subtrees, &mut out.permitted_dns, &mut out.permitted_ip);
+            split(&nc.excluded_subtrees, &mut out.excluded_dns, &mut out.excluded_ip);
+            return Some(out);
+        }
+    }
+    None
+}
+
+/// An `iPAddress` subtree: address then mask, 8 or 32 bytes.
+fn subnet(bytes: &[u8]) -> Option<(IpAddr, u8)> {
+    let (addr, mask) = bytes.split_at(bytes.len() / 2);
+    let len = mask.iter().map(|b| b.count_ones()).sum::<u32>() as u8;
+    let addr = match addr.len() {
+        4 => IpAddr::from(<[u8; 4]>::try_from(addr).ok()?),
+        16 => IpAddr::from(<[u8; 16]>::try_from(addr).ok()?),
+        _ => return None,
+    };
+    Some((addr, len))
+}
+
 /// An intermediate CA issued by `issuer`.
 pub fn issue_intermediate(issuer: &Minted, cn: &str) -> Result<Minted, PkiError> {
     let (ca, ca_key) = reissue(issuer)?;
@@ -179,7 +322,13 @@ pub fn self_signed_client_window(
 
 fn leaf_params(names: &[&str], usage: LeafUse, days: i64) -> Result<CertificateParams, PkiError> {
     let mut params = CertificateParams::default();
-    params.distinguished_name = dn(names.first().copied().unwrap_or("tokenrelay"));
+    let first = names.first().copied().unwrap_or("tokenrelay");
+    // OpenSSL checks a CN that looks like a host name against the issuer's DNS name
+    // constraints when the leaf has no DNS SAN, and "127.0.0.1" looks like one: an IP-only
+    // server leaf gets a CN that is no host name (the SAN carries the identity anyway).
+    let cn =
+        if usage == LeafUse::Server && first.parse::<std::net::IpAddr>().is_ok() { "tokenrelay server" } else { first };
+    params.distinguished_name = dn(cn);
     for name in names {
         let san = match name.parse::<std::net::IpAddr>() {
             Ok(ip) => SanType::IpAddress(ip),
@@ -189,6 +338,8 @@ fn leaf_params(names: &[&str], usage: LeafUse, days: i64) -> Result<CertificateP
         params.subject_alt_names.push(san);
     }
     params.is_ca = IsCa::ExplicitNoCa;
+    // RFC 5280 §4.2.1.1: strict verifiers (Python 3.13's VERIFY_X509_STRICT) want the AKI.
+    params.use_authority_key_identifier_extension = true;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![match usage {
         LeafUse::Server => ExtendedKeyUsagePurpose::ServerAuth,
@@ -204,6 +355,14 @@ pub fn is_self_signed(der: &[u8]) -> bool {
         return false;
     };
     cert.subject() == cert.issuer() && cert.verify_signature(None).is_ok()
+}
+
+/// Is this DER certificate a CA (basicConstraints `cA` set)?
+pub fn is_ca(der: &[u8]) -> bool {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return false;
+    };
+    cert.basic_constraints().ok().flatten().is_some_and(|bc| bc.value.ca)
 }
 
 /// The subject DN in RFC 4514 form, as `tls_client_auth_subject_dn` expects.
@@ -259,5 +418,48 @@ mod tests {
         assert!(is_self_signed(&der));
         assert_eq!(subject_dn(&der).unwrap(), "CN=app");
         assert!(validity_warning(&der).is_none());
+    }
+
+    #[test]
+    fn local_ca_is_name_constrained_and_leaf_only() {
+        let ca = generate_local_ca("tokenrelay local CA", &["as.example.com".into(), "10.1.2.3".into()]).unwrap();
+        let der = rustls_pemfile::certs(&mut ca.cert_pem.as_bytes()).next().unwrap().unwrap();
+        let nc = name_constraints(&der).unwrap();
+        for ok in [
+            "localhost",
+            "a.localhost",
+            "127.0.0.1",
+            "127.9.9.9",
+            "::1",
+            "[::1]",
+            "as.example.com",
+            "x.as.example.com",
+            "10.1.2.3",
+        ] {
+            assert!(nc.permits(ok), "{ok} should be permitted by {nc:?}");
+        }
+        for bad in ["example.com", "evilas.example.com", "10.1.2.4", "::2", "bank.example"] {
+            assert!(!nc.permits(bad), "{bad} should not be permitted");
+        }
+        assert!(nc.describe().contains("127.0.0.0/8"), "{}", nc.describe());
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+        let bc = cert.basic_constraints().unwrap().unwrap().value;
+        assert!(bc.ca && bc.path_len_constraint == Some(0));
+        let ku = cert.key_usage().unwrap().unwrap();
+        assert!(ku.critical && ku.value.key_cert_sign() && !ku.value.digital_signature());
+        // Unconstrained CAs permit anything.
+        let plain = generate_ca("t").unwrap();
+        let der = rustls_pemfile::certs(&mut plain.cert_pem.as_bytes()).next().unwrap().unwrap();
+        assert!(name_constraints(&der).is_none());
+    }
+
+    #[test]
+    fn dns_and_ip_subtree_matching() {
+        assert!(in_dns_subtree("a.b.c", ".b.c") && !in_dns_subtree("b.c", ".b.c"));
+        assert!(in_dns_subtree("B.C".to_ascii_lowercase().as_str(), "b.c"));
+        assert!(in_subnet("192.168.1.9".parse().unwrap(), ("192.168.0.0".parse().unwrap(), 16)));
+        assert!(!in_subnet("192.169.1.9".parse().unwrap(), ("192.168.0.0".parse().unwrap(), 16)));
+        assert!(in_subnet("1.2.3.4".parse().unwrap(), ("0.0.0.0".parse().unwrap(), 0)));
+        assert!(!in_subnet("::1".parse().unwrap(), ("127.0.0.0".parse().unwrap(), 8)));
     }
 }

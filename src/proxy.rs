@@ -33,11 +33,13 @@ use crate::snapshot::{Route, Snapshot};
 pub struct Shared {
     pub snapshot: watch::Receiver<Arc<Snapshot>>,
     pub nonces: NonceCache,
+    /// Reload counters for `GET /.tokenrelay/status` (set by `app::start`).
+    pub reload: Arc<crate::reload::ReloadStatus>,
 }
 
 impl Shared {
     pub fn new(snapshot: watch::Receiver<Arc<Snapshot>>) -> Shared {
-        Shared { snapshot, nonces: NonceCache::default() }
+        Shared { snapshot, nonces: NonceCache::default(), reload: Arc::default() }
     }
 }
 
@@ -181,6 +183,11 @@ async fn relay(
 ) -> Result<Response<Body>, ProxyError> {
     let (parts, body) = req.into_parts();
     let path = parts.uri.path();
+    if matches!(entry, Entry::Reverse) && path == crate::reload::STATUS_PATH {
+        check_exposure(&parts.headers, &parts.uri, &snapshot.config.allow_origins)?;
+        outcome.route = "status".into();
+        return Ok(crate::reload::status_response(&shared.reload));
+    }
     let (route, rest) = match &entry {
         Entry::Reverse => {
             check_exposure(&parts.headers, &parts.uri, &snapshot.config.allow_origins)?;
@@ -304,6 +311,26 @@ pub struct Target {
     pub token_endpoint: String,
     /// Discovery lists this URL as client-authenticated (when `endpoints` is not configured).
     pub discovered_auth_endpoint: bool,
+    /// A DPoP proof belongs on this request: token and PAR endpoints (RFC 9449 §5, §7),
+    /// not introspection, revocation, device or CIBA endpoints.
+    pub wants_proof: bool,
+}
+
+/// Is `url` a token or PAR endpoint? By metadata when known, else by the last path segment.
+fn is_token_or_par(url: &str, meta: Option<&crate::discovery::Metadata>) -> bool {
+    if let Some(meta) = meta {
+        let named = [&meta.token_endpoint, &meta.pushed_authorization_request_endpoint];
+        let aliases = ["token_endpoint", "pushed_authorization_request_endpoint"].map(|n| meta.mtls_endpoint_aliases.get(n));
+        if named.iter().any(|u| u.as_deref() == Some(url)) || aliases.iter().any(|u| u.map(String::as_str) == Some(url)) {
+            return true;
+        }
+        if meta.client_auth_endpoints().iter().any(|(_, u)| *u == url) {
+            return false;
+        }
+    }
+    let last = url.rsplit('/').next().unwrap_or_default().to_ascii_lowercase();
+    !["introspect", "introspection", "revoke", "revocation", "device_authorization", "device", "bc-authorize", "backchannel"]
+        .contains(&last.as_str())
 }
 
 /// Normalized origin of an absolute URL: lowercase scheme and host, default port omitted.
@@ -343,11 +370,12 @@ async fn resolve_target(route: &Route, rest: &str, query: Option<&str>) -> Targe
             }
         }
     }
+    let wants_proof = is_token_or_par(&url, route.metadata.get());
     let full = match query {
         Some(q) => format!("{url}?{q}"),
         None => url.clone(),
     };
-    Target { origin: origin_of(&url), full, url, token_endpoint, discovered_auth_endpoint }
+    Target { origin: origin_of(&url), full, url, token_endpoint, discovered_auth_endpoint, wants_proof }
 }
 
 /// Sends `body` once, with the route's timeout. Returns the response and the upstream time.
@@ -406,7 +434,7 @@ async fn send_signed(
         let call = Call { endpoint_url: &target.url, token_endpoint: &target.token_endpoint, now, jti: new_jti() };
         outcome.injected = client_auth::apply(&route.cfg, &route.credential, &call, &mut headers, &mut form)?;
         let sent_nonce = nonce.clone();
-        if let Some(key) = &route.dpop_key {
+        if let Some(key) = route.dpop_key.as_ref().filter(|_| target.wants_proof) {
             let jti = new_jti();
             let input = ProofInput {
                 htm: method.as_str(),
@@ -430,7 +458,7 @@ async fn send_signed(
         let body = Bytes::from(form.encode());
         let (resp, _) = send(route, method, &target.full, headers, body, outcome).await?;
         let fresh = shared.nonces.observe(origin, resp.headers());
-        if route.dpop_key.is_none() {
+        if route.dpop_key.is_none() || !target.wants_proof {
             return Ok(into_app_response(resp));
         }
         let (resp, bytes) = buffer_small(resp).await?;
@@ -577,6 +605,20 @@ mod tests {
         assert!(check_exposure(&local, &uri, &[]).is_ok());
         let cross = headers(&[("host", "localhost:8787"), ("sec-fetch-site", "cross-site")]);
         assert!(check_exposure(&cross, &uri, &[]).is_err());
+    }
+
+    #[test]
+    fn proofs_only_for_token_and_par() {
+        assert!(is_token_or_par("https://as/token", None));
+        assert!(is_token_or_par("https://as/par", None));
+        assert!(!is_token_or_par("https://as/token/introspect", None));
+        assert!(!is_token_or_par("https://as/oauth2/revoke", None));
+        let meta: crate::discovery::Metadata = serde_json::from_str(
+            r#"{"issuer":"https://as","token_endpoint":"https://as/t","introspection_endpoint":"https://as/check"}"#,
+        )
+        .unwrap();
+        assert!(is_token_or_par("https://as/t", Some(&meta)));
+        assert!(!is_token_or_par("https://as/check", Some(&meta)));
     }
 
     #[test]

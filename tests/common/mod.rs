@@ -3,4 +3,5 @@
 
 pub mod oidc;
 pub mod proxy;
+pub mod tls_upstream;
 pub mod upstream;

@@ -1,0 +1,640 @@
+//! Forward mode (`[proxy] forward`): an HTTP proxy for apps that cannot change their token
+//! endpoint. The app runs with `HTTPS_PROXY=http://127.0.0.1:8788` and the local CA trusted.
+//!
+//! - `CONNECT host:port` to a host a route claims is intercepted: TLS is terminated with a leaf
+//!   for that host minted by the [local CA](crate::ca) (h2 or http/1.1 by ALPN), and every
+//!   inner request runs through the same pipeline as reverse mode ([`proxy::handle_entry`] with
+//!   [`Entry::Forward`]), relayed with the route's TLS identity to the route's `upstream`.
+//! - The CONNECT target, the SNI and each inner request's `Host` / `:authority` must name the
+//!   same host (and port): the SNI is checked by the certificate resolver, which refuses the
+//!   handshake (`access_denied` alert) on a mismatch; `Host` is checked per request, a
+//!   mismatch is answered `421` with an OAuth-style JSON body and nothing is signed or relayed.
+//! - `CONNECT` to any other host is tunnelled byte for byte, or refused with `403` when
+//!   `[proxy] unknown_hosts = "refuse"`.
+//! - Absolute-form requests (`POST http://host/token`, what `HTTP_PROXY` clients send) follow
+//!   the same rules: claimed hosts go through the pipeline, others are relayed as they are or
+//!   refused.
+//!
+//! Which route claims a target ([`claim`]): a `hosts` entry is `name` or `name:port`. An entry
+//! with a port claims that port only; a bare entry that is the upstream's own host claims the
+//! upstream's port only (so other services on `127.0.0.1` are not caught by a route to a local
+//! AS); any other bare entry claims every port. The most specific claim wins.
+//!
+//! A request on a claimed host whose path lies outside the route's upstream base path (say
+//! discovery at `/.well-known/...` when `upstream = "https://as/oauth2"`) cannot be an endpoint
+//! the route signs, so it is relayed untouched through the route's TLS client rather than
+//! refused: refusing would break the app's other calls to the same host.
+//!
+//! [`spawn`] starts this listener and `[proxy] listen_tls` (reverse mode over HTTPS), the two
+//! listeners that need the local CA, which it loads or creates on first use.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+use crate::body::{self, Body};
+use crate::ca::{self, LocalCa};
+use crate::config::{Config, UnknownHosts};
+use crate::error::ProxyError;
+use crate::proxy::{self, Entry, Shared};
+use crate::rewrite::hop;
+use crate::server::{self, Handler};
+use crate::snapshot::{Route, Snapshot};
+
+/// How long connecting to a tunnelled host may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an unclaimed plain-HTTP host may take to answer.
+const PLAIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Why the forward or HTTPS listener could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    #[error(transparent)]
+    Ca(#[from] ca::CaError),
+    #[error("cannot listen on {addr} ({key}): {source} (is another tokenrelay running? change {key} in proxy.toml)")]
+    Bind { addr: SocketAddr, key: &'static str, source: std::io::Error },
+}
+
+/// The listeners [`spawn`] started.
+#[derive(Debug, Default)]
+pub struct Listeners {
+    pub forward_addr: Option<SocketAddr>,
+    pub tls_addr: Option<SocketAddr>,
+    pub tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+async fn bind(
+    given: Option<TcpListener>,
+    addr: SocketAddr,
+    key: &'static str,
+) -> Result<(TcpListener, SocketAddr), ListenError> {
+    let listener = match given {
+        Some(l) => l,
+        None => TcpListener::bind(addr).await.map_err(|source| ListenError::Bind { addr, key, source })?,
+    };
+    let local = listener.local_addr().map_err(|source| ListenError::Bind { addr, key, source })?;
+    Ok((listener, local))
+}
+
+/// Starts `[proxy] listen_tls` and `[proxy] forward` when configured, loading or creating the
+/// local CA first. A pre-bound listener (tests bind `127.0.0.1:0`) replaces binding the
+/// configured address.
+pub async fn spawn(
+    config: &Config,
+    shared: &Arc<Shared>,
+    forward_listener: Option<TcpListener>,
+    tls_listener: Option<TcpListener>,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<Listeners, ListenError> {
+    let mut out = Listeners::default();
+    let forward = config.forward.map(|addr| (forward_listener, addr));
+    let tls = config.listen_tls.map(|addr| (tls_listener, addr));
+    if forward.is_none() && tls.is_none() {
+        return Ok(out);
+    }
+    let (ca, created) = LocalCa::load_or_create(config)?;
+    if created {
+        tracing::info!(cert = %config.ca_cert.display(), "created the local CA; trust it with `tokenrelay ca`");
+    }
+    if let Some(w) = ca.warning() {
+        tracing::warn!("{w}");
+    }
+    let ca = Arc::new(ca);
+    if let Some((given, addr)) = tls {
+        let (listener, local) = bind(given, addr, "[proxy] listen_tls").await?;
+        let tls = ca::server_config(Arc::new(ca::LoopbackResolver(ca.clone())))?;
+        tracing::info!(addr = %local, "tokenrelay listening over HTTPS (local CA leaf for localhost, 127.0.0.1, ::1)");
+        out.tasks.push(tokio::spawn(server::serve_tls(listener, tls, shared.clone(), shutdown.clone())));
+        out.tls_addr = Some(local);
+    }
+    if let Some((given, addr)) = forward {
+        let (listener, local) = bind(given, addr, "[proxy] forward").await?;
+        for route in &config.routes {
+            for entry in &route.hosts {
+                let (host, _) = split_host_entry(entry);
+                if let Some(why) = ca.refusal(&host) {
+                    tracing::warn!(route = %route.name, "forward mode cannot intercept {host}: {why}");
+                }
+            }
+        }
+        let proxy = Arc::new(ForwardProxy::new(shared.clone(), ca.clone(), shutdown.clone()));
+        tracing::info!(addr = %local, unknown_hosts = ?config.unknown_hosts, "forward proxy listening (HTTPS_PROXY)");
+        out.tasks.push(tokio::spawn(server::serve_upgradable(listener, proxy, shutdown.clone())));
+        out.forward_addr = Some(local);
+    }
+    Ok(out)
+}
+
+/// `host:port` as the app named it: host lowercase, IPv6 without brackets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub host: String,
+    pub port: u16,
+}
+
+impl Target {
+    /// Parses `host[:port]` (a CONNECT target, a `Host` header, a URI authority).
+    pub fn parse(authority: &str, default_port: u16) -> Option<Target> {
+        let a: http::uri::Authority = authority.parse().ok()?;
+        if a.as_str().contains('@') {
+            return None;
+        }
+        let host = a.host().trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+        if host.is_empty() {
+            return None;
+        }
+        Some(Target { host, port: a.port_u16().unwrap_or(default_port) })
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Splits a `hosts` entry into name and optional port: `as.example.com`, `as.example.com:8443`,
+/// `[::1]:9443`, `::1`.
+pub fn split_host_entry(entry: &str) -> (String, Option<u16>) {
+    let e = entry.trim().to_ascii_lowercase();
+    if let Some((host, tail)) = e.strip_prefix('[').and_then(|rest| rest.split_once(']')) {
+        return (host.to_string(), tail.strip_prefix(':').and_then(|p| p.parse().ok()));
+    }
+    if e.matches(':').count() == 1 {
+        if let Some((host, port)) = e.rsplit_once(':') {
+            if let Ok(port) = port.parse() {
+                return (host.to_string(), Some(port));
+            }
+        }
+    }
+    (e, None)
+}
+
+/// The route that claims `target`, most specific claim first (see the module docs).
+pub fn claim<'a>(snapshot: &'a Snapshot, target: &Target) -> Option<&'a Arc<Route>> {
+    let mut best: Option<(u8, &Arc<Route>)> = None;
+    for route in &snapshot.routes {
+        for entry in &route.cfg.hosts {
+            let (host, port) = split_host_entry(entry);
+            if host != target.host {
+                continue;
+            }
+            let score = match port {
+                Some(p) if p == target.port => 3,
+                Some(_) => continue,
+                None if host == route.cfg.upstream.host => {
+                    if route.cfg.upstream.port != target.port {
+                        continue;
+                    }
+                    2
+                }
+                None => 1,
+            };
+            if best.is_none_or(|(s, _)| score > s) {
+                best = Some((score, route));
+            }
+        }
+    }
+    best.map(|(_, r)| r)
+}
+
+/// The path relative to the upstream's base path, or `None` when it lies outside it.
+pub fn rest_of(path: &str, base: &str) -> Option<String> {
+    let path = if path.is_empty() { "/" } else { path };
+    let rest = path.strip_prefix(base)?;
+    if rest.is_empty() {
+        Some("/".into())
+    } else if rest.starts_with('/') {
+        Some(rest.into())
+    } else {
+        None
+    }
+}
+
+/// Checks that the URI authority and `Host` of a request name `target` (RFC 9110 §7.4: a
+/// request for another origin on this connection is misdirected). At least one must be present.
+pub fn check_authority(
+    uri: &Uri,
+    host: Option<&HeaderValue>,
+    target: &Target,
+    default_port: u16,
+) -> Result<(), String> {
+    let mut named = false;
+    if let Some(a) = uri.authority() {
+        named = true;
+        if Target::parse(a.as_str(), default_port).as_ref() != Some(target) {
+            return Err(format!("request authority {:?} does not match the proxied host {target}", a.as_str()));
+        }
+    }
+    if let Some(h) = host {
+        named = true;
+        let text = h.to_str().unwrap_or("");
+        if Target::parse(text, default_port).as_ref() != Some(target) {
+            return Err(format!("Host {text:?} does not match the proxied host {target}"));
+        }
+    }
+    if !named {
+        return Err(format!("request names no host (no Host header); expected {target}"));
+    }
+    Ok(())
+}
+
+fn text(status: StatusCode, msg: impl Into<String>) -> Response<Body> {
+    let mut msg = msg.into();
+    msg.push('\n');
+    let mut resp = Response::new(body::full(Bytes::from(msg)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp
+}
+
+/// `421 Misdirected Request` with the OAuth-style body the pipeline uses for its own errors.
+fn misdirected(msg: &str) -> Response<Body> {
+    let body = serde_json::json!({ "error": "tokenrelay_error", "error_description": msg });
+    let mut resp = Response::new(body::full(Bytes::from(body.to_string())));
+    *resp.status_mut() = StatusCode::MISDIRECTED_REQUEST;
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// The forward proxy: one per `[proxy] forward` listener.
+pub struct ForwardProxy {
+    shared: Arc<Shared>,
+    ca: Arc<LocalCa>,
+    plain: Client<HttpConnector, Incoming>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl std::fmt::Debug for ForwardProxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ForwardProxy").field("ca", &self.ca).finish_non_exhaustive()
+    }
+}
+
+impl ForwardProxy {
+    /// A forward proxy over the live snapshot in `shared`, minting from `ca`. Tunnels and
+    /// intercepted connections end when `shutdown` turns true.
+    pub fn new(shared: Arc<Shared>, ca: Arc<LocalCa>, shutdown: watch::Receiver<bool>) -> ForwardProxy {
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        let plain = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(http);
+        ForwardProxy { shared, ca, plain, shutdown }
+    }
+
+    fn snapshot(&self) -> Arc<Snapshot> {
+        self.shared.snapshot.borrow().clone()
+    }
+
+    async fn connect(self: Arc<Self>, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        let Some(target) = req.uri().authority().and_then(|a| Target::parse(a.as_str(), 443)) else {
+            return text(StatusCode::BAD_REQUEST, format!("CONNECT needs host:port, got {:?}", req.uri().to_string()));
+        };
+        let snapshot = self.snapshot();
+        if let Some(route) = claim(&snapshot, &target) {
+            if let Some(why) = self.ca.refusal(&target.host) {
+                tracing::warn!(%target, route = %route.cfg.name, "CONNECT refused: {why}");
+                return text(StatusCode::BAD_GATEWAY, format!("tokenrelay: {why}"));
+            }
+            // Mint before answering 200, so a CA problem is a clear answer, not a failed handshake.
+            let key = match self.ca.server_key(&[target.host.as_str()]) {
+                Ok(key) => key,
+                Err(e) => {
+                    tracing::error!(%target, "CONNECT refused: {e}");
+                    return text(StatusCode::BAD_GATEWAY, format!("tokenrelay: {e}"));
+                }
+            };
+            tracing::info!(%target, %peer, route = %route.cfg.name, "CONNECT intercepted");
+            let on_upgrade = hyper::upgrade::on(&mut req);
+            tokio::spawn(self.intercept(on_upgrade, target, key, peer));
+            return Response::new(body::full(Bytes::new()));
+        }
+        if snapshot.config.unknown_hosts == UnknownHosts::Refuse {
+            tracing::info!(%target, %peer, "CONNECT refused: no route claims the host");
+            return text(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "tokenrelay: CONNECT to {target} refused: no route claims this host and [proxy] unknown_hosts = \"refuse\" \
+                     (claim it with routes.<name>.hosts, or set unknown_hosts = \"tunnel\")"
+                ),
+            );
+        }
+        let upstream = match tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            TcpStream::connect((target.host.as_str(), target.port)),
+        )
+        .await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return text(StatusCode::BAD_GATEWAY, format!("tokenrelay: cannot connect to {target}: {e}")),
+            Err(_) => {
+                return text(StatusCode::GATEWAY_TIMEOUT, format!("tokenrelay: connecting to {target} timed out"))
+            }
+        };
+        let _ = upstream.set_nodelay(true);
+        tracing::debug!(%target, %peer, "CONNECT tunnelled");
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(tunnel(on_upgrade, upstream, target, self.shutdown.clone()));
+        Response::new(body::full(Bytes::new()))
+    }
+
+    async fn intercept(
+        self: Arc<Self>,
+        on_upgrade: hyper::upgrade::OnUpgrade,
+        target: Target,
+        key: Arc<CertifiedKey>,
+        peer: SocketAddr,
+    ) {
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => return tracing::debug!(%target, "CONNECT upgrade failed: {e}"),
+        };
+        let resolver = Arc::new(SniCheck { host: target.host.clone(), key });
+        let config = match ca::server_config(resolver) {
+            Ok(c) => c,
+            Err(e) => return tracing::error!(%target, "{e}"),
+        };
+        let accepted =
+            tokio::time::timeout(ca::HANDSHAKE_TIMEOUT, TlsAcceptor::from(config).accept(TokioIo::new(upgraded))).await;
+        let tls = match accepted {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => return tracing::warn!(%target, %peer, "TLS handshake inside CONNECT failed: {e}"),
+            Err(_) => return tracing::warn!(%target, %peer, "TLS handshake inside CONNECT timed out"),
+        };
+        let handler = Arc::new(Intercepted { proxy: self.clone(), target });
+        server::serve_connection(tls, handler, peer, self.shutdown.clone()).await;
+    }
+
+    /// A request for a claimed host: the pipeline when the path is under the route's upstream
+    /// path, untouched otherwise. The route is looked up again on the live snapshot.
+    async fn relay_claimed(&self, req: Request<Incoming>, peer: SocketAddr, target: &Target) -> Response<Body> {
+        let snapshot = self.snapshot();
+        let Some(route) = claim(&snapshot, target) else {
+            return misdirected(&format!(
+                "no route claims {target} any more (the config changed); open a new connection"
+            ));
+        };
+        match rest_of(req.uri().path(), &route.cfg.upstream.base_path) {
+            Some(rest) => {
+                let entry = Entry::Forward { route: route.cfg.name.clone(), rest };
+                proxy::handle_entry(self.shared.clone(), req, peer, entry).await
+            }
+            None => match passthrough(route, snapshot.config.max_body, req).await {
+                Ok(resp) => resp,
+                Err(e) => e.into_response(),
+            },
+        }
+    }
+
+    /// An absolute-form request (`POST http://host/path`), what `HTTP_PROXY` clients send.
+    async fn absolute(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        let default_port = if req.uri().scheme_str() == Some("https") { 443 } else { 80 };
+        let Some(target) = req.uri().authority().and_then(|a| Target::parse(a.as_str(), default_port)) else {
+            return text(StatusCode::BAD_REQUEST, "tokenrelay: absolute-form request without a host");
+        };
+        if let Err(why) = check_authority(req.uri(), req.headers().get(header::HOST), &target, default_port) {
+            tracing::warn!(%target, %peer, "refused: {why}");
+            return misdirected(&why);
+        }
+        let snapshot = self.snapshot();
+        if claim(&snapshot, &target).is_some() {
+            return self.relay_claimed(req, peer, &target).await;
+        }
+        if snapshot.config.unknown_hosts == UnknownHosts::Refuse {
+            return text(
+                StatusCode::FORBIDDEN,
+                format!("tokenrelay: request to {target} refused: no route claims this host and [proxy] unknown_hosts = \"refuse\""),
+            );
+        }
+        if req.uri().scheme_str() != Some("http") {
+            return text(StatusCode::BAD_REQUEST, "tokenrelay: use CONNECT for https:// URLs");
+        }
+        let (mut parts, body) = req.into_parts();
+        hop::strip(&mut parts.headers);
+        parts.headers.remove("proxy-connection");
+        parts.headers.remove(header::PROXY_AUTHORIZATION);
+        let req = Request::from_parts(parts, body);
+        match tokio::time::timeout(PLAIN_TIMEOUT, self.plain.request(req)).await {
+            Ok(Ok(resp)) => {
+                let (mut parts, incoming) = resp.into_parts();
+                hop::strip(&mut parts.headers);
+                Response::from_parts(parts, body::boxed(incoming))
+            }
+            Ok(Err(e)) => text(StatusCode::BAD_GATEWAY, format!("tokenrelay: {target}: {e}")),
+            Err(_) => text(StatusCode::GATEWAY_TIMEOUT, format!("tokenrelay: {target} did not answer in time")),
+        }
+    }
+}
+
+impl Handler for ForwardProxy {
+    async fn call(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        if req.method() == Method::CONNECT {
+            return self.connect(req, peer).await;
+        }
+        if req.uri().scheme().is_some() && req.uri().authority().is_some() {
+            return self.absolute(req, peer).await;
+        }
+        text(
+            StatusCode::BAD_REQUEST,
+            "tokenrelay: this is the forward proxy (HTTPS_PROXY); send CONNECT or absolute-form requests. \
+             For reverse mode use the [proxy] listen address with a route prefix.",
+        )
+    }
+}
+
+/// The TLS session inside one intercepted CONNECT.
+struct Intercepted {
+    proxy: Arc<ForwardProxy>,
+    target: Target,
+}
+
+impl Handler for Intercepted {
+    async fn call(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        if let Err(why) = check_authority(req.uri(), req.headers().get(header::HOST), &self.target, 443) {
+            tracing::warn!(target = %self.target, %peer, "refused: {why}");
+            return misdirected(&why);
+        }
+        self.proxy.relay_claimed(req, peer, &self.target).await
+    }
+}
+
+/// Serves the minted leaf only when the client's SNI (if any) names the CONNECT target;
+/// otherwise resolves nothing, and rustls ends the handshake with `access_denied`. Clients
+/// send no SNI for IP literals (RFC 6066 §3), so a missing SNI is accepted.
+#[derive(Debug)]
+struct SniCheck {
+    host: String,
+    key: Arc<CertifiedKey>,
+}
+
+impl ResolvesServerCert for SniCheck {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        match hello.server_name() {
+            Some(sni) if !sni.eq_ignore_ascii_case(&self.host) => {
+                tracing::warn!(connect = %self.host, sni, "TLS refused: SNI does not match the CONNECT target");
+                None
+            }
+            _ => Some(self.key.clone()),
+        }
+    }
+}
+
+async fn tunnel(
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    mut upstream: TcpStream,
+    target: Target,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let upgraded = match on_upgrade.await {
+        Ok(u) => u,
+        Err(e) => return tracing::debug!(%target, "CONNECT upgrade failed: {e}"),
+    };
+    let mut client = TokioIo::new(upgraded);
+    tokio::select! {
+        copied = tokio::io::copy_bidirectional(&mut client, &mut upstream) => match copied {
+            Ok((up, down)) => tracing::debug!(%target, up, down, "tunnel closed"),
+            Err(e) => tracing::debug!(%target, "tunnel ended: {e}"),
+        },
+        _ = server::stopped(&mut shutdown) => {}
+    }
+}
+
+/// Relays a request on a claimed host outside the route's upstream path as it is, through
+/// the route's client (its TLS identity and trust), hop-by-hop headers removed.
+async fn passthrough(route: &Route, limit: usize, req: Request<Incoming>) -> Result<Response<Body>, ProxyError> {
+    let (parts, body) = req.into_parts();
+    let body = match Limited::new(body, limit).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+            return Err(ProxyError::TooLarge { limit })
+        }
+        Err(e) => return Err(ProxyError::BadRequest(format!("could not read the request body: {e}"))),
+    };
+    let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let url = format!("{}{path}", route.cfg.upstream.origin());
+    let mut headers = parts.headers;
+    hop::strip(&mut headers);
+    headers.remove(header::HOST);
+    headers.remove(header::CONTENT_LENGTH);
+    if !body.is_empty() {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    }
+    let mut out = Request::new(Full::new(body));
+    *out.method_mut() = parts.method;
+    *out.uri_mut() =
+        url.parse().map_err(|_| ProxyError::BadRequest(format!("cannot build an upstream URL from {url:?}")))?;
+    *out.headers_mut() = headers;
+    let resp = match tokio::time::timeout(route.cfg.timeout, route.client.request(out)).await {
+        Ok(Ok(resp)) => resp,
+        Ok(Err(e)) => return Err(ProxyError::Upstream(crate::upstream::describe_error(&e, &url, &route.cfg.name))),
+        Err(_) => return Err(ProxyError::Timeout(format!("upstream {url} did not answer in time"))),
+    };
+    tracing::info!(route = %route.cfg.name, %url, status = resp.status().as_u16(), "relayed untouched (outside the route's upstream path)");
+    let (mut parts, incoming) = resp.into_parts();
+    hop::strip(&mut parts.headers);
+    Ok(Response::from_parts(parts, body::boxed(incoming)))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::snapshot::BuildOptions;
+
+    fn t(host: &str, port: u16) -> Target {
+        Target { host: host.into(), port }
+    }
+
+    #[test]
+    fn targets_and_host_entries_parse() {
+        assert_eq!(Target::parse("AS.Example.com:8443", 443), Some(t("as.example.com", 8443)));
+        assert_eq!(Target::parse("as.example.com", 443), Some(t("as.example.com", 443)));
+        assert_eq!(Target::parse("[::1]:9443", 443), Some(t("::1", 9443)));
+        assert_eq!(Target::parse("user@evil:1", 443), None);
+        assert_eq!(t("::1", 1).to_string(), "[::1]:1");
+        assert_eq!(split_host_entry("as.example.com"), ("as.example.com".into(), None));
+        assert_eq!(split_host_entry("As.example.com:8443"), ("as.example.com".into(), Some(8443)));
+        assert_eq!(split_host_entry("[::1]:9443"), ("::1".into(), Some(9443)));
+        assert_eq!(split_host_entry("::1"), ("::1".into(), None));
+    }
+
+    #[test]
+    fn claims_prefer_the_most_specific_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = r#"
+[routes.local]
+prefix = "/local"
+upstream = "http://127.0.0.1:9000"
+
+[routes.named]
+prefix = "/named"
+upstream = "http://127.0.0.1:9001/oauth2"
+hosts = ["as.example.com", "api.example.com:8443"]
+
+[routes.pinned]
+prefix = "/pinned"
+upstream = "http://127.0.0.1:9002"
+hosts = ["as.example.com:443"]
+"#;
+        let config = crate::config::parse(text, &dir.path().join("proxy.toml")).unwrap();
+        let snap = Snapshot::build(config, BuildOptions::default()).unwrap();
+        let name = |target: Target| claim(&snap, &target).map(|r| r.cfg.name.clone());
+        assert_eq!(name(t("127.0.0.1", 9000)).as_deref(), Some("local"));
+        assert_eq!(name(t("127.0.0.1", 9001)), None, "the upstream host is claimed at its own port only");
+        assert_eq!(name(t("as.example.com", 443)).as_deref(), Some("pinned"));
+        assert_eq!(name(t("as.example.com", 8443)).as_deref(), Some("named"));
+        assert_eq!(name(t("api.example.com", 8443)).as_deref(), Some("named"));
+        assert_eq!(name(t("api.example.com", 443)), None);
+        assert_eq!(name(t("other.example", 443)), None);
+    }
+
+    #[test]
+    fn rest_is_relative_to_the_base_path() {
+        assert_eq!(rest_of("/token", "").as_deref(), Some("/token"));
+        assert_eq!(rest_of("/oauth2/token", "/oauth2").as_deref(), Some("/token"));
+        assert_eq!(rest_of("/oauth2", "/oauth2").as_deref(), Some("/"));
+        assert_eq!(rest_of("/oauth2x/token", "/oauth2"), None);
+        assert_eq!(rest_of("/.well-known/openid-configuration", "/oauth2"), None);
+    }
+
+    #[test]
+    fn connect_target_and_host_must_agree() {
+        let target = t("as.example.com", 443);
+        let origin: Uri = "/token".parse().unwrap();
+        let ok = |h: &str| check_authority(&origin, Some(&HeaderValue::from_str(h).unwrap()), &target, 443);
+        assert!(ok("as.example.com").is_ok());
+        assert!(ok("AS.example.com:443").is_ok());
+        assert!(ok("as.example.com:8443").is_err());
+        assert!(ok("evil.example").is_err());
+        assert!(check_authority(&origin, None, &target, 443).is_err(), "no Host at all");
+        let h2: Uri = "https://as.example.com/token".parse().unwrap();
+        assert!(check_authority(&h2, None, &target, 443).is_ok());
+        let h2_other: Uri = "https://evil.example/token".parse().unwrap();
+        assert!(check_authority(&h2_other, None, &target, 443).is_err());
+        let both = HeaderValue::from_static("evil.example");
+        assert!(check_authority(&h2, Some(&both), &target, 443).is_err(), ":authority and Host disagree");
+    }
+}

@@ -1,0 +1,145 @@
+//! A recording upstream over TLS: an "AS" on 127.0.0.1:0 with its own test PKI (a CA and a
+//! leaf from `tokenrelay::pki`; rustls refuses a CA as the end-entity certificate). Keeps every
+//! request as it arrived, like [`super::upstream::Recorder`], plus the SNI and ALPN of every
+//! TLS session, so tests can tell an intercepted connection from a tunnelled one.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::Response;
+use http_body_util::{BodyExt as _, Full};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokenrelay::pki::{self, LeafUse};
+use tokio::net::TcpListener;
+
+use super::upstream::{Reply, Seen};
+
+type Behaviour = dyn Fn(&Seen, usize) -> Reply + Send + Sync;
+
+/// One TLS session as the server saw it.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub sni: Option<String>,
+    pub alpn: Option<String>,
+}
+
+pub struct TlsRecorder {
+    pub addr: SocketAddr,
+    /// The test PKI's CA certificate (PEM): what a client must trust.
+    pub ca_path: PathBuf,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    sessions: Arc<Mutex<Vec<Session>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// A rustls server config for `names` issued by a fresh CA written to `ca_path`.
+pub fn server_config(ca_path: &Path, names: &[&str]) -> rustls::ServerConfig {
+    let ca = pki::generate_ca("tokenrelay test AS CA").unwrap();
+    std::fs::write(ca_path, &ca.cert_pem).unwrap();
+    let leaf = pki::issue_leaf(&ca, names, LeafUse::Server, 2).unwrap();
+    let chain = rustls_pemfile::certs(&mut leaf.cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>().unwrap();
+    let key = rustls_pemfile::private_key(&mut leaf.key_pem.as_bytes()).unwrap().unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config
+}
+
+impl TlsRecorder {
+    /// Starts on 127.0.0.1:0 with a leaf for `localhost` and `127.0.0.1`; the CA goes to
+    /// `dir/<ca_file>`.
+    pub async fn start(
+        dir: &Path,
+        ca_file: &str,
+        behaviour: impl Fn(&Seen, usize) -> Reply + Send + Sync + 'static,
+    ) -> TlsRecorder {
+        let ca_path = dir.join(ca_file);
+        let config = Arc::new(server_config(&ca_path, &["localhost", "127.0.0.1"]));
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let sessions: Arc<Mutex<Vec<Session>>> = Arc::default();
+        let behaviour: Arc<Behaviour> = Arc::new(behaviour);
+        let (seen2, sessions2) = (seen.clone(), sessions.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { return };
+                let (seen, sessions, behaviour, acceptor) =
+                    (seen2.clone(), sessions2.clone(), behaviour.clone(), acceptor.clone());
+                tokio::spawn(async move {
+                    let Ok(Ok(tls)) =
+                        tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream)).await
+                    else {
+                        return;
+                    };
+                    let conn = tls.get_ref().1;
+                    sessions.lock().unwrap().push(Session {
+                        sni: conn.server_name().map(str::to_string),
+                        alpn: conn.alpn_protocol().map(|p| String::from_utf8_lossy(p).into_owned()),
+                    });
+                    let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let seen = seen.clone();
+                        let behaviour = behaviour.clone();
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                            let record = Seen {
+                                method: parts.method.to_string(),
+                                path: parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default(),
+                                headers: parts.headers,
+                                body: body.to_vec(),
+                            };
+                            let n = {
+                                let mut s = seen.lock().unwrap();
+                                s.push(record.clone());
+                                s.len() - 1
+                            };
+                            let reply = behaviour(&record, n);
+                            let mut resp = Response::new(Full::new(Bytes::from(reply.body)));
+                            *resp.status_mut() = reply.status;
+                            for (k, v) in reply.headers {
+                                resp.headers_mut().append(
+                                    http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                                    http::HeaderValue::from_str(&v).unwrap(),
+                                );
+                            }
+                            Ok::<_, Infallible>(resp)
+                        }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tls), svc)
+                        .await;
+                });
+            }
+        });
+        TlsRecorder { addr, ca_path, seen, sessions, task }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn sessions(&self) -> Vec<Session> {
+        self.sessions.lock().unwrap().clone()
+    }
+}
+
+impl Drop for TlsRecorder {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

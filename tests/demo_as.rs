@@ -1,0 +1,121 @@
+//! The built-in demo AS: it really verifies (a test that it refuses what it should), and
+//! its HTTPS listener takes client certificates for both RFC 8705 methods.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::proxy::{write_key, TestProxy};
+use serde_json::Value;
+use tokenrelay::jose::Alg;
+use tokenrelay::pki::{self, LeafUse};
+
+async fn post(http: &reqwest::Client, url: &str, body: String) -> (u16, Value) {
+    let resp =
+        http.post(url).header("content-type", "application/x-www-form-urlencoded").body(body).send().await.unwrap();
+    (resp.status().as_u16(), resp.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn demo_as_refuses_unsigned_replayed_and_foreign_assertions() {
+    let demo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let issuer = format!("http://{}", demo.local_addr().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    write_key(dir.path(), "client.pem", Alg::ES256);
+    let config = format!(
+        "[demo_as]\nlisten = \"127.0.0.1:0\"\n[routes.d]\nprefix = \"/d\"\nupstream = \"{issuer}\"\nissuer = \"{issuer}\"\n\
+         [routes.d.client]\nid = \"demo-app\"\nauth = \"private_key_jwt\"\nkey = \"client.pem\"\n"
+    );
+    let proxy = TestProxy::try_start_in(dir, &config, Some(demo)).await.unwrap();
+    let http = common::proxy::client();
+    let token_url = format!("{issuer}/token");
+
+    // Unsigned: the demo AS wants the assertion.
+    let (status, body) = post(&http, &token_url, "grant_type=client_credentials&client_id=demo-app".into()).await;
+    assert_eq!((status, body["error"].as_str()), (401, Some("invalid_client")), "{body}");
+
+    // Signed by a key that is not the registered one.
+    let stranger = tokenrelay::jose::SigningKey::generate(Alg::ES256).unwrap();
+    let mut claims = serde_json::Map::new();
+    for (k, v) in [("iss", "demo-app"), ("sub", "demo-app"), ("aud", issuer.as_str()), ("jti", "j-1")] {
+        claims.insert(k.into(), v.into());
+    }
+    claims.insert(
+        "exp".into(),
+        (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 60).into(),
+    );
+    let forged = stranger.sign(serde_json::Map::new(), &claims).unwrap();
+    let body = format!(
+        "grant_type=client_credentials&client_id=demo-app&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer&client_assertion={forged}"
+    );
+    let (status, answer) = post(&http, &token_url, body).await;
+    assert_eq!(status, 401);
+    assert!(answer["error_description"].as_str().unwrap().contains("signature"), "{answer}");
+
+    // Replay: capture what tokenrelay sent by signing with the route's own key twice.
+    let snapshot = proxy.running.as_ref().unwrap().snapshot();
+    let tokenrelay::snapshot::Credential::Key(key) = &snapshot.routes[0].credential else { panic!("key") };
+    let mut header = serde_json::Map::new();
+    header.insert("kid".into(), key.thumbprint().into());
+    let good = key.sign(header, &claims).unwrap();
+    let body = format!(
+        "grant_type=client_credentials&client_id=demo-app&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer&client_assertion={good}"
+    );
+    assert_eq!(post(&http, &token_url, body.clone()).await.0, 200);
+    let (status, answer) = post(&http, &token_url, body).await;
+    assert_eq!(status, 401);
+    assert!(answer["error_description"].as_str().unwrap().contains("replay"), "{answer}");
+
+    // Through tokenrelay it just works.
+    let (status, answer) = proxy.post_form("/d/token", "grant_type=client_credentials").await;
+    assert_eq!(status, 200, "{answer}");
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn demo_as_over_https_binds_tokens_to_client_certificates() {
+    let demo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let issuer = format!("https://{}", demo.local_addr().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ss = pki::self_signed_client("ss-app", 30).unwrap();
+    std::fs::write(d.join("ss-cert.pem"), &ss.cert_pem).unwrap();
+    tokenrelay::keys::write_private(&d.join("ss-key.pem"), ss.key_pem.as_bytes()).unwrap();
+    let root = pki::generate_ca("client root").unwrap();
+    let leaf = pki::issue_leaf(&root, &["tls-app"], LeafUse::Client, 30).unwrap();
+    std::fs::write(d.join("tls-cert.pem"), &leaf.cert_pem).unwrap();
+    tokenrelay::keys::write_private(&d.join("tls-key.pem"), leaf.key_pem.as_bytes()).unwrap();
+    let route = |name: &str, auth: &str| {
+        format!(
+            "[routes.{name}]\nprefix = \"/{name}\"\nupstream = \"{issuer}\"\nissuer = \"{issuer}\"\ntrust = [\"certs/demo-as-ca.pem\"]\n\
+             [routes.{name}.client]\nid = \"{name}-app\"\nauth = \"{auth}\"\n[routes.{name}.mtls]\ncert = \"{name}-cert.pem\"\nkey = \"{name}-key.pem\"\n"
+        )
+    };
+    let config = "[demo_as]\nlisten = \"127.0.0.1:0\"\ntls = true\n".to_string()
+        + &route("ss", "self_signed_tls_client_auth")
+        + &route("tls", "tls_client_auth");
+    let proxy = TestProxy::try_start_in(dir, &config, Some(demo)).await.unwrap();
+    let snapshot = proxy.running.as_ref().unwrap().snapshot();
+    for name in ["ss", "tls"] {
+        let (status, answer) = proxy.post_form(&format!("/{name}/token"), "grant_type=client_credentials").await;
+        assert_eq!(status, 200, "{name}: {answer}");
+        let thumb = snapshot.routes.iter().find(|r| r.cfg.name == name).unwrap().cert_thumbprint.clone().unwrap();
+        assert_eq!(answer["cnf"]["x5t#S256"], thumb.as_str(), "{name}");
+        assert_eq!(
+            answer["verified"]["auth_method"],
+            if name == "ss" { "self_signed_tls_client_auth" } else { "tls_client_auth" }
+        );
+    }
+    // Without a client certificate the demo AS refuses the mTLS client.
+    let ca = std::fs::read(proxy.path("certs/demo-as-ca.pem")).unwrap();
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+        .build()
+        .unwrap();
+    let (status, answer) =
+        post(&http, &format!("{issuer}/token"), "grant_type=client_credentials&client_id=ss-app".into()).await;
+    assert_eq!(status, 401, "{answer}");
+    assert!(answer["error_description"].as_str().unwrap().contains("no client certificate"), "{answer}");
+    proxy.stop().await;
+}

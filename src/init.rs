@@ -94,5 +94,8 @@ pub fn init(config_path: &Path, force: bool) -> anyhow::Result<Vec<String>> {
             ));
         }
     }
+    if crate::demo_as::ensure_ca(&config).map_err(|e| anyhow::anyhow!("demo AS CA: {e}"))? {
+        made.push(format!("{} (demo AS CA for [demo_as] tls = true)", crate::demo_as::ca_paths(&config).0.display()));
+    }
     Ok(made)
 }

@@ -72,8 +72,9 @@ pub fn load(path: &Path, opts: BuildOptions) -> Result<Snapshot, StartError> {
     let config = config::load(path)?;
     if opts.create_missing {
         // Routes may trust the demo AS's CA: it must exist before their TLS clients are built.
-        crate::demo_as::ensure_ca(&config).map_err(|message| {
-            BuildError::Route { route: "(demo_as)".into(), message: format!("cannot create the demo AS CA: {message}") }
+        crate::demo_as::ensure_ca(&config).map_err(|message| BuildError::Route {
+            route: "(demo_as)".into(),
+            message: format!("cannot create the demo AS CA: {message}"),
         })?;
     }
     Ok(Snapshot::build(config, opts)?)
@@ -117,20 +118,17 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
         demo_as_addr = Some(demo_addr);
     }
     let reload_status = Arc::new(ReloadStatus::default());
-    let (reload, reloader) = reload::spawn(
-        opts.config.clone(),
-        snapshot_tx.clone(),
-        reload_status.clone(),
-        opts.reload,
-        shutdown_rx.clone(),
-    );
-    tasks.push(reloader);
     let mut shared = Shared::new(snapshot_rx);
-    shared.reload = reload_status;
+    shared.reload = reload_status.clone();
     let shared = Arc::new(shared);
     tracing::info!(%addr, routes = ?snapshot_tx.borrow().prefixes(), "tokenrelay listening");
     let local = crate::forward::spawn(&config, &shared, opts.forward_listener, opts.tls_listener, &shutdown_rx).await?;
     tasks.extend(local.tasks);
+    // After the listeners: they may have created the local CA, which the reloader must see
+    // as it was at start, not as a change.
+    let (reload, reloader) =
+        reload::spawn(opts.config.clone(), snapshot_tx.clone(), reload_status, opts.reload, shutdown_rx.clone());
+    tasks.push(reloader);
     tasks.push(tokio::spawn(crate::server::serve(listener, shared, shutdown_rx)));
     Ok(Running {
         addr,

@@ -320,8 +320,10 @@ pub struct Target {
 fn is_token_or_par(url: &str, meta: Option<&crate::discovery::Metadata>) -> bool {
     if let Some(meta) = meta {
         let named = [&meta.token_endpoint, &meta.pushed_authorization_request_endpoint];
-        let aliases = ["token_endpoint", "pushed_authorization_request_endpoint"].map(|n| meta.mtls_endpoint_aliases.get(n));
-        if named.iter().any(|u| u.as_deref() == Some(url)) || aliases.iter().any(|u| u.map(String::as_str) == Some(url)) {
+        let aliases =
+            ["token_endpoint", "pushed_authorization_request_endpoint"].map(|n| meta.mtls_endpoint_aliases.get(n));
+        if named.iter().any(|u| u.as_deref() == Some(url)) || aliases.iter().any(|u| u.map(String::as_str) == Some(url))
+        {
             return true;
         }
         if meta.client_auth_endpoints().iter().any(|(_, u)| *u == url) {
@@ -329,8 +331,17 @@ fn is_token_or_par(url: &str, meta: Option<&crate::discovery::Metadata>) -> bool
         }
     }
     let last = url.rsplit('/').next().unwrap_or_default().to_ascii_lowercase();
-    !["introspect", "introspection", "revoke", "revocation", "device_authorization", "device", "bc-authorize", "backchannel"]
-        .contains(&last.as_str())
+    ![
+        "introspect",
+        "introspection",
+        "revoke",
+        "revocation",
+        "device_authorization",
+        "device",
+        "bc-authorize",
+        "backchannel",
+    ]
+    .contains(&last.as_str())
 }
 
 /// Normalized origin of an absolute URL: lowercase scheme and host, default port omitted.

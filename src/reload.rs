@@ -22,10 +22,11 @@
 //! read again; and an empty `proxy.toml` (what an in-place save leaves for a moment) is
 //! refused, although `check` would accept it.
 //!
-//! Listener addresses (`[proxy] listen`, `listen_tls`, `forward`, `[demo_as]`) are bound
-//! once at start. A reload that changes them applies everything else and logs, in its one
-//! line, that those changes need a restart; [`ReloadStats::restart_needed`] lists them until
-//! the config matches the running listeners again.
+//! Listeners (`[proxy] listen`, `listen_tls`, `forward`, `[demo_as]`, and the local CA the
+//! HTTPS listener and forward mode serve with) are set up once at start. A reload that
+//! changes them applies everything else and logs, in its one line, that those changes need a
+//! restart; [`ReloadStats::restart_needed`] lists them until the config matches the running
+//! listeners again.
 //!
 //! [`ReloadStatus`] (counters and times) is shared with the status endpoint
 //! ([`STATUS_PATH`] on the reverse listener).
@@ -228,7 +229,7 @@ pub fn spawn(
     let current = snapshot.borrow().clone();
     let files = named_files(&current.config);
     let mut reloader = Reloader {
-        listeners: Listeners::of(&current.config),
+        listeners: Listeners::read(&current.config),
         path,
         snapshot,
         status,
@@ -253,22 +254,34 @@ pub fn spawn(
     (handle, task)
 }
 
-/// The listener settings the running proxy was started with.
+/// What the running listeners were started with. Only a restart changes these: the
+/// listeners are bound once, and the HTTPS listener, forward mode and the demo AS keep the
+/// settings and certificates they started with.
 #[derive(Debug, Clone, PartialEq)]
 struct Listeners {
     listen: SocketAddr,
     listen_tls: Option<SocketAddr>,
     forward: Option<SocketAddr>,
-    demo_as: Option<(SocketAddr, bool)>,
+    /// `[demo_as]` as a whole (its `Debug` form: the type has no `PartialEq`).
+    demo_as: Option<(SocketAddr, String)>,
+    /// The local CA's files and a hash of their contents, when a listener serves with it.
+    local_ca: Option<(PathBuf, PathBuf, Option<[u8; 32]>)>,
 }
 
 impl Listeners {
-    fn of(c: &Config) -> Listeners {
+    /// Reads `c`'s listener settings (and hashes the local CA's files: blocking I/O).
+    fn read(c: &Config) -> Listeners {
+        let local_ca = (c.listen_tls.is_some() || c.forward.is_some()).then(|| {
+            let mut hash = Sha256::new();
+            let read = [&c.ca_cert, &c.ca_key].iter().all(|p| std::fs::read(p).map(|b| hash.update(b)).is_ok());
+            (c.ca_cert.clone(), c.ca_key.clone(), read.then(|| hash.finalize().into()))
+        });
         Listeners {
             listen: c.listen,
             listen_tls: c.listen_tls,
             forward: c.forward,
-            demo_as: c.demo_as.as_ref().map(|d| (d.listen, d.dpop_nonce)),
+            demo_as: c.demo_as.as_ref().map(|d| (d.listen, format!("{d:?}"))),
+            local_ca,
         }
     }
 
@@ -287,13 +300,15 @@ impl Listeners {
         if self.forward != new.forward {
             out.push(format!("proxy.forward {} -> {}", show(self.forward), show(new.forward)));
         }
-        let (old_as, new_as) = (self.demo_as.map(|d| d.0), new.demo_as.map(|d| d.0));
-        if old_as != new_as {
-            out.push(format!("demo_as.listen {} -> {}", show(old_as), show(new_as)));
+        let demo_listen = |l: &Listeners| l.demo_as.as_ref().map(|d| d.0);
+        if demo_listen(self) != demo_listen(new) {
+            out.push(format!("demo_as.listen {} -> {}", show(demo_listen(self)), show(demo_listen(new))));
+        } else if self.demo_as != new.demo_as {
+            out.push("[demo_as] settings".into());
         }
-        if let (Some((_, a)), Some((_, b))) = (self.demo_as, new.demo_as) {
+        if let (Some(a), Some(b)) = (&self.local_ca, &new.local_ca) {
             if a != b {
-                out.push(format!("demo_as.dpop_nonce {a} -> {b}"));
+                out.push("proxy.ca_cert/ca_key (the local CA the HTTPS listener and forward mode serve with)".into());
             }
         }
         out
@@ -430,7 +445,8 @@ struct LoadJob {
 enum Loaded {
     Unchanged,
     Done {
-        result: Result<Snapshot, String>,
+        /// The new snapshot and the listener settings it asks for.
+        result: Result<Box<(Snapshot, Listeners)>, String>,
         /// The hashes the load saw (`None` when it never got a stable read).
         read: Option<Fingerprint>,
         /// The files the new config names, when it parsed.
@@ -467,7 +483,11 @@ impl LoadJob {
             // A write that raced the load (a half-written file) shows up as changed hashes:
             // read again once it settles rather than publish what was half there.
             if fingerprint(&self.files) == before {
-                return Loaded::Done { result: loaded.map_err(|e| e.to_string()), read: Some(before), files };
+                let result = loaded.map(|s| {
+                    let listeners = Listeners::read(&s.config);
+                    Box::new((s, listeners))
+                });
+                return Loaded::Done { result: result.map_err(|e| e.to_string()), read: Some(before), files };
             }
             std::thread::sleep(self.settle);
         }
@@ -504,25 +524,24 @@ impl Reloader {
             let wake = tokio::select! {
                 _ = crate::server::stopped(&mut shutdown) => Wake::Stop,
                 Some(tx) = requests.recv() => Wake::Forced(Some(tx)),
-                () = hangup.recv() => {
-                    tracing::info!("SIGHUP: reloading {}", self.path.display());
-                    Wake::Forced(None)
-                }
+                () = hangup.recv() => Wake::Forced(None),
                 Some(event) = events.recv() => match self.relevant(event) {
                     true => Wake::Files,
                     false => continue,
                 },
             };
-            let (forced, waiter) = match wake {
-                Wake::Stop => return,
-                Wake::Forced(waiter) => (true, waiter),
-                Wake::Files => match self.debounce(&mut events, &mut requests, &mut hangup, &mut shutdown).await {
-                    Wake::Stop => return,
-                    Wake::Forced(waiter) => (true, waiter),
-                    Wake::Files => (false, None),
-                },
+            let wake = match wake {
+                Wake::Files => self.debounce(&mut events, &mut requests, &mut hangup, &mut shutdown).await,
+                other => other,
             };
-            let outcome = self.reload(forced).await;
+            // The trigger goes into the reload's log line; file changes are the usual one.
+            let (trigger, waiter) = match wake {
+                Wake::Stop => return,
+                Wake::Files => (None, None),
+                Wake::Forced(None) => (Some("SIGHUP"), None),
+                Wake::Forced(Some(waiter)) => (Some("request"), Some(waiter)),
+            };
+            let outcome = self.reload(trigger).await;
             if let Some(tx) = waiter {
                 let _ = tx.send(outcome);
             }
@@ -590,9 +609,11 @@ impl Reloader {
         }
     }
 
-    /// Loads, validates and publishes the config, unless nothing changed and `forced` is
-    /// false. Logs exactly one line (or one debug line when nothing changed).
-    async fn reload(&mut self, forced: bool) -> Outcome {
+    /// Loads, validates and publishes the config, unless nothing changed and no `trigger`
+    /// (SIGHUP, request) forces it. Logs exactly one line (a debug line when nothing changed).
+    async fn reload(&mut self, trigger: Option<&'static str>) -> Outcome {
+        let forced = trigger.is_some();
+        let by = trigger.map(|t| format!(" on {t}")).unwrap_or_default();
         if let Some(w) = &mut self.watch {
             w.refresh(&self.files);
         }
@@ -624,22 +645,25 @@ impl Reloader {
             }
         }
         match result {
-            Ok(snapshot) => self.publish(snapshot),
-            Err(error) => self.refuse(error),
+            Ok(loaded) => {
+                let (snapshot, listeners) = *loaded;
+                self.publish(snapshot, listeners, &by)
+            }
+            Err(error) => self.refuse(error, &by),
         }
     }
 
-    fn publish(&mut self, new: Snapshot) -> Outcome {
+    fn publish(&mut self, new: Snapshot, listeners: Listeners, by: &str) -> Outcome {
         let old = self.snapshot.borrow().clone();
         for w in new.warnings.iter().filter(|w| !old.warnings.contains(w)) {
             tracing::warn!("{w}");
         }
-        let restart = self.listeners.changes(&Listeners::of(&new.config));
+        let restart = self.listeners.changes(&listeners);
         let changes = describe_changes(&old, &new);
         self.snapshot.send_replace(Arc::new(new));
         let before = self.status.applied(restart.clone());
         let version = before.version + 1;
-        let mut line = format!("config reloaded: version {version}: {changes}");
+        let mut line = format!("config reloaded{by}: version {version}: {changes}");
         if before.failing {
             let _ = write!(line, " (fixed: the last reload was refused; that error is resolved)");
         }
@@ -656,12 +680,12 @@ impl Reloader {
         Outcome::Applied { version, changes }
     }
 
-    fn refuse(&mut self, error: String) -> Outcome {
+    fn refuse(&mut self, error: String, by: &str) -> Outcome {
         let s = self.status.failed(error.clone());
         tracing::error!(
             version = s.version,
             failures = s.failures,
-            "config reload refused, still serving version {} loaded at {}: {error}",
+            "config reload{by} refused, still serving version {} loaded at {}: {error}",
             s.version,
             humantime::format_rfc3339_seconds(s.last_good)
         );
@@ -886,7 +910,7 @@ secret = "one"
         let dir = tempfile::tempdir().unwrap();
         let a = snapshot(dir.path(), BASE);
         let b = snapshot(dir.path(), &format!("[proxy]\nlisten = \"127.0.0.1:1\"\nforward = \"127.0.0.1:2\"\n{BASE}"));
-        let changes = Listeners::of(&a.config).changes(&Listeners::of(&b.config));
+        let changes = Listeners::read(&a.config).changes(&Listeners::read(&b.config));
         assert_eq!(changes, ["proxy.listen 127.0.0.1:8787 -> 127.0.0.1:1", "proxy.forward (off) -> 127.0.0.1:2"]);
     }
 

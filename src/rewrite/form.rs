@@ -27,6 +27,18 @@ struct Pair {
 }
 
 /// A parsed form body that remembers every pair's original bytes.
+///
+/// ```
+/// use tokenrelay::rewrite::form::Form;
+///
+/// // A PKCE verifier with `~`, a code with `%2F` and `+`: bytes tokenrelay must not touch.
+/// let mut form = Form::parse(b"code=a%2Fb+c&code_verifier=x~y&client_secret=app");
+/// form.remove("client_secret");
+/// form.set("client_id", "my app");
+/// assert_eq!(form.encode(), b"code=a%2Fb+c&code_verifier=x~y&client_id=my+app");
+/// // Parameters tokenrelay reads are decoded strictly; duplicates are refused (RFC 6749 §3.1).
+/// assert!(Form::parse(b"client_id=a&client_id=b").get("client_id").is_err());
+/// ```
 #[derive(Debug, Clone, Default)]
 pub struct Form {
     pairs: Vec<Pair>,

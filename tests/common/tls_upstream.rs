@@ -3,22 +3,16 @@
 //! request as it arrived, like [`super::upstream::Recorder`], plus the SNI and ALPN of every
 //! TLS session, so tests can tell an intercepted connection from a tunnelled one.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
-use http::Response;
-use http_body_util::{BodyExt as _, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokenrelay::pki::{self, LeafUse};
 use tokio::net::TcpListener;
 
-use super::upstream::{Reply, Seen};
-
-type Behaviour = dyn Fn(&Seen, usize) -> Reply + Send + Sync;
+use super::upstream::{Behaviour, Reply, Seen};
 
 /// One TLS session as the server saw it.
 #[derive(Debug, Clone)]
@@ -88,33 +82,7 @@ impl TlsRecorder {
                         alpn: conn.alpn_protocol().map(|p| String::from_utf8_lossy(p).into_owned()),
                     });
                     let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let seen = seen.clone();
-                        let behaviour = behaviour.clone();
-                        async move {
-                            let (parts, body) = req.into_parts();
-                            let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                            let record = Seen {
-                                method: parts.method.to_string(),
-                                path: parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default(),
-                                headers: parts.headers,
-                                body: body.to_vec(),
-                            };
-                            let n = {
-                                let mut s = seen.lock().unwrap();
-                                s.push(record.clone());
-                                s.len() - 1
-                            };
-                            let reply = behaviour(&record, n);
-                            let mut resp = Response::new(Full::new(Bytes::from(reply.body)));
-                            *resp.status_mut() = reply.status;
-                            for (k, v) in reply.headers {
-                                resp.headers_mut().append(
-                                    http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                                    http::HeaderValue::from_str(&v).unwrap(),
-                                );
-                            }
-                            Ok::<_, Infallible>(resp)
-                        }
+                        super::upstream::record_and_reply(seen.clone(), behaviour.clone(), req)
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(tls), svc)

@@ -94,7 +94,39 @@ impl Reply {
     }
 }
 
-type Behaviour = dyn Fn(&Seen, usize) -> Reply + Send + Sync;
+pub type Behaviour = dyn Fn(&Seen, usize) -> Reply + Send + Sync;
+
+/// Records `req` exactly as it arrived and answers with `behaviour(req, n)`.
+pub async fn record_and_reply(
+    seen: Arc<Mutex<Vec<Seen>>>,
+    behaviour: Arc<Behaviour>,
+    req: http::Request<hyper::body::Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let (parts, body) = req.into_parts();
+    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let record = Seen {
+        method: parts.method.to_string(),
+        path: parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default(),
+        headers: parts.headers,
+        body: body.to_vec(),
+    };
+    let n = {
+        let mut s = seen.lock().unwrap();
+        s.push(record.clone());
+        s.len() - 1
+    };
+    let reply = behaviour(&record, n);
+    if !reply.delay.is_zero() {
+        tokio::time::sleep(reply.delay).await;
+    }
+    let mut resp = Response::new(Full::new(Bytes::from(reply.body)));
+    *resp.status_mut() = reply.status;
+    for (k, v) in reply.headers {
+        resp.headers_mut()
+            .append(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), http::HeaderValue::from_str(&v).unwrap());
+    }
+    Ok(resp)
+}
 
 /// A running recording upstream.
 pub struct Recorder {
@@ -118,36 +150,7 @@ impl Recorder {
                 let behaviour = behaviour.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let seen = seen.clone();
-                        let behaviour = behaviour.clone();
-                        async move {
-                            let (parts, body) = req.into_parts();
-                            let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                            let record = Seen {
-                                method: parts.method.to_string(),
-                                path: parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default(),
-                                headers: parts.headers,
-                                body: body.to_vec(),
-                            };
-                            let n = {
-                                let mut s = seen.lock().unwrap();
-                                s.push(record.clone());
-                                s.len() - 1
-                            };
-                            let reply = behaviour(&record, n);
-                            if !reply.delay.is_zero() {
-                                tokio::time::sleep(reply.delay).await;
-                            }
-                            let mut resp = Response::new(Full::new(Bytes::from(reply.body)));
-                            *resp.status_mut() = reply.status;
-                            for (k, v) in reply.headers {
-                                resp.headers_mut().append(
-                                    http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                                    http::HeaderValue::from_str(&v).unwrap(),
-                                );
-                            }
-                            Ok::<_, Infallible>(resp)
-                        }
+                        record_and_reply(seen.clone(), behaviour.clone(), req)
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), svc)

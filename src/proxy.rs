@@ -95,27 +95,38 @@ pub async fn handle_entry(
     async move {
         let started = Instant::now();
         let mut outcome = Outcome::default();
-        let resp = match relay(&shared, &snapshot, req, entry, &mut outcome).await {
-            Ok(resp) => resp,
+        let (resp, refused) = match relay(&shared, &snapshot, req, entry, &mut outcome).await {
+            Ok(resp) => (resp, None),
             Err(e) => {
-                tracing::warn!(route = %outcome.route, status = e.status().as_u16(), "refused: {e}");
-                e.into_response()
+                let why = e.to_string();
+                (e.into_response(), Some(why))
             }
         };
-        tracing::info!(
-            route = %outcome.route,
-            status = resp.status().as_u16(),
-            upstream_ms = outcome.upstream_ms as u64,
-            total_ms = started.elapsed().as_millis() as u64,
-            attempts = outcome.attempts,
-            auth = outcome.injected.method,
-            kid = outcome.injected.kid.as_deref().unwrap_or("-"),
-            jti = outcome.injected.jti.as_deref().unwrap_or("-"),
-            dpop_jti = outcome.dpop_jti.as_deref().unwrap_or("-"),
-            removed = ?outcome.injected.removed,
-            params = ?outcome.changed_params,
-            "exchange"
-        );
+        // One line per exchange; a refusal is the same line at warn, with the reason.
+        macro_rules! exchange_line {
+            ($level:ident) => {
+                tracing::$level!(
+                    route = %outcome.route,
+                    status = resp.status().as_u16(),
+                    upstream_ms = outcome.upstream_ms as u64,
+                    total_ms = started.elapsed().as_millis() as u64,
+                    attempts = outcome.attempts,
+                    auth = outcome.injected.method,
+                    kid = outcome.injected.kid.as_deref().unwrap_or("-"),
+                    jti = outcome.injected.jti.as_deref().unwrap_or("-"),
+                    dpop_jti = outcome.dpop_jti.as_deref().unwrap_or("-"),
+                    removed = ?outcome.injected.removed,
+                    params = ?outcome.changed_params,
+                    refused = refused.as_deref().unwrap_or("-"),
+                    "exchange"
+                )
+            };
+        }
+        if refused.is_some() {
+            exchange_line!(warn);
+        } else {
+            exchange_line!(info);
+        }
         resp
     }
     .instrument(span)
@@ -400,13 +411,16 @@ async fn send(
 ) -> Result<(Response<Incoming>, u128), ProxyError> {
     let mut req = Request::new(Full::new(body.clone()));
     *req.method_mut() = method.clone();
-    *req.uri_mut() =
-        target.parse().map_err(|_| ProxyError::BadRequest(format!("cannot build an upstream URL from {target:?}")))?;
+    *req.uri_mut() = target
+        .parse()
+        .map_err(|_| ProxyError::BadRequest("the request path or query does not form a valid upstream URL".into()))?;
     *req.headers_mut() = headers;
     if !body.is_empty() || matches!(*method, Method::POST | Method::PUT | Method::PATCH) {
         req.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     }
     outcome.attempts += 1;
+    // Messages name the URL without its query: a query may carry values that are not ours to log.
+    let shown = target.split('?').next().unwrap_or(target);
     let started = Instant::now();
     let timeout = route.cfg.timeout;
     let result = tokio::time::timeout(timeout, route.client.request(req)).await;
@@ -414,11 +428,11 @@ async fn send(
     outcome.upstream_ms += elapsed;
     match result {
         Err(_) => Err(ProxyError::Timeout(format!(
-            "upstream {target} did not answer within {} (routes.{}.timeout)",
+            "upstream {shown} did not answer within {} (routes.{}.timeout)",
             humantime::format_duration(timeout),
             route.cfg.name
         ))),
-        Ok(Err(e)) => Err(ProxyError::Upstream(crate::upstream::describe_error(&e, target, &route.cfg.name))),
+        Ok(Err(e)) => Err(ProxyError::Upstream(crate::upstream::describe_error(&e, shown, &route.cfg.name))),
         Ok(Ok(resp)) => Ok((resp, elapsed)),
     }
 }

@@ -86,7 +86,7 @@ async fn bind(addr: SocketAddr, key: &'static str) -> Result<TcpListener, StartE
 
 /// Starts the proxy (and the demo AS when configured).
 pub async fn start(opts: Options) -> Result<Running, StartError> {
-    let snapshot = load(&opts.config, BuildOptions { create_missing: true })?;
+    let snapshot = load(&opts.config, BuildOptions { create_missing: true, ..Default::default() })?;
     for w in &snapshot.warnings {
         tracing::warn!("{w}");
     }

@@ -114,7 +114,7 @@ async fn wait_for_stop() {
 }
 
 fn check(config: &Path) -> anyhow::Result<()> {
-    let snapshot = crate::app::load(config, BuildOptions { create_missing: false })?;
+    let snapshot = crate::app::load(config, BuildOptions::default())?;
     let c = &snapshot.config;
     println!("config {} is valid", c.path.display());
     println!("listen http://{}", c.listen);
@@ -148,7 +148,7 @@ fn check(config: &Path) -> anyhow::Result<()> {
 
 /// The JWKS and registration facts for each route (RFC 7517, RFC 8705 §3.1, RFC 9449 §6).
 pub fn jwks_document(config: &Path, only: Option<&str>) -> anyhow::Result<Value> {
-    let snapshot = crate::app::load(config, BuildOptions { create_missing: false })?;
+    let snapshot = crate::app::load(config, BuildOptions::default())?;
     let mut routes = serde_json::Map::new();
     for r in &snapshot.routes {
         if only.is_some_and(|n| n != r.cfg.name) {

@@ -399,7 +399,7 @@ impl ForwardProxy {
         };
         match rest_of(req.uri().path(), &route.cfg.upstream.base_path) {
             Some(rest) => {
-                let entry = Entry::Forward { route: route.cfg.name.clone(), rest };
+                let entry = Entry::Forward { snapshot: snapshot.clone(), route: route.cfg.name.clone(), rest };
                 proxy::handle_entry(self.shared.clone(), req, peer, entry).await
             }
             None => match passthrough(route, snapshot.config.max_body, req).await {
@@ -533,8 +533,27 @@ async fn passthrough(route: &Route, limit: usize, req: Request<Incoming>) -> Res
         }
         Err(e) => return Err(ProxyError::BadRequest(format!("could not read the request body: {e}"))),
     };
+    // Fail closed: on a signing route, a form POST outside the upstream path may be a token
+    // endpoint the config does not describe; never relay it unsigned.
+    let is_form = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("application/x-www-form-urlencoded"));
+    if route.signs() && parts.method == http::Method::POST && is_form {
+        return Err(ProxyError::Signing(format!(
+            "route {:?} signs requests, but {} is outside its upstream {}; refusing to relay a form POST unsigned \
+             (point routes.{}.upstream at the base path that holds the token endpoint)",
+            route.cfg.name,
+            parts.uri.path(),
+            route.cfg.upstream.url(""),
+            route.cfg.name
+        )));
+    }
     let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let url = format!("{}{path}", route.cfg.upstream.origin());
+    // Logs and error texts name the URL without its query (it may carry tokens or codes).
+    let shown = format!("{}{}", route.cfg.upstream.origin(), parts.uri.path());
     let mut headers = parts.headers;
     hop::strip(&mut headers);
     headers.remove(header::HOST);
@@ -544,15 +563,16 @@ async fn passthrough(route: &Route, limit: usize, req: Request<Incoming>) -> Res
     }
     let mut out = Request::new(Full::new(body));
     *out.method_mut() = parts.method;
-    *out.uri_mut() =
-        url.parse().map_err(|_| ProxyError::BadRequest(format!("cannot build an upstream URL from {url:?}")))?;
+    *out.uri_mut() = url
+        .parse()
+        .map_err(|_| ProxyError::BadRequest("the request path does not form a valid upstream URL".into()))?;
     *out.headers_mut() = headers;
     let resp = match tokio::time::timeout(route.cfg.timeout, route.client.request(out)).await {
         Ok(Ok(resp)) => resp,
-        Ok(Err(e)) => return Err(ProxyError::Upstream(crate::upstream::describe_error(&e, &url, &route.cfg.name))),
-        Err(_) => return Err(ProxyError::Timeout(format!("upstream {url} did not answer in time"))),
+        Ok(Err(e)) => return Err(ProxyError::Upstream(crate::upstream::describe_error(&e, &shown, &route.cfg.name))),
+        Err(_) => return Err(ProxyError::Timeout(format!("upstream {shown} did not answer in time"))),
     };
-    tracing::info!(route = %route.cfg.name, %url, status = resp.status().as_u16(), "relayed untouched (outside the route's upstream path)");
+    tracing::info!(route = %route.cfg.name, url = %shown, status = resp.status().as_u16(), "relayed untouched (outside the route's upstream path)");
     let (mut parts, incoming) = resp.into_parts();
     hop::strip(&mut parts.headers);
     Ok(Response::from_parts(parts, body::boxed(incoming)))

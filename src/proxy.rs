@@ -72,7 +72,42 @@ pub enum Entry {
     Reverse,
     /// Forward mode: the listener already chose the route (by CONNECT host, after checking
     /// that target, SNI and Host agree); `rest` is the path relative to the route's upstream.
-    Forward { route: String, rest: String },
+    /// `snapshot` is the one the route was chosen from, so a reload in between cannot send
+    /// the request to an upstream that no longer claims the host.
+    Forward { snapshot: Arc<Snapshot>, route: String, rest: String },
+}
+
+/// A path reduced to what a lenient server may treat as the same resource: percent-decoded,
+/// lowercased, empty and `.` segments dropped, `..` applied, no trailing slash.
+fn loose_path(path: &str) -> String {
+    let decoded = percent_encoding::percent_decode_str(path).decode_utf8_lossy().to_ascii_lowercase();
+    let mut out: Vec<&str> = Vec::new();
+    for seg in decoded.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            s => out.push(s),
+        }
+    }
+    format!("/{}", out.join("/"))
+}
+
+/// Fail closed on path spellings: a request that is not exactly a client-authenticated
+/// endpoint, but that a server normalizing paths would route to one (`/./token`, `//token`,
+/// `/%74oken`, `/Token`, `/token/`), is refused instead of being relayed unsigned.
+fn check_endpoint_spelling(rest: &str, endpoints: &[String]) -> Result<(), ProxyError> {
+    if endpoints.iter().any(|e| e == rest) {
+        return Ok(());
+    }
+    let loose = loose_path(rest);
+    match endpoints.iter().find(|e| loose_path(e) == loose) {
+        Some(e) => Err(ProxyError::BadRequest(format!(
+            "path {rest:?} is an unusual spelling of the client-authenticated endpoint {e:?}; send it as {e:?}"
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// Serves one reverse-mode request from the app. Never panics on input; every failure is
@@ -88,7 +123,10 @@ pub async fn handle_entry(
     peer: SocketAddr,
     entry: Entry,
 ) -> Response<Body> {
-    let snapshot = shared.snapshot.borrow().clone();
+    let snapshot = match &entry {
+        Entry::Forward { snapshot, .. } => snapshot.clone(),
+        Entry::Reverse => shared.snapshot.borrow().clone(),
+    };
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let span = tracing::info_span!("exchange", %method, %path, %peer);
@@ -137,22 +175,51 @@ pub async fn handle_entry(
 /// localhost signer sign. Refuse foreign `Host` (DNS rebinding), foreign `Origin` and
 /// `Sec-Fetch-Site: cross-site`.
 fn check_exposure(headers: &HeaderMap, uri: &http::Uri, allow_origins: &[String]) -> Result<(), ProxyError> {
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| uri.authority().map(|a| a.to_string()));
-    if let Some(host) = host {
-        let name = match host.rfind(':') {
-            Some(i) if !host.ends_with(']') => &host[..i],
-            _ => host.as_str(),
-        };
-        if !is_loopback_host(name) {
+    let raw = match headers.get(header::HOST) {
+        Some(h) => Some(h.to_str().map_err(|_| ProxyError::Forbidden("Host header is not ASCII".into()))?.to_string()),
+        None => uri.authority().map(|a| a.to_string()),
+    };
+    if let Some(raw) = raw {
+        // Parse strictly: `localhost:8787.evil` or `localhost@evil` is not a loopback Host.
+        let loopback = split_host_port(&raw).is_some_and(|(host, _)| is_loopback_host(host));
+        if !loopback {
             return Err(ProxyError::Forbidden(format!(
-                "Host {host:?} is not a loopback name; tokenrelay answers only localhost / 127.0.0.1 / [::1] (DNS-rebinding guard)"
+                "Host {raw:?} is not a loopback name; tokenrelay answers only localhost / 127.0.0.1 / [::1] (DNS-rebinding guard)"
             )));
         }
     }
+    check_origin(headers, allow_origins)
+}
+
+/// Splits a `Host` value into host and port, strictly (RFC 9110 §7.2: `uri-host [":" port]`).
+fn split_host_port(raw: &str) -> Option<(&str, Option<u16>)> {
+    let (host, rest) = match raw.strip_prefix('[') {
+        Some(inner) => {
+            let end = inner.find(']')?;
+            (&inner[..end], &inner[end + 1..])
+        }
+        None => match raw.split_once(':') {
+            Some((h, _)) => (h, &raw[h.len()..]),
+            None => (raw, ""),
+        },
+    };
+    if host.is_empty() || host.contains(['@', '/', ' ']) {
+        return None;
+    }
+    match rest {
+        "" => Some((host, None)),
+        _ => {
+            let port = rest.strip_prefix(':')?;
+            if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            Some((host, Some(port.parse().ok()?)))
+        }
+    }
+}
+
+/// The browser half of the exposure guard: foreign `Origin`, `Sec-Fetch-Site: cross-site`.
+fn check_origin(headers: &HeaderMap, allow_origins: &[String]) -> Result<(), ProxyError> {
     if let Some(origin) = headers.get(header::ORIGIN) {
         let origin = origin.to_str().unwrap_or("");
         let allowed = allow_origins.iter().any(|o| o == origin)
@@ -206,7 +273,9 @@ async fn relay(
                 .route_for(path)
                 .ok_or_else(|| ProxyError::NoRoute { path: path.to_string(), prefixes: snapshot.prefixes() })?
         }
-        Entry::Forward { route, rest } => {
+        Entry::Forward { route, rest, .. } => {
+            // Browsers can be configured to use a forward proxy too: same cross-site guard.
+            check_origin(&parts.headers, &snapshot.config.allow_origins)?;
             let found = snapshot
                 .routes
                 .iter()
@@ -216,6 +285,9 @@ async fn relay(
         }
     };
     outcome.route = route.cfg.name.clone();
+    if route.signs() {
+        check_endpoint_spelling(rest, &route.cfg.endpoints)?;
+    }
     // RFC 9112 §6.1: Content-Length with Transfer-Encoding is a smuggling vector.
     if parts.headers.contains_key(header::CONTENT_LENGTH) && parts.headers.contains_key(header::TRANSFER_ENCODING) {
         return Err(ProxyError::BadRequest("both Content-Length and Transfer-Encoding sent (RFC 9112 §6.1)".into()));
@@ -226,7 +298,11 @@ async fn relay(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(ProxyError::TooLarge { limit });
     }
-    let body = read_body(body, limit).await?;
+    // A client that stalls mid-body must not hold the task: hyper's header timeout ends
+    // with the headers.
+    let body = tokio::time::timeout(crate::server::HEADER_READ_TIMEOUT, read_body(body, limit))
+        .await
+        .map_err(|_| ProxyError::BadRequest("the request body did not arrive in time".into()))??;
 
     let target = resolve_target(route, rest, parts.uri.query()).await;
     let mut headers = parts.headers.clone();
@@ -486,7 +562,14 @@ async fn send_signed(
         if route.dpop_key.is_none() || !target.wants_proof {
             return Ok(into_app_response(resp));
         }
-        let (resp, bytes) = buffer_small(resp).await?;
+        let (resp, bytes) = tokio::time::timeout(route.cfg.timeout, buffer_small(resp)).await.map_err(|_| {
+            ProxyError::Timeout(format!(
+                "upstream {} did not finish its answer within {} (routes.{}.timeout)",
+                target.url,
+                humantime::format_duration(route.cfg.timeout),
+                route.cfg.name
+            ))
+        })??;
         let retry = outcome.attempts == 1
             && dpop::wants_nonce(resp.status().as_u16(), resp.headers(), Some(&bytes))
             && fresh.as_ref().is_some_and(|n| Some(n) != sent_nonce.as_ref());
@@ -623,6 +706,7 @@ mod tests {
         assert!(check_exposure(&headers(&[("host", "localhost")]), &uri, &[]).is_ok());
         assert!(check_exposure(&headers(&[("host", "[::1]:8787")]), &uri, &[]).is_ok());
         assert!(check_exposure(&headers(&[("host", "evil.example:8787")]), &uri, &[]).is_err());
+        assert!(check_exposure(&headers(&[("host", "localhost:8787.evil")]), &uri, &[]).is_err());
         let foreign = headers(&[("host", "localhost:8787"), ("origin", "https://evil.example")]);
         assert!(check_exposure(&foreign, &uri, &[]).is_err());
         assert!(check_exposure(&foreign, &uri, &["https://evil.example".into()]).is_ok());
@@ -630,6 +714,16 @@ mod tests {
         assert!(check_exposure(&local, &uri, &[]).is_ok());
         let cross = headers(&[("host", "localhost:8787"), ("sec-fetch-site", "cross-site")]);
         assert!(check_exposure(&cross, &uri, &[]).is_err());
+    }
+
+    #[test]
+    fn unusual_spellings_of_signed_endpoints_are_refused() {
+        let eps = vec!["/token".to_string()];
+        assert!(check_endpoint_spelling("/token", &eps).is_ok());
+        assert!(check_endpoint_spelling("/resource", &eps).is_ok());
+        for bad in ["/./token", "/x/../token", "//token", "/%74oken", "/Token", "/token/"] {
+            assert!(check_endpoint_spelling(bad, &eps).is_err(), "{bad}");
+        }
     }
 
     #[test]

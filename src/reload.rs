@@ -434,12 +434,25 @@ enum Wake {
 const SETTLE_ATTEMPTS: usize = 5;
 
 /// One reload's file work, run on a blocking thread: hash, load, hash again.
+/// The signing key files a config names (client and DPoP keys).
+fn loaded_key_files(config: &crate::config::Config) -> Vec<PathBuf> {
+    config
+        .routes
+        .iter()
+        .flat_map(|r| {
+            r.client.as_ref().and_then(|c| c.key.clone()).into_iter().chain(r.dpop.as_ref().map(|d| d.key.clone()))
+        })
+        .collect()
+}
+
 struct LoadJob {
     path: PathBuf,
     files: Vec<PathBuf>,
     /// Hashes at the last reload; `None` forces a load.
     last: Option<Fingerprint>,
     settle: Duration,
+    /// Key files the serving snapshot loaded (see `BuildOptions::never_create`).
+    loaded_keys: Vec<PathBuf>,
 }
 
 enum Loaded {
@@ -473,7 +486,8 @@ impl LoadJob {
                 return Loaded::Done { result: Err(error), read: Some(before), files: None };
             }
             // THE validation `run` and `check` use.
-            let loaded = crate::app::load(&self.path, BuildOptions { create_missing: true });
+            let opts = BuildOptions { create_missing: true, never_create: self.loaded_keys.clone() };
+            let loaded = crate::app::load(&self.path, opts);
             // When only a key file is bad, still learn which files the new config names, so
             // that fixing it is noticed.
             files = match &loaded {
@@ -622,6 +636,7 @@ impl Reloader {
             files: self.files.clone(),
             last: if forced { None } else { self.fingerprint.clone() },
             settle: self.debounce,
+            loaded_keys: loaded_key_files(&self.snapshot.borrow().config),
         };
         let loaded = tokio::task::spawn_blocking(move || job.run()).await.unwrap_or_else(|e| Loaded::Done {
             result: Err(format!("loading the config panicked or was cancelled: {e}")),
@@ -755,8 +770,7 @@ pub fn describe_changes(old: &Snapshot, new: &Snapshot) -> String {
         old.routes.iter().filter(|r| find(new, &r.cfg.name).is_none()).map(|r| r.cfg.name.as_str()).collect();
     let (a, b) = (&old.config, &new.config);
     let mut proxy = Vec::new();
-    let same = |x: &dyn std::fmt::Debug, y: &dyn std::fmt::Debug| format!("{x:?}") == format!("{y:?}");
-    if !same(&a.unknown_hosts, &b.unknown_hosts) {
+    if a.unknown_hosts != b.unknown_hosts {
         proxy.push("unknown_hosts");
     }
     if a.ca_cert != b.ca_cert || a.ca_key != b.ca_key {
@@ -790,12 +804,18 @@ pub fn describe_changes(old: &Snapshot, new: &Snapshot) -> String {
     parts.join("; ")
 }
 
-/// Which settings of a route differ. Compared through `Debug` because the config types are
-/// plain data without `PartialEq`; secrets print `[redacted]` there, so they are compared
-/// on their own. Only names are returned, never values.
+/// Which settings of a route differ. Only names are returned, never values.
 fn changed_settings(old: &Route, new: &Route) -> Vec<&'static str> {
     let (a, b) = (&old.cfg, &new.cfg);
-    let differ = |x: &dyn std::fmt::Debug, y: &dyn std::fmt::Debug| format!("{x:?}") != format!("{y:?}");
+    // The secret is reported on its own, as `client.secret`.
+    let client_changed = match (&a.client, &b.client) {
+        (Some(x), Some(y)) => {
+            let mut y = y.clone();
+            y.secret = x.secret.clone();
+            *x != y
+        }
+        (x, y) => x != y,
+    };
     let fields: [(&'static str, bool); 12] = [
         ("prefix", a.prefix != b.prefix),
         ("hosts", a.hosts != b.hosts),
@@ -804,11 +824,11 @@ fn changed_settings(old: &Route, new: &Route) -> Vec<&'static str> {
         ("trust", a.trust != b.trust),
         ("timeout", a.timeout != b.timeout),
         ("endpoints", a.endpoints != b.endpoints),
-        ("client", differ(&a.client, &b.client)),
-        ("dpop", differ(&a.dpop, &b.dpop)),
-        ("mtls", differ(&a.mtls, &b.mtls)),
-        ("headers", differ(&a.headers, &b.headers)),
-        ("params", differ(&a.params, &b.params)),
+        ("client", client_changed),
+        ("dpop", a.dpop != b.dpop),
+        ("mtls", a.mtls != b.mtls),
+        ("headers", a.headers != b.headers),
+        ("params", a.params != b.params),
     ];
     let mut out: Vec<&'static str> = fields.iter().filter(|(_, d)| *d).map(|(n, _)| *n).collect();
     if let (Credential::Secret(x), Credential::Secret(y)) = (&old.credential, &new.credential) {
@@ -816,7 +836,7 @@ fn changed_settings(old: &Route, new: &Route) -> Vec<&'static str> {
             out.push("client.secret");
         }
     }
-    if out.is_empty() && differ(a, b) {
+    if out.is_empty() && a != b {
         // A setting added to RouteConfig after this list was written.
         out.push("other settings");
     }
@@ -852,7 +872,7 @@ mod tests {
     fn snapshot(dir: &Path, toml: &str) -> Snapshot {
         let path = dir.join("proxy.toml");
         std::fs::write(&path, toml).unwrap();
-        crate::app::load(&path, BuildOptions { create_missing: true }).unwrap()
+        crate::app::load(&path, BuildOptions { create_missing: true, ..Default::default() }).unwrap()
     }
 
     const BASE: &str = r#"

@@ -109,10 +109,14 @@ impl Route {
 }
 
 /// Options for building a snapshot.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct BuildOptions {
     /// Create key files marked `create = true` when missing (not in `check`).
     pub create_missing: bool,
+    /// Key files the running config already loaded: never re-created, even with
+    /// `create = true`. A vanished DPoP key must not be silently replaced: refresh tokens
+    /// and bound tokens depend on it (RFC 9449 §5); the reload is refused instead.
+    pub never_create: Vec<PathBuf>,
 }
 
 /// Everything derived from one config version.
@@ -146,7 +150,8 @@ impl Snapshot {
                     return Ok::<_, KeyFileError>(k.clone());
                 }
                 let at = KeyRef { route, field, path };
-                let create = (create || creatable.contains(path)) && opts.create_missing;
+                let create =
+                    (create || creatable.contains(path)) && opts.create_missing && !opts.never_create.contains(path);
                 let (key, w) = keys::load_signing_key(&at, alg, create)?;
                 warnings.extend(w);
                 key_cache.insert((path.clone(), alg), key.clone());
@@ -261,7 +266,7 @@ mod tests {
         )
         .unwrap();
         let cfg = crate::config::load(&path).unwrap();
-        let snap = Snapshot::build(cfg, BuildOptions { create_missing: true }).unwrap();
+        let snap = Snapshot::build(cfg, BuildOptions { create_missing: true, ..Default::default() }).unwrap();
         let meta: crate::discovery::Metadata = serde_json::from_str(
             r#"{"issuer":"https://as.example","token_endpoint_auth_signing_alg_values_supported":["ES256","PS256"],
                 "dpop_signing_alg_values_supported":["ES256"]}"#,

@@ -220,6 +220,13 @@ async fn bad_input_gets_clear_errors_and_nothing_unsigned_reaches_the_as() {
         .unwrap();
     assert_eq!(resp.status(), 403);
 
+    // Spellings a lenient AS would route to its token endpoint are never relayed unsigned.
+    for path in ["/as//token", "/as/%74oken", "/as/Token", "/as/token/"] {
+        let (status, body) = proxy.post_form(path, "grant_type=client_credentials").await;
+        assert_eq!(status, 400, "{path}: {body}");
+        assert!(body["error_description"].as_str().unwrap().contains("\"/token\""), "{body}");
+    }
+
     assert!(up.seen().is_empty(), "nothing reached the AS: {:?}", up.seen());
     proxy.stop().await;
 }

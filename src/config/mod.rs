@@ -50,7 +50,7 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DemoAsConfig {
     pub listen: SocketAddr,
     pub dpop_nonce: bool,
@@ -86,7 +86,7 @@ impl Upstream {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteConfig {
     pub name: String,
     pub prefix: String,
@@ -121,13 +121,13 @@ pub enum Audience {
     Literal(String),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SecretSource {
     Inline(crate::redact::Secret),
     Env(String),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientConfig {
     pub id: String,
     pub auth: AuthMethod,
@@ -141,7 +141,7 @@ pub struct ClientConfig {
     pub typ: Option<String>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DpopConfig {
     pub key: PathBuf,
     pub alg: Alg,
@@ -150,19 +150,19 @@ pub struct DpopConfig {
     pub require_bound: bool,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MtlsConfig {
     pub cert: PathBuf,
     pub key: PathBuf,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HeaderRules {
     pub set: Vec<(http::HeaderName, http::HeaderValue)>,
     pub remove: Vec<http::HeaderName>,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ParamRules {
     pub add: BTreeMap<String, String>,
     pub set: BTreeMap<String, String>,
@@ -538,6 +538,9 @@ impl Cx<'_> {
                 .map_err(|_| self.err(span.clone(), &key, format!("{name:?} is not a valid header name")))?;
             let v = http::HeaderValue::from_str(&value)
                 .map_err(|_| self.err(span.clone(), &key, format!("value of {name:?} is not a valid header value")))?;
+            // Configured values may be API keys: keep them out of any Debug print.
+            let mut v = v;
+            v.set_sensitive(true);
             rules.set.push((n, v));
         }
         for name in h.remove {

@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 use crate::jose::{self, SigningKey};
 
 /// Inputs of one proof. `htu` is already normalized (see [`crate::config::Upstream::url`]).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ProofInput<'a> {
     pub htm: &'a str,
     pub htu: &'a str,
@@ -22,6 +22,18 @@ pub struct ProofInput<'a> {
     pub nonce: Option<&'a str>,
     /// The access token, for `ath` on resource requests (RFC 9449 §4.2, §7).
     pub access_token: Option<&'a str>,
+}
+
+impl std::fmt::Debug for ProofInput<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProofInput")
+            .field("htm", &self.htm)
+            .field("htu", &self.htu)
+            .field("jti", &self.jti)
+            .field("nonce", &self.nonce)
+            .field("access_token", &self.access_token.map(|_| "[redacted]"))
+            .finish()
+    }
 }
 
 /// Signs a DPoP proof JWT (RFC 9449 §4.2, CHECKLIST DP-2, DP-3).

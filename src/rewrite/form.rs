@@ -18,7 +18,7 @@ pub enum FormError {
     NotUtf8(String),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 struct Pair {
     /// The pair exactly as it will be sent: original bytes, or the encoding of a new pair.
     raw: Vec<u8>,
@@ -39,9 +39,16 @@ struct Pair {
 /// // Parameters tokenrelay reads are decoded strictly; duplicates are refused (RFC 6749 §3.1).
 /// assert!(Form::parse(b"client_id=a&client_id=b").get("client_id").is_err());
 /// ```
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Form {
     pairs: Vec<Pair>,
+}
+
+/// Names only: values are secrets, codes and assertions.
+impl std::fmt::Debug for Form {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Form").field("names", &self.pairs.iter().map(|p| p.name.as_str()).collect::<Vec<_>>()).finish()
+    }
 }
 
 fn decode(bytes: &[u8]) -> Vec<u8> {
@@ -214,6 +221,13 @@ mod tests {
         assert!(!f.add_if_absent("scope", "read"));
         assert!(f.add_if_absent("resource", "https://api"));
         assert_eq!(f.encode(), b"scope=mine&resource=https%3A%2F%2Fapi");
+    }
+
+    #[test]
+    fn debug_shows_names_not_values() {
+        let f = Form::parse(b"client_secret=hunter2&code=abc");
+        let d = format!("{f:?}");
+        assert!(d.contains("client_secret") && !d.contains("hunter2") && !d.contains("abc"), "{d}");
     }
 
     #[test]

@@ -212,6 +212,14 @@ fn jwks(config: &Path, only: Option<&str>) -> anyhow::Result<()> {
 fn ca(config_path: &Path) -> anyhow::Result<()> {
     let config = crate::config::load(config_path)?;
     if config.forward.is_none() && config.listen_tls.is_none() {
+        // The CA is name-constrained to the hosts forward mode claims when it is created:
+        // creating it now would make a loopback-only CA that forward mode later cannot use.
+        if !config.ca_cert.exists() {
+            anyhow::bail!(
+                "neither [proxy] forward nor [proxy] listen_tls is set in {}: set one first, then run `tokenrelay ca`",
+                config_path.display()
+            );
+        }
         eprintln!("note: neither [proxy] forward nor [proxy] listen_tls is set; nothing serves with the local CA yet");
     }
     let (ca, created) = crate::ca::LocalCa::load_or_create(&config)?;

@@ -149,15 +149,15 @@ pub struct Target {
 impl Target {
     /// Parses `host[:port]` (a CONNECT target, a `Host` header, a URI authority).
     pub fn parse(authority: &str, default_port: u16) -> Option<Target> {
-        let a: http::uri::Authority = authority.parse().ok()?;
-        if a.as_str().contains('@') {
-            return None;
-        }
-        let host = a.host().trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+        // Strict: `host:443.evil` or `user@host` is not an authority we claim or check against.
+        let (host, port) = crate::proxy::split_host_port(authority)?;
+        // One spelling per host: lowercase, no trailing dot, IP literals in canonical form.
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        let host = host.parse::<std::net::IpAddr>().map(|ip| ip.to_string()).unwrap_or(host);
         if host.is_empty() {
             return None;
         }
-        Some(Target { host, port: a.port_u16().unwrap_or(default_port) })
+        Some(Target { host, port: port.unwrap_or(default_port) })
     }
 }
 
@@ -582,6 +582,15 @@ async fn passthrough(route: &Route, limit: usize, req: Request<Incoming>) -> Res
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn targets_parse_strictly_and_normalize() {
+        let t = Target::parse("AS.Example.com.:8443", 443).unwrap();
+        assert_eq!((t.host.as_str(), t.port), ("as.example.com", 8443));
+        assert_eq!(Target::parse("[0:0::1]", 443).unwrap().host, "::1");
+        assert!(Target::parse("as.example.com:443.evil", 443).is_none());
+        assert!(Target::parse("user@as.example.com", 443).is_none());
+    }
     use crate::snapshot::BuildOptions;
 
     fn t(host: &str, port: u16) -> Target {

@@ -192,7 +192,7 @@ fn check_exposure(headers: &HeaderMap, uri: &http::Uri, allow_origins: &[String]
 }
 
 /// Splits a `Host` value into host and port, strictly (RFC 9110 §7.2: `uri-host [":" port]`).
-fn split_host_port(raw: &str) -> Option<(&str, Option<u16>)> {
+pub fn split_host_port(raw: &str) -> Option<(&str, Option<u16>)> {
     let (host, rest) = match raw.strip_prefix('[') {
         Some(inner) => {
             let end = inner.find(']')?;

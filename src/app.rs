@@ -86,6 +86,7 @@ async fn bind(addr: SocketAddr, key: &'static str) -> Result<TcpListener, StartE
 
 /// Starts the proxy (and the demo AS when configured).
 pub async fn start(opts: Options) -> Result<Running, StartError> {
+    let loaded_hash = reload::config_hash(&opts.config);
     let snapshot = load(&opts.config, BuildOptions { create_missing: true, ..Default::default() })?;
     for w in &snapshot.warnings {
         tracing::warn!("{w}");
@@ -126,8 +127,14 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
     tasks.extend(local.tasks);
     // After the listeners: they may have created the local CA, which the reloader must see
     // as it was at start, not as a change.
-    let (reload, reloader) =
-        reload::spawn(opts.config.clone(), snapshot_tx.clone(), reload_status, opts.reload, shutdown_rx.clone());
+    let (reload, reloader) = reload::spawn(
+        opts.config.clone(),
+        snapshot_tx.clone(),
+        reload_status,
+        opts.reload,
+        shutdown_rx.clone(),
+        loaded_hash,
+    );
     tasks.push(reloader);
     tasks.push(tokio::spawn(crate::server::serve(listener, shared, shutdown_rx)));
     Ok(Running {

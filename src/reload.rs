@@ -223,6 +223,7 @@ pub fn spawn(
     status: Arc<ReloadStatus>,
     opts: ReloadOptions,
     shutdown: watch::Receiver<bool>,
+    loaded_config_hash: Option<Vec<u8>>,
 ) -> (Handle, JoinHandle<()>) {
     let (requests_tx, requests) = mpsc::unbounded_channel();
     let handle = Handle { status: status.clone(), requests: requests_tx };
@@ -247,6 +248,13 @@ pub fn spawn(
         reloader.start_watching(events_tx);
     }
     reloader.fingerprint = Some(fingerprint(&reloader.files));
+    // A save between the first load and now produced no event we could see: if the config
+    // no longer matches what was loaded, reload once right away.
+    let config_now = config_hash(&reloader.path);
+    if loaded_config_hash.is_some() && config_now != loaded_config_hash {
+        let (tx, _ignored) = oneshot::channel();
+        let _ = handle.requests.send(tx);
+    }
     let hangup = Hangup::new(opts.sighup);
     // The span names the config on every reload line (several proxies may share a log).
     let span = tracing::info_span!("reload", config = %reloader.path.display());
@@ -318,6 +326,11 @@ impl Listeners {
 /// The contents of the watched files at one moment: path and SHA-256 (`None`: unreadable).
 /// Kept in memory only; key files' hashes never reach a log.
 type Fingerprint = Vec<(PathBuf, Option<[u8; 32]>)>;
+
+/// SHA-256 of the config file, taken before the first load (see [`spawn`]).
+pub fn config_hash(path: &std::path::Path) -> Option<Vec<u8>> {
+    std::fs::read(path).ok().map(|b| Sha256::digest(b).to_vec())
+}
 
 fn fingerprint(files: &[PathBuf]) -> Fingerprint {
     files.iter().map(|f| (f.clone(), std::fs::read(f).ok().map(|bytes| Sha256::digest(bytes).into()))).collect()

@@ -52,8 +52,9 @@ async fn echo_upstream() -> Recorder {
     .await
 }
 
-/// A `private_key_jwt` route that stamps `version` on the header and the form.
-fn pkjwt(upstream: &str, version: u32, key: &str) -> String {
+/// A route whose header and form carry `version`, so the upstream can tell whether one
+/// request mixed two configs; `client` is the `[routes.as.client]` body.
+fn versioned(upstream: &str, version: u32, client: &str) -> String {
     format!(
         r#"# config version {version}
 [routes.as]
@@ -63,8 +64,7 @@ timeout = "5s"
 
 [routes.as.client]
 id = "app"
-auth = "private_key_jwt"
-key = "{key}"
+{client}
 
 [routes.as.headers]
 set = {{ "x-config-version" = "{version}" }}
@@ -75,28 +75,14 @@ set = {{ cfgv = "{version}" }}
     )
 }
 
-/// A `client_secret_post` route whose secret, header and param all carry `version`, so the
-/// upstream can tell whether one request mixed two configs.
+/// A `private_key_jwt` route that stamps `version` on the header and the form.
+fn pkjwt(upstream: &str, version: u32, key: &str) -> String {
+    versioned(upstream, version, &format!("auth = \"private_key_jwt\"\nkey = \"{key}\""))
+}
+
+/// A `client_secret_post` route whose secret, header and param all carry `version`.
 fn secret_post(upstream: &str, version: u32) -> String {
-    format!(
-        r#"# config version {version}
-[routes.as]
-prefix = "/as"
-upstream = "{upstream}"
-timeout = "5s"
-
-[routes.as.client]
-id = "app"
-auth = "client_secret_post"
-secret = "secret-{version}"
-
-[routes.as.headers]
-set = {{ "x-config-version" = "{version}" }}
-
-[routes.as.params]
-set = {{ cfgv = "{version}" }}
-"#
-    )
+    versioned(upstream, version, &format!("auth = \"client_secret_post\"\nsecret = \"secret-{version}\""))
 }
 
 fn key_pem(key: &SigningKey) -> Vec<u8> {

@@ -12,7 +12,7 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::io::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -73,6 +73,15 @@ set = {{ "x-config-version" = "{version}" }}
 set = {{ cfgv = "{version}" }}
 "#
     )
+}
+
+/// A temp folder with a fresh ES256 `client.pem` and `proxy.toml` = `pkjwt(upstream, 1)`.
+fn pkjwt_dir(upstream: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    write_private(&dir.path().join("client.pem"), &key_pem(&SigningKey::generate(Alg::ES256).unwrap()));
+    let path = dir.path().join("proxy.toml");
+    std::fs::write(&path, pkjwt(upstream, 1, "client.pem")).unwrap();
+    (dir, path)
 }
 
 /// A `private_key_jwt` route that stamps `version` on the header and the form.
@@ -249,10 +258,7 @@ async fn until_status(running: &Running, what: &str, done: impl Fn(&tokenrelay::
 
 async fn save_applies_within_1s(how: Save) {
     let up = echo_upstream().await;
-    let dir = tempfile::tempdir().unwrap();
-    write_private(&dir.path().join("client.pem"), &key_pem(&SigningKey::generate(Alg::ES256).unwrap()));
-    let path = dir.path().join("proxy.toml");
-    std::fs::write(&path, pkjwt(&up.url(), 1, "client.pem")).unwrap();
+    let (_dir, path) = pkjwt_dir(&up.url());
     let proxy = Proxy::start(&path, |_| {}).await;
     assert_eq!(proxy.token().await.1["version"], "1");
     for version in [2, 3] {
@@ -341,10 +347,7 @@ async fn kubernetes_symlink_swap_applies_within_1s() {
 async fn bad_save_keeps_last_good_says_where_then_says_fixed() {
     Logs::global();
     let up = echo_upstream().await;
-    let dir = tempfile::tempdir().unwrap();
-    write_private(&dir.path().join("client.pem"), &key_pem(&SigningKey::generate(Alg::ES256).unwrap()));
-    let path = dir.path().join("proxy.toml");
-    std::fs::write(&path, pkjwt(&up.url(), 1, "client.pem")).unwrap();
+    let (_dir, path) = pkjwt_dir(&up.url());
     let proxy = Proxy::start(&path, |_| {}).await;
 
     // A checked-config error: a bad duration, with its line and column.
@@ -429,9 +432,7 @@ async fn reload_log_line_names_routes_added_removed_changed_and_keys_rotated() {
 async fn listener_change_is_logged_as_restart_needed_and_the_rest_applies() {
     Logs::global();
     let up = echo_upstream().await;
-    let dir = tempfile::tempdir().unwrap();
-    write_private(&dir.path().join("client.pem"), &key_pem(&SigningKey::generate(Alg::ES256).unwrap()));
-    let path = dir.path().join("proxy.toml");
+    let (_dir, path) = pkjwt_dir(&up.url());
     let with_listen =
         |v, listen: &str| format!("[proxy]\nlisten = \"{listen}\"\n{}", pkjwt(&up.url(), v, "client.pem"));
     std::fs::write(&path, with_listen(1, "127.0.0.1:8787")).unwrap();

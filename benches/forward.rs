@@ -30,8 +30,10 @@ async fn tls_upstream(ca_path: &Path) -> SocketAddr {
     let ca = ok(pki::generate_ca("bench AS CA"));
     ok(std::fs::write(ca_path, &ca.cert_pem));
     let leaf = ok(pki::issue_leaf(&ca, &["localhost", "127.0.0.1"], LeafUse::Server, 2));
-    let chain = ok(rustls_pemfile::certs(&mut leaf.cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>());
-    let key = ok(rustls_pemfile::private_key(&mut leaf.key_pem.as_bytes())).unwrap_or_else(|| panic!("leaf key"));
+    use rustls::pki_types::pem::PemObject as _;
+    let chain =
+        ok(rustls::pki_types::CertificateDer::pem_slice_iter(leaf.cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>());
+    let key = ok(rustls::pki_types::PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()));
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config =
         ok(ok(rustls::ServerConfig::builder_with_provider(provider).with_safe_default_protocol_versions())

@@ -12,18 +12,19 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::{self, ConfigError};
 use crate::proxy::Shared;
 use crate::reload::{self, ReloadOptions, ReloadStats, ReloadStatus};
-use crate::snapshot::{BuildError, BuildOptions, Snapshot};
+use crate::snapshot::{self, BuildOptions, LoadError, Snapshot};
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]
-    Config(#[from] ConfigError),
-    #[error(transparent)]
-    Build(#[from] BuildError),
+    Load(#[from] LoadError),
+    #[error("the demo AS: {0}")]
+    DemoAs(String),
+    #[error("loading the config stopped unexpectedly: {0}")]
+    Internal(String),
     #[error("cannot listen on {addr} ({key}): {source} (is another tokenrelay running? change {key} in proxy.toml)")]
     Bind { addr: SocketAddr, key: &'static str, source: std::io::Error },
     #[error(transparent)]
@@ -67,27 +68,21 @@ pub struct Running {
     tasks: Vec<JoinHandle<()>>,
 }
 
-/// Loads config and builds a snapshot: the one validation `run`, `check` and reload share.
-pub fn load(path: &Path, opts: BuildOptions) -> Result<Snapshot, StartError> {
-    let config = config::load(path)?;
-    if opts.create_missing {
-        // Routes may trust the demo AS's CA: it must exist before their TLS clients are built.
-        crate::demo_as::ensure_ca(&config).map_err(|message| BuildError::Route {
-            route: "(demo_as)".into(),
-            message: format!("cannot create the demo AS CA: {message}"),
-        })?;
-    }
-    Ok(Snapshot::build(config, opts)?)
-}
-
 async fn bind(addr: SocketAddr, key: &'static str) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, key, source })
 }
 
 /// Starts the proxy (and the demo AS when configured).
 pub async fn start(opts: Options) -> Result<Running, StartError> {
-    let loaded_hash = reload::config_hash(&opts.config);
-    let snapshot = load(&opts.config, BuildOptions { create_missing: true, ..Default::default() })?;
+    // Reading and hashing files blocks: keep it off the runtime's threads.
+    let path = opts.config.clone();
+    let (loaded_hash, snapshot) = tokio::task::spawn_blocking(move || {
+        let hash = reload::config_hash(&path);
+        (hash, snapshot::load(&path, BuildOptions { create_missing: true, ..Default::default() }))
+    })
+    .await
+    .map_err(|e| StartError::Internal(e.to_string()))?;
+    let snapshot = snapshot?;
     for w in &snapshot.warnings {
         tracing::warn!("{w}");
     }
@@ -106,14 +101,16 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
         key: "[proxy] listen",
         source,
     })?;
+    // Discovery runs in the background: listeners start without waiting for any AS.
+    snapshot.start_discovery();
     let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(snapshot));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut tasks = Vec::new();
     let mut demo_as_addr = None;
     if let Some(l) = demo_listener {
         let demo_addr = l.local_addr().map_err(|source| StartError::Bind { addr, key: "[demo_as] listen", source })?;
-        let (issuer, task) = crate::demo_as::spawn(l, &config, snapshot_rx.clone(), shutdown_rx.clone())
-            .map_err(|message| BuildError::Route { route: "(demo_as)".into(), message })?;
+        let (issuer, task) =
+            crate::demo_as::spawn(l, &config, snapshot_rx.clone(), shutdown_rx.clone()).map_err(StartError::DemoAs)?;
         tracing::info!(%issuer, "demo AS listening");
         tasks.push(task);
         demo_as_addr = Some(demo_addr);

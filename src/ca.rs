@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use rustls::pki_types::pem::{PemObject as _, SectionKind};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
@@ -85,9 +86,8 @@ pub fn permitted_names(config: &Config) -> Vec<String> {
     let mut names: Vec<String> = Vec::new();
     for route in &config.routes {
         for entry in &route.hosts {
-            let (host, _) = crate::forward::split_host_entry(entry);
-            if !names.contains(&host) {
-                names.push(host);
+            if !names.contains(&entry.host) {
+                names.push(entry.host.clone());
             }
         }
     }
@@ -150,7 +150,7 @@ impl LocalCa {
         };
         let cert_pem = read(cert_path).map_err(cert_err)?;
         let key_pem = read(key_path).map_err(key_err)?;
-        let der = rustls_pemfile::certs(&mut cert_pem.as_bytes())
+        let der = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
             .next()
             .ok_or_else(|| cert_err("no CERTIFICATE block found".into()))?
             .map_err(|e| cert_err(format!("not a PEM certificate: {e}")))?;
@@ -247,18 +247,16 @@ impl LocalCa {
     }
 }
 
+/// The private key in the first PEM section (PKCS#8, SEC1 or PKCS#1); `None` when that section
+/// holds anything else.
 fn private_key(pem: &str) -> Option<PrivateKeyDer<'static>> {
-    match rustls_pemfile::read_one(&mut pem.as_bytes()) {
-        Ok(Some(rustls_pemfile::Item::Pkcs8Key(k))) => Some(PrivateKeyDer::Pkcs8(k)),
-        Ok(Some(rustls_pemfile::Item::Sec1Key(k))) => Some(PrivateKeyDer::Sec1(k)),
-        Ok(Some(rustls_pemfile::Item::Pkcs1Key(k))) => Some(PrivateKeyDer::Pkcs1(k)),
-        _ => None,
-    }
+    let (kind, der) = <(SectionKind, Vec<u8>)>::from_pem_slice(pem.as_bytes()).ok()?;
+    PrivateKeyDer::from_pem(kind, der)
 }
 
 fn certified_key(minted: &Minted) -> Option<CertifiedKey> {
     let chain: Vec<CertificateDer<'static>> =
-        rustls_pemfile::certs(&mut minted.cert_pem.as_bytes()).collect::<Result<_, _>>().ok()?;
+        CertificateDer::pem_slice_iter(minted.cert_pem.as_bytes()).collect::<Result<_, _>>().ok()?;
     let key = private_key(&minted.key_pem)?;
     let signer = rustls::crypto::ring::sign::any_supported_type(&key).ok()?;
     Some(CertifiedKey::new(chain, signer))
@@ -301,16 +299,10 @@ pub fn bundle_path(config: &Config) -> PathBuf {
     config.ca_cert.with_file_name(format!("{stem}-bundle.pem"))
 }
 
+/// A `CERTIFICATE` PEM block, 64-column base64, LF line endings.
 fn pem_block(der: &[u8]) -> String {
-    use base64::Engine as _;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
-    for chunk in b64.as_bytes().chunks(64) {
-        out.push_str(&String::from_utf8_lossy(chunk));
-        out.push('\n');
-    }
-    out.push_str("-----END CERTIFICATE-----\n");
-    out
+    let config = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
+    pem::encode_config(&pem::Pem::new("CERTIFICATE", der), config)
 }
 
 /// Writes the merged bundle: the system roots (as rustls-native-certs finds them) plus the
@@ -319,7 +311,7 @@ fn pem_block(der: &[u8]) -> String {
 /// `eval "$(tokenrelay ca)"` (which points `SSL_CERT_FILE` at this very file) does not pile
 /// them up. Returns the number of system roots written.
 pub fn write_bundle(ca: &LocalCa, path: &Path) -> std::io::Result<usize> {
-    let ours = rustls_pemfile::certs(&mut ca.cert_pem().as_bytes()).filter_map(Result::ok).next();
+    let ours = CertificateDer::pem_slice_iter(ca.cert_pem().as_bytes()).filter_map(Result::ok).next();
     let mut seen = std::collections::HashSet::new();
     let mut text = String::new();
     let mut count = 0;

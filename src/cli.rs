@@ -28,9 +28,13 @@ pub struct Cli {
 pub enum Command {
     /// Run the proxy (the default).
     Run,
-    /// Validate the config, load every key and certificate, print the resolved routes.
-    /// Binds no listener; exits 1 on any error.
-    Check,
+    /// Validate the config, load every key and certificate, fetch each issuer's metadata,
+    /// print the resolved routes. Binds no listener; exits 1 on any error.
+    Check {
+        /// Skip fetching AS metadata (RFC 8414 / OIDC discovery) for routes with an issuer.
+        #[arg(long)]
+        offline: bool,
+    },
     /// Print the public JWKS to register at the AS (JSON on stdout).
     Jwks {
         /// Only this route.
@@ -55,7 +59,7 @@ pub fn main() -> ExitCode {
     init_tracing();
     let result = match cli.command.unwrap_or(Command::Run) {
         Command::Run => run(&cli.config),
-        Command::Check => check(&cli.config),
+        Command::Check { offline } => check(&cli.config, offline),
         Command::Jwks { route } => jwks(&cli.config, route.as_deref()),
         Command::Init { force } => init(&cli.config, force),
         Command::Ca => ca(&cli.config),
@@ -88,8 +92,12 @@ fn run(config: &Path) -> anyhow::Result<()> {
     runtime()?.block_on(async {
         let running = crate::app::start(crate::app::Options::new(config)).await?;
         if let Some(line) = running.curl_line() {
-            println!("tokenrelay is listening on http://{}; get a token through it with:", running.addr);
-            println!("{line}");
+            // A closed stdout (`tokenrelay | head -1`) must not stop the proxy: ignore write errors.
+            use std::io::Write as _;
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "tokenrelay is listening on http://{}; get a token through it with:", running.addr);
+            let _ = writeln!(out, "{line}");
+            let _ = out.flush();
         }
         wait_for_stop().await;
         tracing::info!("shutting down");
@@ -113,14 +121,17 @@ async fn wait_for_stop() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-fn check(config: &Path) -> anyhow::Result<()> {
-    let snapshot = crate::app::load(config, BuildOptions::default())?;
+fn check(config: &Path, offline: bool) -> anyhow::Result<()> {
+    let snapshot = crate::snapshot::load(config, BuildOptions::default())?;
     let c = &snapshot.config;
     println!("config {} is valid", c.path.display());
     println!("listen http://{}", c.listen);
     if let Some(d) = &c.demo_as {
         println!("demo AS http://{}", d.listen);
     }
+    let discovered = if offline { Vec::new() } else { runtime()?.block_on(discover_all(&snapshot)) };
+    let mut warnings = snapshot.warnings.clone();
+    let mut mismatches = Vec::new();
     for r in &snapshot.routes {
         let cfg = &r.cfg;
         let auth = cfg
@@ -139,16 +150,57 @@ fn check(config: &Path) -> anyhow::Result<()> {
         if let Some(t) = &r.cert_thumbprint {
             println!("  mtls cert x5t#S256 {t}");
         }
+        let Some(issuer) = &cfg.issuer else { continue };
+        match discovered.iter().find(|(name, _)| *name == cfg.name).map(|(_, result)| result) {
+            None => println!("  issuer {issuer} (metadata not fetched: --offline)"),
+            Some(Ok(meta)) => {
+                println!("  issuer {issuer}: metadata found");
+                if let Some(t) = &meta.token_endpoint {
+                    println!("  metadata token_endpoint {t}");
+                }
+                warnings.extend(meta.unsupported_algs(&r.expect()).into_iter().map(|w| format!("route {:?}: {w}", cfg.name)));
+            }
+            Some(Err(e)) if e.is_mismatch() => mismatches.push(format!("route {:?}: {e}", cfg.name)),
+            Some(Err(e)) => warnings.push(format!(
+                "route {:?}: AS metadata unavailable ({e}); the proxy will use the configured endpoints and retry discovery in the background",
+                cfg.name
+            )),
+        }
     }
-    for w in &snapshot.warnings {
+    for w in &warnings {
         println!("warning: {w}");
+    }
+    if !mismatches.is_empty() {
+        anyhow::bail!("{}", mismatches.join("\n"));
     }
     Ok(())
 }
 
+/// Fetches the metadata of every route with an issuer, all at once.
+async fn discover_all(
+    snapshot: &crate::snapshot::Snapshot,
+) -> Vec<(String, Result<crate::discovery::Metadata, crate::discovery::DiscoveryError>)> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for r in &snapshot.routes {
+        let Some(issuer) = r.cfg.issuer.clone() else { continue };
+        let (client, timeout, name) = (r.client.clone(), r.cfg.timeout, r.cfg.name.clone());
+        tasks.spawn(async move {
+            let result = crate::discovery::fetch(&client, &issuer, timeout, &name).await;
+            (name, result)
+        });
+    }
+    let mut out = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        if let Ok(pair) = joined {
+            out.push(pair);
+        }
+    }
+    out
+}
+
 /// The JWKS and registration facts for each route (RFC 7517, RFC 8705 §3.1, RFC 9449 §6).
 pub fn jwks_document(config: &Path, only: Option<&str>) -> anyhow::Result<Value> {
-    let snapshot = crate::app::load(config, BuildOptions::default())?;
+    let snapshot = crate::snapshot::load(config, BuildOptions::default())?;
     let mut routes = serde_json::Map::new();
     for r in &snapshot.routes {
         if only.is_some_and(|n| n != r.cfg.name) {
@@ -231,8 +283,7 @@ fn ca(config_path: &Path) -> anyhow::Result<()> {
     }
     for route in &config.routes {
         for entry in &route.hosts {
-            let (host, _) = crate::forward::split_host_entry(entry);
-            if let Some(why) = ca.refusal(&host).filter(|_| config.forward.is_some()) {
+            if let Some(why) = ca.refusal(&entry.host).filter(|_| config.forward.is_some()) {
                 eprintln!("warning: route {:?}: {why}", route.name);
             }
         }
@@ -248,9 +299,10 @@ fn ca(config_path: &Path) -> anyhow::Result<()> {
 }
 
 fn init(config: &Path, force: bool) -> anyhow::Result<()> {
-    let made = crate::init::init(config, force)?;
+    let config = crate::config::load(config)?;
+    let made = crate::provision::init(&config, force)?;
     if made.is_empty() {
-        println!("nothing to create: every key and certificate {} names exists", config.display());
+        println!("nothing to create: every key and certificate {} names exists", config.path.display());
     }
     for line in made {
         println!("created {line}");

@@ -22,6 +22,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt as _, Limited};
 use hyper::body::Incoming;
 use serde_json::{json, Map, Value};
+use subtle::ConstantTimeEq as _;
 use tokio::sync::watch;
 
 use crate::body::{full, Body};
@@ -86,7 +87,7 @@ impl DemoAs {
             issuer: format!("{scheme}://{addr}"),
             snapshot,
             require_nonce,
-            nonce: crate::proxy::new_jti(),
+            nonce: crate::jose::new_jti(),
             seen_jti: Mutex::new(HashMap::new()),
             tokens: Mutex::new(HashMap::new()),
         }
@@ -161,7 +162,7 @@ impl DemoAs {
         let mut verified = Map::new();
         let client_id = self.authenticate(headers, &form, peer_cert, &mut verified)?;
         let jkt = self.check_dpop(headers, "POST", "/token", None, &mut verified)?;
-        let token = crate::proxy::new_jti() + &crate::proxy::new_jti();
+        let token = crate::jose::new_jti() + &crate::jose::new_jti();
         let exp = now() + 300;
         if let Ok(mut tokens) = self.tokens.lock() {
             tokens.retain(|_, t| t.exp > now());
@@ -493,13 +494,10 @@ fn check_certificate(
 
 fn check_secret(credential: &Credential, sent: &str, method: AuthMethod) -> Result<AuthMethod, Answer> {
     match credential {
-        Credential::Secret(s) if constant_time_eq(s.expose().as_bytes(), sent.as_bytes()) => Ok(method),
+        // Constant time in the content; a length mismatch fails at once (as before).
+        Credential::Secret(s) if bool::from(s.expose().as_bytes().ct_eq(sent.as_bytes())) => Ok(method),
         _ => Err(oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", "client secret does not match")),
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 impl crate::server::Handler for DemoAs {
@@ -578,40 +576,21 @@ impl rustls::server::danger::ClientCertVerifier for AnyClientCert {
     }
 }
 
-/// Where the demo AS's CA lives when `[demo_as] tls = true`.
-pub fn ca_paths(config: &crate::config::Config) -> (std::path::PathBuf, std::path::PathBuf) {
-    (config.dir.join("certs/demo-as-ca.pem"), config.dir.join("certs/demo-as-ca-key.pem"))
-}
-
-/// Creates the demo AS's CA (certificate + 0600 key) when TLS is on and it is missing, so
-/// routes can name `trust = ["certs/demo-as-ca.pem"]`. Returns true when it was created.
-pub fn ensure_ca(config: &crate::config::Config) -> Result<bool, String> {
-    if !config.demo_as.as_ref().is_some_and(|d| d.tls) {
-        return Ok(false);
-    }
-    let (cert, key) = ca_paths(config);
-    if cert.exists() && key.exists() {
-        return Ok(false);
-    }
-    let ca = crate::pki::generate_ca("tokenrelay demo AS CA").map_err(|e| e.to_string())?;
-    let _ = std::fs::remove_file(&key);
-    crate::keys::write_private(&key, ca.key_pem.as_bytes()).map_err(|e| format!("{}: {e}", key.display()))?;
-    std::fs::write(&cert, ca.cert_pem.as_bytes()).map_err(|e| format!("{}: {e}", cert.display()))?;
-    tracing::info!(file = %cert.display(), "created the demo AS CA (add it to a route's trust to reach the demo AS over HTTPS)");
-    Ok(true)
-}
-
 fn server_config(config: &crate::config::Config) -> Result<Arc<rustls::ServerConfig>, String> {
-    let (cert, key) = ca_paths(config);
+    let (cert, key) = crate::provision::demo_as_ca_paths(config);
     let read = |p: &std::path::Path| std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()));
     let ca = crate::pki::Minted { cert_pem: read(&cert)?, key_pem: read(&key)? };
     let leaf = crate::pki::issue_leaf(&ca, &["localhost", "127.0.0.1", "::1"], crate::pki::LeafUse::Server, 30)
         .map_err(|e| e.to_string())?;
+    use rustls::pki_types::pem::{self, PemObject as _};
     let chain: Vec<rustls::pki_types::CertificateDer<'static>> =
-        rustls_pemfile::certs(&mut leaf.cert_pem.as_bytes()).collect::<Result<_, _>>().map_err(|e| e.to_string())?;
-    let key = rustls_pemfile::private_key(&mut leaf.key_pem.as_bytes())
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| "generated leaf has no key".to_string())?;
+        rustls::pki_types::CertificateDer::pem_slice_iter(leaf.cert_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .map_err(|e| e.to_string())?;
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).map_err(|e| match e {
+        pem::Error::NoItemsFound => "generated leaf has no key".to_string(),
+        e => e.to_string(),
+    })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()

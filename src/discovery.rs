@@ -1,22 +1,41 @@
-//! AS metadata discovery (RFC 8414, OpenID Connect Discovery 1.0), fetched once per
-//! snapshot and route, through the route's own client (same trust roots, same identity).
+//! AS metadata discovery (RFC 8414, OpenID Connect Discovery 1.0), off the request path.
 //!
-//! Used for: the issuer check (RFC 8414 §3.3), the client-authenticated endpoints when
-//! `endpoints` is not configured, and `mtls_endpoint_aliases` (RFC 8705 §5) for routes that
-//! present a client certificate. A failed fetch is not cached, so an AS that starts after
-//! tokenrelay is discovered on a later request.
+//! Each route with an `issuer` owns one [`Discovery`]. It starts when the snapshot holding
+//! the route is published (start, reload, SIGHUP) and runs in the background, through the
+//! route's own client (same trust roots, same identity). Requests never fetch metadata
+//! themselves; they read the latest [`State`]:
+//!
+//! - while the first attempt runs, a request waits for it, at most the route's `timeout`;
+//! - after a failed attempt, requests use the configured endpoints at once, and the next
+//!   attempt comes no sooner than [`FIRST_RETRY`] later, backing off to [`MAX_RETRY`];
+//! - after an issuer mismatch (RFC 8414 §3.3) the route refuses every request with 502:
+//!   a route whose AS is not the one configured must not sign anything for it.
+//!
+//! One attempt is in flight per route at any time, and a failure streak logs one warning.
+//! Used for: the issuer check, the client-authenticated endpoints when `endpoints` is not
+//! configured, and `mtls_endpoint_aliases` (RFC 8705 §5) for routes that present a
+//! client certificate.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request};
 use http_body_util::{BodyExt as _, Full, Limited};
 use serde::Deserialize;
+use tokio::sync::watch;
 
-use crate::snapshot::Route;
+use crate::jose::Alg;
+use crate::upstream::HttpClient;
 
-const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// The first retry after a failed attempt.
+pub const FIRST_RETRY: Duration = Duration::from_secs(10);
+/// Retries back off (doubling) up to this interval.
+pub const MAX_RETRY: Duration = Duration::from_secs(300);
+/// Metadata documents are small; anything bigger is not one.
+const MAX_METADATA: usize = 512 * 1024;
 
 /// The metadata members tokenrelay uses.
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -58,76 +77,258 @@ impl Metadata {
         let (name, _) = self.client_auth_endpoints().into_iter().find(|(_, u)| *u == url)?;
         self.mtls_endpoint_aliases.get(name).map(String::as_str)
     }
+
+    /// Configured algorithms the AS does not advertise (RFC 8414 §2, RFC 9449 §5.1), as
+    /// warnings naming the config key.
+    pub fn unsupported_algs(&self, expect: &Expect) -> Vec<String> {
+        let mut out = Vec::new();
+        let supported = &self.token_endpoint_auth_signing_alg_values_supported;
+        if let Some(alg) =
+            expect.client_alg.filter(|a| !supported.is_empty() && !supported.iter().any(|s| s == a.as_str()))
+        {
+            out.push(format!(
+                "client.alg {alg} is not in the AS's token_endpoint_auth_signing_alg_values_supported {supported:?}"
+            ));
+        }
+        let supported = &self.dpop_signing_alg_values_supported;
+        if let Some(alg) =
+            expect.dpop_alg.filter(|a| !supported.is_empty() && !supported.iter().any(|s| s == a.as_str()))
+        {
+            out.push(format!("dpop.alg {alg} is not in the AS's dpop_signing_alg_values_supported {supported:?}"));
+        }
+        out
+    }
+}
+
+/// What a route will sign with, checked against what the AS advertises.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Expect {
+    pub client_alg: Option<Alg>,
+    pub dpop_alg: Option<Alg>,
+}
+
+/// Why metadata could not be used.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DiscoveryError {
+    /// RFC 8414 §3.3: the metadata's `issuer` must be identical to the configured one.
+    #[error(
+        "metadata at {url} says issuer {found:?}, but routes.{route}.issuer is {configured:?}; they must be \
+         identical (RFC 8414 §3.3): fix routes.{route}.issuer"
+    )]
+    IssuerMismatch { route: String, url: String, found: String, configured: String },
+    #[error("{url}: no answer within {} (routes.{route}.timeout)", humantime::format_duration(*after))]
+    Timeout { route: String, url: String, after: Duration },
+    #[error("{0}")]
+    Unreachable(String),
+    #[error("{url}: HTTP {status}")]
+    Status { url: String, status: u16 },
+    #[error("{url}: not AS metadata: {reason}")]
+    NotMetadata { url: String, reason: String },
+    #[error("{0:?} is not a URL")]
+    BadUrl(String),
+}
+
+impl DiscoveryError {
+    /// A mismatch means the route talks to another AS than configured: refuse, don't fall back.
+    pub fn is_mismatch(&self) -> bool {
+        matches!(self, DiscoveryError::IssuerMismatch { .. })
+    }
 }
 
 /// Well-known URLs for `issuer`: RFC 8414 §3.1 inserts the suffix before the issuer's path;
 /// OIDC Discovery appends it.
-pub fn well_known_urls(issuer: &str) -> Vec<String> {
+pub fn well_known_urls(issuer: &str) -> [String; 2] {
     let issuer = issuer.trim_end_matches('/');
     let (origin, path) = match issuer.find("://").and_then(|i| issuer[i + 3..].find('/').map(|j| i + 3 + j)) {
         Some(split) => (&issuer[..split], &issuer[split..]),
         None => (issuer, ""),
     };
-    vec![
+    [
         format!("{origin}/.well-known/oauth-authorization-server{path}"),
         format!("{issuer}/.well-known/openid-configuration"),
     ]
 }
 
-/// Fetches and checks the metadata of `route`'s issuer.
-pub async fn fetch(route: &Route) -> Result<Metadata, String> {
-    let Some(issuer) = route.cfg.issuer.as_deref() else {
-        return Err("route has no issuer".into());
-    };
-    let mut last_err = String::new();
+/// Fetches and checks `issuer`'s metadata: the RFC 8414 URL first, then the OIDC one, each
+/// bounded by `timeout`. `route` names the route in error messages.
+pub async fn fetch(
+    client: &HttpClient,
+    issuer: &str,
+    timeout: Duration,
+    route: &str,
+) -> Result<Metadata, DiscoveryError> {
+    let mut last = None;
     for url in well_known_urls(issuer) {
-        match fetch_one(route, &url).await {
-            Ok(meta) => {
-                // RFC 8414 §3.3: the issuer in the metadata must be identical to the one used.
-                if meta.issuer != issuer {
-                    return Err(format!(
-                        "metadata at {url} says issuer {:?}, but routes.{}.issuer is {issuer:?}; they must be identical (RFC 8414 §3.3)",
-                        meta.issuer, route.cfg.name
-                    ));
-                }
-                return Ok(meta);
+        match fetch_one(client, &url, timeout, route).await {
+            Ok(meta) if meta.issuer != issuer => {
+                return Err(DiscoveryError::IssuerMismatch {
+                    route: route.to_string(),
+                    url,
+                    found: meta.issuer,
+                    configured: issuer.to_string(),
+                });
             }
-            Err(e) => last_err = e,
+            Ok(meta) => return Ok(meta),
+            Err(e) => last = Some(e),
         }
     }
-    Err(last_err)
+    Err(last.unwrap_or_else(|| DiscoveryError::BadUrl(issuer.to_string())))
 }
 
-async fn fetch_one(route: &Route, url: &str) -> Result<Metadata, String> {
+async fn fetch_one(client: &HttpClient, url: &str, timeout: Duration, route: &str) -> Result<Metadata, DiscoveryError> {
     let mut req = Request::new(Full::new(Bytes::new()));
     *req.method_mut() = Method::GET;
-    *req.uri_mut() = url.parse().map_err(|_| format!("{url:?} is not a URL"))?;
+    *req.uri_mut() = url.parse().map_err(|_| DiscoveryError::BadUrl(url.to_string()))?;
     req.headers_mut().insert(http::header::ACCEPT, http::HeaderValue::from_static("application/json"));
-    let resp = tokio::time::timeout(FETCH_TIMEOUT, route.client.request(req))
+    let timed_out = || DiscoveryError::Timeout { route: route.to_string(), url: url.to_string(), after: timeout };
+    let deadline = tokio::time::Instant::now() + timeout;
+    let resp = tokio::time::timeout_at(deadline, client.request(req))
         .await
-        .map_err(|_| format!("{url}: no answer within {}s", FETCH_TIMEOUT.as_secs()))?
-        .map_err(|e| crate::upstream::describe_error(&e, url, &route.cfg.name))?;
+        .map_err(|_| timed_out())?
+        .map_err(|e| DiscoveryError::Unreachable(crate::upstream::describe_error(&e, url, route)))?;
     let status = resp.status();
-    let body = Limited::new(resp.into_body(), 512 * 1024)
-        .collect()
-        .await
-        .map_err(|e| format!("{url}: reading metadata failed: {e}"))?
-        .to_bytes();
     if !status.is_success() {
-        return Err(format!("{url}: HTTP {status}"));
+        return Err(DiscoveryError::Status { url: url.to_string(), status: status.as_u16() });
     }
-    serde_json::from_slice(&body).map_err(|e| format!("{url}: not AS metadata JSON: {e}"))
+    let body = tokio::time::timeout_at(deadline, Limited::new(resp.into_body(), MAX_METADATA).collect())
+        .await
+        .map_err(|_| timed_out())?
+        .map_err(|e| DiscoveryError::NotMetadata { url: url.to_string(), reason: format!("reading it failed: {e}") })?
+        .to_bytes();
+    serde_json::from_slice(&body)
+        .map_err(|e| DiscoveryError::NotMetadata { url: url.to_string(), reason: format!("not JSON metadata: {e}") })
+}
+
+/// Where a route's discovery stands.
+#[derive(Debug, Clone)]
+pub enum State {
+    /// The first attempt has not finished.
+    Pending,
+    Found(Arc<Metadata>),
+    /// The last attempt failed; another comes later (see the module docs).
+    Failed(Arc<DiscoveryError>),
+}
+
+/// What a background attempt needs: everything is owned, so the task outlives no borrow.
+#[derive(Clone)]
+pub struct Job {
+    pub route: String,
+    pub issuer: String,
+    pub client: HttpClient,
+    pub timeout: Duration,
+    pub expect: Expect,
+}
+
+/// One route's discovery: the background task's latest result, shared with requests.
+pub struct Discovery {
+    state: watch::Sender<State>,
+    job: Job,
+    started: AtomicBool,
+}
+
+impl std::fmt::Debug for Discovery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Discovery").field("issuer", &self.job.issuer).field("state", &*self.state.borrow()).finish()
+    }
+}
+
+impl Discovery {
+    /// A discovery that has not started: call [`Discovery::start`] from a Tokio runtime.
+    pub fn new(job: Job) -> Arc<Discovery> {
+        Arc::new(Discovery { state: watch::Sender::new(State::Pending), job, started: AtomicBool::new(false) })
+    }
+
+    /// Starts the background task (once; later calls do nothing). It ends when the last
+    /// `Arc` of this discovery (the route of a replaced snapshot) is gone.
+    pub fn start(self: &Arc<Self>) {
+        if self.started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        tokio::spawn(run(Arc::downgrade(self), self.job.clone()));
+    }
+
+    /// The latest state, without waiting.
+    pub fn state(&self) -> State {
+        self.state.borrow().clone()
+    }
+
+    /// The metadata to use now. While the first attempt runs, waits for it up to `wait`;
+    /// `Ok(None)` means "use the configured endpoints"; `Err` is an issuer mismatch.
+    pub async fn current(self: &Arc<Self>, wait: Duration) -> Result<Option<Arc<Metadata>>, Arc<DiscoveryError>> {
+        if matches!(*self.state.borrow(), State::Pending) {
+            self.start();
+            let mut rx = self.state.subscribe();
+            let _ = tokio::time::timeout(wait, rx.wait_for(|s| !matches!(s, State::Pending))).await;
+        }
+        match self.state() {
+            State::Found(meta) => Ok(Some(meta)),
+            State::Failed(e) if e.is_mismatch() => Err(e),
+            State::Failed(_) | State::Pending => Ok(None),
+        }
+    }
+}
+
+/// The background loop: attempt, publish, and after a failure wait (doubling from
+/// [`FIRST_RETRY`] to [`MAX_RETRY`]) before the next attempt. Ends after a success or when
+/// the route is gone.
+async fn run(discovery: Weak<Discovery>, job: Job) {
+    let mut retry = FIRST_RETRY;
+    let mut streak = 0u32;
+    loop {
+        let result = fetch(&job.client, &job.issuer, job.timeout, &job.route).await;
+        let Some(d) = discovery.upgrade() else { return };
+        match result {
+            Ok(meta) => {
+                if streak > 0 {
+                    tracing::info!(route = %job.route, issuer = %job.issuer, "AS discovery succeeded after {streak} failed attempts");
+                } else {
+                    tracing::debug!(route = %job.route, issuer = %job.issuer, "AS metadata discovered");
+                }
+                for warning in meta.unsupported_algs(&job.expect) {
+                    tracing::warn!(route = %job.route, "{warning}");
+                }
+                d.state.send_replace(State::Found(Arc::new(meta)));
+                return;
+            }
+            Err(e) => {
+                let previous = d.state.send_replace(State::Failed(Arc::new(e.clone())));
+                let kind_changed = match &previous {
+                    State::Failed(p) => p.is_mismatch() != e.is_mismatch(),
+                    _ => false,
+                };
+                if streak == 0 || kind_changed {
+                    let consequence = if e.is_mismatch() {
+                        "requests on this route are refused with 502 until it is fixed"
+                    } else {
+                        "using the configured endpoints"
+                    };
+                    tracing::warn!(
+                        route = %job.route,
+                        "AS discovery failed: {e}; {consequence}; retrying in {} (and on reload)",
+                        humantime::format_duration(retry)
+                    );
+                } else {
+                    tracing::debug!(route = %job.route, streak, "AS discovery failed again: {e}");
+                }
+                streak += 1;
+            }
+        }
+        drop(d);
+        tokio::time::sleep(retry).await;
+        retry = (retry * 2).min(MAX_RETRY);
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
     fn rfc8414_well_known_placement() {
         assert_eq!(
             well_known_urls("https://as.example.com/tenant/1"),
-            vec![
+            [
                 "https://as.example.com/.well-known/oauth-authorization-server/tenant/1".to_string(),
                 "https://as.example.com/tenant/1/.well-known/openid-configuration".to_string()
             ]
@@ -147,5 +348,19 @@ mod tests {
         .unwrap_or_default();
         assert_eq!(meta.mtls_alias("https://as/token"), Some("https://mtls.as/token"));
         assert_eq!(meta.mtls_alias("https://as/other"), None);
+    }
+
+    #[test]
+    fn configured_algs_are_checked_against_metadata() {
+        let meta: Metadata = serde_json::from_str(
+            r#"{"issuer":"https://as.example","token_endpoint_auth_signing_alg_values_supported":["ES256","PS256"],
+                "dpop_signing_alg_values_supported":["ES256"]}"#,
+        )
+        .unwrap();
+        let warnings = meta.unsupported_algs(&Expect { client_alg: Some(Alg::EdDSA), dpop_alg: Some(Alg::ES256) });
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("client.alg EdDSA"), "{warnings:?}");
+        let none = Metadata { issuer: "https://as".into(), ..Default::default() };
+        assert!(none.unsupported_algs(&Expect { client_alg: Some(Alg::EdDSA), dpop_alg: None }).is_empty());
     }
 }

@@ -48,6 +48,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::body::{self, Body};
 use crate::ca::{self, LocalCa};
+use crate::config::host::Authority as Target;
 use crate::config::{Config, UnknownHosts};
 use crate::error::ProxyError;
 use crate::proxy::{self, Entry, Shared};
@@ -125,9 +126,8 @@ pub async fn spawn(
         let (listener, local) = bind(given, addr, "[proxy] forward").await?;
         for route in &config.routes {
             for entry in &route.hosts {
-                let (host, _) = split_host_entry(entry);
-                if let Some(why) = ca.refusal(&host) {
-                    tracing::warn!(route = %route.name, "forward mode cannot intercept {host}: {why}");
+                if let Some(why) = ca.refusal(&entry.host) {
+                    tracing::warn!(route = %route.name, "forward mode cannot intercept {}: {why}", entry.host);
                 }
             }
         }
@@ -139,68 +139,18 @@ pub async fn spawn(
     Ok(out)
 }
 
-/// `host:port` as the app named it: host lowercase, IPv6 without brackets.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
-    pub host: String,
-    pub port: u16,
-}
-
-impl Target {
-    /// Parses `host[:port]` (a CONNECT target, a `Host` header, a URI authority).
-    pub fn parse(authority: &str, default_port: u16) -> Option<Target> {
-        // Strict: `host:443.evil` or `user@host` is not an authority we claim or check against.
-        let (host, port) = crate::proxy::split_host_port(authority)?;
-        // One spelling per host: lowercase, no trailing dot, IP literals in canonical form.
-        let host = host.trim_end_matches('.').to_ascii_lowercase();
-        let host = host.parse::<std::net::IpAddr>().map(|ip| ip.to_string()).unwrap_or(host);
-        if host.is_empty() {
-            return None;
-        }
-        Some(Target { host, port: port.unwrap_or(default_port) })
-    }
-}
-
-impl std::fmt::Display for Target {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.host.contains(':') {
-            write!(f, "[{}]:{}", self.host, self.port)
-        } else {
-            write!(f, "{}:{}", self.host, self.port)
-        }
-    }
-}
-
-/// Splits a `hosts` entry into name and optional port: `as.example.com`, `as.example.com:8443`,
-/// `[::1]:9443`, `::1`.
-pub fn split_host_entry(entry: &str) -> (String, Option<u16>) {
-    let e = entry.trim().to_ascii_lowercase();
-    if let Some((host, tail)) = e.strip_prefix('[').and_then(|rest| rest.split_once(']')) {
-        return (host.to_string(), tail.strip_prefix(':').and_then(|p| p.parse().ok()));
-    }
-    if e.matches(':').count() == 1 {
-        if let Some((host, port)) = e.rsplit_once(':') {
-            if let Ok(port) = port.parse() {
-                return (host.to_string(), Some(port));
-            }
-        }
-    }
-    (e, None)
-}
-
 /// The route that claims `target`, most specific claim first (see the module docs).
 pub fn claim<'a>(snapshot: &'a Snapshot, target: &Target) -> Option<&'a Arc<Route>> {
     let mut best: Option<(u8, &Arc<Route>)> = None;
     for route in &snapshot.routes {
         for entry in &route.cfg.hosts {
-            let (host, port) = split_host_entry(entry);
-            if host != target.host {
+            if entry.host != target.host {
                 continue;
             }
-            let score = match port {
+            let score = match entry.port {
                 Some(p) if p == target.port => 3,
                 Some(_) => continue,
-                None if host == route.cfg.upstream.host => {
+                None if entry.host == route.cfg.upstream.host => {
                     if route.cfg.upstream.port != target.port {
                         continue;
                     }
@@ -399,7 +349,7 @@ impl ForwardProxy {
         };
         match rest_of(req.uri().path(), &route.cfg.upstream.base_path) {
             Some(rest) => {
-                let entry = Entry::Forward { snapshot: snapshot.clone(), route: route.cfg.name.clone(), rest };
+                let entry = Entry::Forward { snapshot: snapshot.clone(), route: route.clone(), rest };
                 proxy::handle_entry(self.shared.clone(), req, peer, entry).await
             }
             None => match passthrough(route, snapshot.config.max_body, req).await {
@@ -583,31 +533,10 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    #[test]
-    fn targets_parse_strictly_and_normalize() {
-        let t = Target::parse("AS.Example.com.:8443", 443).unwrap();
-        assert_eq!((t.host.as_str(), t.port), ("as.example.com", 8443));
-        assert_eq!(Target::parse("[0:0::1]", 443).unwrap().host, "::1");
-        assert!(Target::parse("as.example.com:443.evil", 443).is_none());
-        assert!(Target::parse("user@as.example.com", 443).is_none());
-    }
     use crate::snapshot::BuildOptions;
 
     fn t(host: &str, port: u16) -> Target {
         Target { host: host.into(), port }
-    }
-
-    #[test]
-    fn targets_and_host_entries_parse() {
-        assert_eq!(Target::parse("AS.Example.com:8443", 443), Some(t("as.example.com", 8443)));
-        assert_eq!(Target::parse("as.example.com", 443), Some(t("as.example.com", 443)));
-        assert_eq!(Target::parse("[::1]:9443", 443), Some(t("::1", 9443)));
-        assert_eq!(Target::parse("user@evil:1", 443), None);
-        assert_eq!(t("::1", 1).to_string(), "[::1]:1");
-        assert_eq!(split_host_entry("as.example.com"), ("as.example.com".into(), None));
-        assert_eq!(split_host_entry("As.example.com:8443"), ("as.example.com".into(), Some(8443)));
-        assert_eq!(split_host_entry("[::1]:9443"), ("::1".into(), Some(9443)));
-        assert_eq!(split_host_entry("::1"), ("::1".into(), None));
     }
 
     #[test]

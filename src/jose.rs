@@ -22,6 +22,16 @@ use josekit::jws::{JwsHeader, JwsSigner, JwsVerifier};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+/// A fresh `jti`: 128 random bits, base64url. Assertions and proofs get one per attempt
+/// (RFC 7523 §3, RFC 9449 §4.2: servers replay-check them). The thread-local CSPRNG is
+/// seeded from, and periodically reseeded by, the OS: no syscall per `jti`.
+pub fn new_jti() -> String {
+    use rand::Rng as _;
+    let mut bytes = [0u8; 16];
+    rand::rng().fill_bytes(&mut bytes);
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
 /// JWS algorithms tokenrelay signs with (CHECKLIST PKJ-6). `none` is not representable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Alg {
@@ -378,6 +388,13 @@ pub fn sha256_b64url(data: &[u8]) -> String {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn jti_has_128_bits() {
+        let a = new_jti();
+        assert_eq!(URL_SAFE_NO_PAD.decode(&a).unwrap().len(), 16);
+        assert_ne!(a, new_jti());
+    }
 
     #[test]
     fn rfc7638_example_thumbprint() {

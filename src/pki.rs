@@ -10,6 +10,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, CidrSubnet, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
     GeneralSubtree, IsCa, KeyPair, KeyUsagePurpose, SanType,
 };
+use rustls::pki_types::pem::{PemObject as _, SectionKind};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use time::{Duration, OffsetDateTime};
 
@@ -29,7 +30,7 @@ pub fn load_identity(route: &str, m: &MtlsConfig, warnings: &mut Vec<String>) ->
     let cert_at = KeyRef { route, field: "mtls.cert", path: &m.cert };
     let key_at = KeyRef { route, field: "mtls.key", path: &m.key };
     let cert_bytes = keys::read(&cert_at)?;
-    let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut cert_bytes.as_slice())
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_bytes)
         .collect::<Result<_, _>>()
         .map_err(|e| cert_at.error(format!("not a PEM certificate file: {e}")))?;
     if chain.is_empty() {
@@ -38,15 +39,16 @@ pub fn load_identity(route: &str, m: &MtlsConfig, warnings: &mut Vec<String>) ->
             .into());
     }
     let key_bytes = keys::read(&key_at)?;
-    let key = match rustls_pemfile::read_one(&mut key_bytes.as_slice()) {
-        Ok(Some(rustls_pemfile::Item::Pkcs8Key(k))) => PrivateKeyDer::Pkcs8(k),
-        Ok(Some(rustls_pemfile::Item::Sec1Key(k))) => PrivateKeyDer::Sec1(k),
-        Ok(Some(rustls_pemfile::Item::Pkcs1Key(k))) => PrivateKeyDer::Pkcs1(k),
-        Ok(Some(rustls_pemfile::Item::X509Certificate(_))) => {
+    // The first PEM section decides, whatever its kind.
+    let key = match <(SectionKind, Vec<u8>)>::from_pem_slice(&key_bytes) {
+        Ok((SectionKind::Certificate, _)) => {
             return Err(key_at.error("holds a certificate, not a private key (are cert and key swapped?)").into());
         }
-        Ok(Some(_)) => return Err(key_at.error("holds a public key or CSR; mtls.key needs the private key").into()),
-        Ok(None) | Err(_) => return Err(key_at.error("not a PEM private key (PKCS#8, SEC1 or PKCS#1)").into()),
+        Ok((kind, der)) => match PrivateKeyDer::from_pem(kind, der) {
+            Some(key) => key,
+            None => return Err(key_at.error("holds a public key or CSR; mtls.key needs the private key").into()),
+        },
+        Err(_) => return Err(key_at.error("not a PEM private key (PKCS#8, SEC1 or PKCS#1)").into()),
     };
     let signing = rustls::crypto::ring::sign::any_supported_type(&key)
         .map_err(|e| key_at.error(format!("unsupported private key: {e}")))?;
@@ -411,10 +413,10 @@ mod tests {
     fn ca_issues_leaf_and_self_signed_is_detected() {
         let ca = generate_ca("test ca").unwrap();
         let leaf = issue_leaf(&ca, &["localhost", "127.0.0.1"], LeafUse::Server, 1).unwrap();
-        let der = rustls_pemfile::certs(&mut leaf.cert_pem.as_bytes()).next().unwrap().unwrap();
+        let der = CertificateDer::from_pem_slice(leaf.cert_pem.as_bytes()).unwrap();
         assert!(!is_self_signed(&der));
         let ss = self_signed_client("app", 1).unwrap();
-        let der = rustls_pemfile::certs(&mut ss.cert_pem.as_bytes()).next().unwrap().unwrap();
+        let der = CertificateDer::from_pem_slice(ss.cert_pem.as_bytes()).unwrap();
         assert!(is_self_signed(&der));
         assert_eq!(subject_dn(&der).unwrap(), "CN=app");
         assert!(validity_warning(&der).is_none());
@@ -423,7 +425,7 @@ mod tests {
     #[test]
     fn local_ca_is_name_constrained_and_leaf_only() {
         let ca = generate_local_ca("tokenrelay local CA", &["as.example.com".into(), "10.1.2.3".into()]).unwrap();
-        let der = rustls_pemfile::certs(&mut ca.cert_pem.as_bytes()).next().unwrap().unwrap();
+        let der = CertificateDer::from_pem_slice(ca.cert_pem.as_bytes()).unwrap();
         let nc = name_constraints(&der).unwrap();
         for ok in [
             "localhost",
@@ -449,7 +451,7 @@ mod tests {
         assert!(ku.critical && ku.value.key_cert_sign() && !ku.value.digital_signature());
         // Unconstrained CAs permit anything.
         let plain = generate_ca("t").unwrap();
-        let der = rustls_pemfile::certs(&mut plain.cert_pem.as_bytes()).next().unwrap().unwrap();
+        let der = CertificateDer::from_pem_slice(plain.cert_pem.as_bytes()).unwrap();
         assert!(name_constraints(&der).is_none());
     }
 

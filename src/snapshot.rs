@@ -15,6 +15,28 @@ use crate::keys::{self, KeyFileError, KeyRef};
 use crate::redact::Secret;
 use crate::upstream::{self, HttpClient};
 
+/// Why a config could not be loaded into a snapshot.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    #[error("cannot create the demo AS CA: {0}")]
+    DemoAsCa(#[source] crate::provision::ProvisionError),
+}
+
+/// Loads the config at `path` and builds its snapshot: the one validation `run`, `check` and
+/// every reload share. Blocking (reads files): call it off the async runtime's threads.
+pub fn load(path: &std::path::Path, opts: BuildOptions) -> Result<Snapshot, LoadError> {
+    let config = crate::config::load(path)?;
+    if opts.create_missing {
+        // Routes may trust the demo AS's CA: it must exist before their TLS clients are built.
+        crate::provision::ensure_demo_as_ca(&config).map_err(LoadError::DemoAsCa)?;
+    }
+    Ok(Snapshot::build(config, opts)?)
+}
+
 /// Why a snapshot could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -42,8 +64,8 @@ pub struct Route {
     pub cert_thumbprint: Option<String>,
     /// The mTLS leaf certificate (DER), for `jwks` and the demo AS.
     pub cert_der: Option<Vec<u8>>,
-    /// AS metadata, fetched on first need (see [`crate::discovery`]).
-    pub metadata: tokio::sync::OnceCell<crate::discovery::Metadata>,
+    /// AS metadata discovery, when the route names an `issuer` (see [`crate::discovery`]).
+    pub discovery: Option<Arc<crate::discovery::Discovery>>,
 }
 
 impl std::fmt::Debug for Route {
@@ -53,52 +75,24 @@ impl std::fmt::Debug for Route {
 }
 
 impl Route {
-    /// Configured algorithms the AS does not advertise (RFC 8414 §2, RFC 9449 §5.1).
-    pub fn check_algs(&self, meta: &crate::discovery::Metadata) -> Vec<String> {
-        let mut out = Vec::new();
+    /// What this route signs with, for checking against the AS's advertised algorithms.
+    pub fn expect(&self) -> crate::discovery::Expect {
         let client_alg = match (&self.cfg.client, &self.credential) {
             (Some(c), Credential::Key(_)) => Some(c.alg),
             (Some(c), Credential::Secret(_)) if c.auth == AuthMethod::ClientSecretJwt => Some(c.alg),
             _ => None,
         };
-        let supported = &meta.token_endpoint_auth_signing_alg_values_supported;
-        if let Some(alg) = client_alg.filter(|a| !supported.is_empty() && !supported.iter().any(|s| s == a.as_str())) {
-            out.push(format!(
-                "client.alg {alg} is not in the AS's token_endpoint_auth_signing_alg_values_supported {supported:?}"
-            ));
-        }
-        let dpop_supported = &meta.dpop_signing_alg_values_supported;
-        if let Some(key) = self.dpop_key.as_ref() {
-            let alg = key.alg();
-            if !dpop_supported.is_empty() && !dpop_supported.iter().any(|s| s == alg.as_str()) {
-                out.push(format!(
-                    "dpop.alg {alg} is not in the AS's dpop_signing_alg_values_supported {dpop_supported:?}"
-                ));
-            }
-        }
-        out
+        crate::discovery::Expect { client_alg, dpop_alg: self.dpop_key.as_ref().map(|k| k.alg()) }
     }
 
-    /// The AS metadata, when the route has an issuer and needs it (mTLS aliases, or
-    /// endpoints not configured). Fetched once per snapshot; failures are logged and retried.
-    pub async fn metadata(&self) -> Option<&crate::discovery::Metadata> {
-        self.cfg.issuer.as_ref()?;
-        if self.cfg.endpoints_configured && self.cfg.mtls.is_none() {
-            return None;
-        }
-        let fetch = || async {
-            let meta = crate::discovery::fetch(self).await?;
-            for warning in self.check_algs(&meta) {
-                tracing::warn!(route = %self.cfg.name, "{warning}");
-            }
-            Ok::<_, String>(meta)
-        };
-        match self.metadata.get_or_try_init(fetch).await {
-            Ok(meta) => Some(meta),
-            Err(e) => {
-                tracing::warn!(route = %self.cfg.name, "AS discovery failed; using the configured upstream: {e}");
-                None
-            }
+    /// The AS metadata to use for this request (see [`crate::discovery`]): `Ok(None)` when the
+    /// route has no issuer or discovery failed, `Err` on an issuer mismatch.
+    pub async fn metadata(
+        &self,
+    ) -> Result<Option<Arc<crate::discovery::Metadata>>, Arc<crate::discovery::DiscoveryError>> {
+        match &self.discovery {
+            Some(d) => d.current(self.cfg.timeout).await,
+            None => Ok(None),
         }
     }
 
@@ -202,17 +196,36 @@ impl Snapshot {
             let cert_thumbprint = cert_der.as_deref().map(crate::jose::sha256_b64url);
             let tls = upstream::tls_config(&rc.trust, identity.map(|id| (id.chain, id.key)))
                 .map_err(|e| BuildError::Route { route: name.into(), message: e.to_string() })?;
-            routes.push(Arc::new(Route {
+            let client = upstream::client(tls);
+            let mut route = Route {
                 cfg: rc.clone(),
                 credential,
                 dpop_key,
-                client: upstream::client(tls),
+                client: client.clone(),
                 cert_thumbprint,
                 cert_der,
-                metadata: tokio::sync::OnceCell::new(),
-            }));
+                discovery: None,
+            };
+            route.discovery = rc.issuer.as_ref().map(|issuer| {
+                crate::discovery::Discovery::new(crate::discovery::Job {
+                    route: rc.name.clone(),
+                    issuer: issuer.clone(),
+                    client,
+                    timeout: rc.timeout,
+                    expect: route.expect(),
+                })
+            });
+            routes.push(Arc::new(route));
         }
         Ok(Snapshot { config: Arc::new(config), routes, warnings })
+    }
+
+    /// Starts AS discovery in the background for every route with an `issuer` (call once the
+    /// snapshot is published, from a Tokio runtime). Listeners do not wait for it.
+    pub fn start_discovery(&self) {
+        for d in self.routes.iter().filter_map(|r| r.discovery.as_ref()) {
+            d.start();
+        }
     }
 
     /// The route whose prefix claims `path`, and the rest of the path (always starts with `/`).
@@ -246,34 +259,5 @@ fn resolve_secret(route: &str, source: Option<&SecretSource>) -> Result<Secret, 
             }),
         },
         None => Err(BuildError::Route { route: route.into(), message: "client.secret is required".into() }),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    #[test]
-    fn configured_algs_are_checked_against_metadata() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("proxy.toml");
-        std::fs::write(
-            &path,
-            "[routes.a]\nprefix = \"/a\"\nupstream = \"https://as.example\"\n[routes.a.client]\nid = \"c\"\n\
-             auth = \"private_key_jwt\"\nkey = \"k.pem\"\nalg = \"EdDSA\"\ncreate = true\n\
-             [routes.a.dpop]\nkey = \"d.pem\"\ncreate = true\n",
-        )
-        .unwrap();
-        let cfg = crate::config::load(&path).unwrap();
-        let snap = Snapshot::build(cfg, BuildOptions { create_missing: true, ..Default::default() }).unwrap();
-        let meta: crate::discovery::Metadata = serde_json::from_str(
-            r#"{"issuer":"https://as.example","token_endpoint_auth_signing_alg_values_supported":["ES256","PS256"],
-                "dpop_signing_alg_values_supported":["ES256"]}"#,
-        )
-        .unwrap();
-        let warnings = snap.routes[0].check_algs(&meta);
-        assert_eq!(warnings.len(), 1, "{warnings:?}");
-        assert!(warnings[0].contains("client.alg EdDSA"), "{warnings:?}");
     }
 }

@@ -42,11 +42,12 @@ fn native_roots() -> &'static [CertificateDer<'static>] {
 
 /// Reads every certificate in a PEM file.
 pub fn read_certs(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    use rustls::pki_types::pem::PemObject as _;
     let bytes = std::fs::read(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => "file not found".to_string(),
         _ => format!("cannot read: {e}"),
     })?;
-    let certs: Vec<_> = rustls_pemfile::certs(&mut bytes.as_slice())
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<_, _>>()
         .map_err(|e| format!("not a PEM certificate file: {e}"))?;
     if certs.is_empty() {

@@ -5,16 +5,18 @@
 //! fields that cannot work has been refused with an error naming file, line, column and key.
 //! Keys and certificates are *not* read here; that is [`crate::snapshot`]'s job.
 
+pub mod host;
 pub mod raw;
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use toml::Spanned;
 
 use crate::jose::Alg;
+pub use host::{is_loopback_host, HostEntry};
 pub use raw::{AuthMethod, UnknownHosts};
 use raw::{RawClient, RawConfig, RawDpop, RawRoute};
 
@@ -90,7 +92,8 @@ impl Upstream {
 pub struct RouteConfig {
     pub name: String,
     pub prefix: String,
-    pub hosts: Vec<String>,
+    /// Forward mode: the hosts this route intercepts, parsed once (see [`host::HostEntry`]).
+    pub hosts: Vec<HostEntry>,
     pub upstream: Upstream,
     pub issuer: Option<String>,
     pub trust: Vec<PathBuf>,
@@ -340,7 +343,23 @@ impl Cx<'_> {
             }
             None => vec!["/token".to_string()],
         };
-        let hosts = r.hosts.unwrap_or_else(|| vec![upstream.host.clone()]);
+        let hosts = match &r.hosts {
+            None => vec![HostEntry { host: upstream.host.clone(), port: None }],
+            Some(list) => list
+                .iter()
+                .map(|entry| {
+                    HostEntry::parse(entry).ok_or_else(|| {
+                        self.err(
+                            span.clone(),
+                            &key("hosts"),
+                            format!(
+                                "{entry:?} is not a host name, IP address or host:port like \"as.example.com:8443\""
+                            ),
+                        )
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+        };
         let client = r.client.map(|c| self.client(name, c, issuer.is_some())).transpose()?;
         let dpop = r.dpop.map(|d| self.dpop(name, d)).transpose()?;
         let mtls = r.mtls.map(|m| {
@@ -550,14 +569,6 @@ impl Cx<'_> {
         }
         Ok(rules)
     }
-}
-
-/// `localhost`, `*.localhost` or a loopback IP literal.
-pub fn is_loopback_host(host: &str) -> bool {
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    host.eq_ignore_ascii_case("localhost")
-        || host.to_ascii_lowercase().ends_with(".localhost")
-        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 #[cfg(test)]

@@ -1,0 +1,152 @@
+//! Host names and authorities, parsed one way everywhere: `hosts` entries at config load,
+//! CONNECT targets, `Host` headers and URI authorities on every request.
+//!
+//! One spelling per host: lowercase, no trailing dot, IP literals in canonical form, IPv6
+//! without brackets. Parsing is strict (RFC 9110 §7.2: `uri-host [":" port]`): `host:443.evil`
+//! or `user@host` is not an authority anyone claims or checks against.
+
+use std::net::IpAddr;
+
+/// Splits a `Host` value into host and port, strictly (RFC 9110 §7.2: `uri-host [":" port]`).
+/// IPv6 literals must be bracketed; the brackets are removed.
+pub fn split_host_port(raw: &str) -> Option<(&str, Option<u16>)> {
+    let (host, rest) = match raw.strip_prefix('[') {
+        Some(inner) => {
+            let end = inner.find(']')?;
+            (&inner[..end], &inner[end + 1..])
+        }
+        None => match raw.split_once(':') {
+            Some((h, _)) => (h, &raw[h.len()..]),
+            None => (raw, ""),
+        },
+    };
+    if host.is_empty() || host.contains(['@', '/', ' ']) {
+        return None;
+    }
+    match rest {
+        "" => Some((host, None)),
+        _ => {
+            let port = rest.strip_prefix(':')?;
+            if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            Some((host, Some(port.parse().ok()?)))
+        }
+    }
+}
+
+/// A host name in its one spelling: lowercase, no trailing dot, canonical IP literal.
+fn normalize(host: &str) -> Option<String> {
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    if host.is_empty() {
+        return None;
+    }
+    Some(host.parse::<IpAddr>().map(|ip| ip.to_string()).unwrap_or(host))
+}
+
+/// `localhost`, `*.localhost` or a loopback IP literal.
+pub fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host.to_ascii_lowercase().ends_with(".localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// `host:port` as an app named it (a CONNECT target, a `Host` header, a URI authority).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Authority {
+    pub host: String,
+    pub port: u16,
+}
+
+impl Authority {
+    /// Parses `host[:port]` strictly; `default_port` when none is given.
+    pub fn parse(authority: &str, default_port: u16) -> Option<Authority> {
+        let (host, port) = split_host_port(authority)?;
+        Some(Authority { host: normalize(host)?, port: port.unwrap_or(default_port) })
+    }
+}
+
+impl std::fmt::Display for Authority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// One `hosts` entry of a route: a host, and the one port it claims when it names one.
+/// Written `as.example.com`, `as.example.com:8443`, `[::1]:9443` or `::1`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostEntry {
+    pub host: String,
+    pub port: Option<u16>,
+}
+
+impl HostEntry {
+    /// Parses an entry with the same rules as [`Authority::parse`]; a bare IPv6 literal
+    /// (`::1`) is accepted without brackets.
+    pub fn parse(entry: &str) -> Option<HostEntry> {
+        let entry = entry.trim();
+        if entry.matches(':').count() > 1 && !entry.starts_with('[') {
+            let ip: IpAddr = entry.parse().ok()?;
+            return Some(HostEntry { host: ip.to_string(), port: None });
+        }
+        let (host, port) = split_host_port(entry)?;
+        Some(HostEntry { host: normalize(host)?, port })
+    }
+}
+
+impl std::fmt::Display for HostEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.host.contains(':'), self.port) {
+            (true, Some(p)) => write!(f, "[{}]:{p}", self.host),
+            (false, Some(p)) => write!(f, "{}:{p}", self.host),
+            (_, None) => f.write_str(&self.host),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn a(host: &str, port: u16) -> Authority {
+        Authority { host: host.into(), port }
+    }
+
+    #[test]
+    fn authorities_parse_strictly_and_normalize() {
+        assert_eq!(Authority::parse("AS.Example.com.:8443", 443), Some(a("as.example.com", 8443)));
+        assert_eq!(Authority::parse("as.example.com", 443), Some(a("as.example.com", 443)));
+        assert_eq!(Authority::parse("[0:0::1]", 443), Some(a("::1", 443)));
+        assert_eq!(Authority::parse("[::1]:9443", 443), Some(a("::1", 9443)));
+        assert_eq!(Authority::parse("as.example.com:443.evil", 443), None);
+        assert_eq!(Authority::parse("user@as.example.com", 443), None);
+        assert_eq!(Authority::parse("as.example.com:99999", 443), None);
+        assert_eq!(a("::1", 1).to_string(), "[::1]:1");
+    }
+
+    #[test]
+    fn host_entries_parse_like_authorities() {
+        let e = |h: &str, p: Option<u16>| Some(HostEntry { host: h.into(), port: p });
+        assert_eq!(HostEntry::parse("as.example.com"), e("as.example.com", None));
+        assert_eq!(HostEntry::parse("As.example.com.:8443"), e("as.example.com", Some(8443)));
+        assert_eq!(HostEntry::parse("[::1]:9443"), e("::1", Some(9443)));
+        assert_eq!(HostEntry::parse("::1"), e("::1", None));
+        assert_eq!(HostEntry::parse("127.000.0.1"), e("127.000.0.1", None), "not an IP literal: a name");
+        for bad in ["", ":443", "as.test:99999", "a b", "user@host", "::zz"] {
+            assert_eq!(HostEntry::parse(bad), None, "{bad:?}");
+        }
+        assert_eq!(HostEntry::parse("[::1]:9443").unwrap().to_string(), "[::1]:9443");
+    }
+
+    #[test]
+    fn loopback_names() {
+        assert!(is_loopback_host("localhost") && is_loopback_host("[::1]") && is_loopback_host("127.0.0.2"));
+        assert!(!is_loopback_host("localhost.example") && !is_loopback_host("10.0.0.1"));
+    }
+}

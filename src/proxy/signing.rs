@@ -1,0 +1,255 @@
+//! The one sign → send → `use_dpop_nonce`? → re-sign → retry loop, for every kind of request
+//! the pipeline relays ([`Payload`]): token requests (client authentication, and a DPoP proof
+//! on token and PAR endpoints), API calls with an access token (a DPoP proof with `ath`) and
+//! requests relayed with header rules only.
+//!
+//! Every attempt is signed afresh: a new assertion `jti` and a new proof `jti` (RFC 7523 §3,
+//! RFC 9449 §4.2; an AS replay-checks both). A `use_dpop_nonce` answer (RFC 9449 §8 from an
+//! AS, §9 from a resource server) whose nonce differs from the one sent is retried exactly
+//! once. Nonces are cached per upstream origin from every response.
+
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::body::Incoming;
+
+use super::target::Target;
+use super::{Outcome, Shared};
+use crate::body::{self, Body};
+use crate::error::ProxyError;
+use crate::jose::{new_jti, SigningKey};
+use crate::rewrite::client_auth::{self, Call};
+use crate::rewrite::dpop::{self, ProofInput};
+use crate::rewrite::form::Form;
+use crate::rewrite::hop;
+use crate::snapshot::Route;
+
+/// Token answers are small; this bounds what is buffered to look for `use_dpop_nonce`.
+const MAX_BUFFERED_ANSWER: usize = 1024 * 1024;
+
+/// What a request carries, which decides how it is signed.
+pub(super) enum Payload<'a> {
+    /// A client-authenticated endpoint: client authentication on every attempt, and a DPoP
+    /// proof when the target wants one (token and PAR endpoints, RFC 9449 §5, §10.1).
+    Token(Form),
+    /// An API call with an access token on a DPoP route: a proof with `ath` and
+    /// `Authorization: DPoP` (RFC 9449 §7.1).
+    Resource { body: Bytes, token: &'a str },
+    /// Anything else: relayed once, with the route's header rules only.
+    Plain(Bytes),
+}
+
+/// One request on its way upstream.
+pub(super) struct Outgoing<'a> {
+    pub method: &'a Method,
+    pub target: &'a Target,
+    pub headers: HeaderMap,
+    pub payload: Payload<'a>,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Signs and sends `out`, retrying once on `use_dpop_nonce` with a new nonce.
+pub(super) async fn exchange(
+    shared: &Shared,
+    route: &Route,
+    out: Outgoing<'_>,
+    outcome: &mut Outcome,
+) -> Result<Response<Body>, ProxyError> {
+    let Outgoing { method, target, headers, payload } = out;
+    let proof_key = match &payload {
+        Payload::Token(_) => route.dpop_key.as_ref().filter(|_| target.wants_proof),
+        Payload::Resource { .. } => route.dpop_key.as_ref(),
+        Payload::Plain(_) => None,
+    };
+    let mut nonce = proof_key.and_then(|_| shared.nonces.get(&target.origin));
+    loop {
+        let mut headers = headers.clone();
+        let now = unix_now();
+        let body = match &payload {
+            Payload::Token(form) => {
+                let mut form = form.clone();
+                let call =
+                    Call { endpoint_url: &target.url, token_endpoint: &target.token_endpoint, now, jti: new_jti() };
+                outcome.injected = client_auth::apply(&route.cfg, &route.credential, &call, &mut headers, &mut form)?;
+                Bytes::from(form.encode())
+            }
+            Payload::Resource { body, .. } | Payload::Plain(body) => body.clone(),
+        };
+        let sent_nonce = nonce.clone();
+        if let Some(key) = proof_key {
+            let access_token = match &payload {
+                Payload::Resource { token, .. } => Some(*token),
+                _ => None,
+            };
+            let proof = Proof { key, method, target, now, nonce: sent_nonce.as_deref(), access_token };
+            proof.attach(route, &mut headers, outcome)?;
+        }
+        let resp = send(route, method, &target.full, headers, body, outcome).await?;
+        let fresh = shared.nonces.observe(&target.origin, resp.headers());
+        if proof_key.is_none() {
+            return Ok(into_app_response(resp));
+        }
+        let retry = |status: StatusCode, headers: &HeaderMap, body: Option<&[u8]>| {
+            outcome.attempts == 1
+                && dpop::wants_nonce(status.as_u16(), headers, body)
+                && fresh.as_ref().is_some_and(|n| Some(n) != sent_nonce.as_ref())
+        };
+        if let Payload::Token(_) = payload {
+            // An AS says `use_dpop_nonce` in a JSON body (RFC 9449 §8): read the answer whole.
+            let (resp, bytes) = tokio::time::timeout(route.cfg.timeout, buffer_small(resp)).await.map_err(|_| {
+                ProxyError::Timeout(format!(
+                    "upstream {} did not finish its answer within {} (routes.{}.timeout)",
+                    target.url,
+                    humantime::format_duration(route.cfg.timeout),
+                    route.cfg.name
+                ))
+            })??;
+            if retry(resp.status(), resp.headers(), Some(&bytes)) {
+                tracing::debug!(route = %route.cfg.name, "use_dpop_nonce: re-signing with the new nonce");
+                nonce = fresh;
+                continue;
+            }
+            check_token_type(route, &resp, &bytes)?;
+            return Ok(rebuild(resp, bytes));
+        }
+        // A resource server says it in `WWW-Authenticate` (RFC 9449 §9): stream the answer.
+        if retry(resp.status(), resp.headers(), None) {
+            nonce = fresh;
+            continue;
+        }
+        return Ok(into_app_response(resp));
+    }
+}
+
+/// The inputs of one DPoP proof (RFC 9449 §4.2).
+struct Proof<'a> {
+    key: &'a SigningKey,
+    method: &'a Method,
+    target: &'a Target,
+    now: u64,
+    nonce: Option<&'a str>,
+    access_token: Option<&'a str>,
+}
+
+impl Proof<'_> {
+    /// Signs the proof into the one `DPoP` header (RFC 9449 §4.1), replacing the app's; with
+    /// an access token, also `Authorization: DPoP <token>` (RFC 9449 §7.1).
+    fn attach(&self, route: &Route, headers: &mut HeaderMap, outcome: &mut Outcome) -> Result<(), ProxyError> {
+        let jti = new_jti();
+        let input = ProofInput {
+            htm: self.method.as_str(),
+            htu: &self.target.url,
+            now: self.now,
+            jti: jti.clone(),
+            nonce: self.nonce,
+            access_token: self.access_token,
+        };
+        let proof = dpop::proof(self.key, &input)
+            .map_err(|e| ProxyError::Signing(format!("route {:?}: DPoP proof signing failed: {e}", route.cfg.name)))?;
+        let bad = |_| ProxyError::Signing("DPoP proof or token is not a valid header value".into());
+        headers.remove("dpop");
+        headers.insert("dpop", HeaderValue::from_str(&proof).map_err(bad)?);
+        if let Some(token) = self.access_token {
+            headers.insert(header::AUTHORIZATION, HeaderValue::from_str(&format!("DPoP {token}")).map_err(bad)?);
+            outcome.injected.method = "dpop";
+        }
+        outcome.dpop_jti = Some(jti);
+        Ok(())
+    }
+}
+
+/// Sends `body` once, with the route's timeout. Error texts name the URL without its query:
+/// a query may carry values that are not ours to log.
+pub(crate) async fn send(
+    route: &Route,
+    method: &Method,
+    target: &str,
+    headers: HeaderMap,
+    body: Bytes,
+    outcome: &mut Outcome,
+) -> Result<Response<Incoming>, ProxyError> {
+    let mut req = Request::new(Full::new(body.clone()));
+    *req.method_mut() = method.clone();
+    *req.uri_mut() = target
+        .parse()
+        .map_err(|_| ProxyError::BadRequest("the request path or query does not form a valid upstream URL".into()))?;
+    *req.headers_mut() = headers;
+    if !body.is_empty() || matches!(*method, Method::POST | Method::PUT | Method::PATCH) {
+        req.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    }
+    outcome.attempts += 1;
+    let shown = target.split('?').next().unwrap_or(target);
+    let started = Instant::now();
+    let timeout = route.cfg.timeout;
+    let result = tokio::time::timeout(timeout, route.client.request(req)).await;
+    outcome.upstream_ms += started.elapsed().as_millis();
+    match result {
+        Err(_) => Err(ProxyError::Timeout(format!(
+            "upstream {shown} did not answer within {} (routes.{}.timeout)",
+            humantime::format_duration(timeout),
+            route.cfg.name
+        ))),
+        Ok(Err(e)) => Err(ProxyError::Upstream(crate::upstream::describe_error(&e, shown, &route.cfg.name))),
+        Ok(Ok(resp)) => Ok(resp),
+    }
+}
+
+/// Reads a (small) upstream answer whole: needed to see `use_dpop_nonce` and `token_type`.
+async fn buffer_small(resp: Response<Incoming>) -> Result<(Response<()>, Bytes), ProxyError> {
+    let (parts, body) = resp.into_parts();
+    let bytes = Limited::new(body, MAX_BUFFERED_ANSWER)
+        .collect()
+        .await
+        .map_err(|e| ProxyError::Upstream(format!("reading the upstream answer failed: {e}")))?
+        .to_bytes();
+    Ok((Response::from_parts(parts, ()), bytes))
+}
+
+/// RFC 9449 §5: a token answer on a DPoP route whose `token_type` is not `DPoP` means the
+/// token is not bound: a warning, or a 502 with `require_bound`.
+fn check_token_type(route: &Route, resp: &Response<()>, body: &[u8]) -> Result<(), ProxyError> {
+    if resp.status() != StatusCode::OK {
+        return Ok(());
+    }
+    let Ok(json) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return Ok(());
+    };
+    let Some(token_type) = json.get("token_type").and_then(|v| v.as_str()) else {
+        return Ok(());
+    };
+    if json.get("access_token").is_none() || token_type.eq_ignore_ascii_case("dpop") {
+        return Ok(());
+    }
+    let msg = format!(
+        "route {:?} sent a DPoP proof but the AS issued token_type {token_type:?}, not \"DPoP\" (RFC 9449 §5): the token is not bound to the DPoP key",
+        route.cfg.name
+    );
+    if route.cfg.dpop.as_ref().is_some_and(|d| d.require_bound) {
+        return Err(ProxyError::Upstream(format!(
+            "{msg}; refused because routes.{}.dpop.require_bound = true",
+            route.cfg.name
+        )));
+    }
+    tracing::warn!("{msg}");
+    Ok(())
+}
+
+fn rebuild(resp: Response<()>, bytes: Bytes) -> Response<Body> {
+    let (mut parts, ()) = resp.into_parts();
+    hop::strip(&mut parts.headers);
+    parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+    Response::from_parts(parts, body::full(bytes))
+}
+
+/// Streams the upstream answer back: status, headers (minus hop-by-hop) and body intact.
+pub(crate) fn into_app_response(resp: Response<Incoming>) -> Response<Body> {
+    let (mut parts, incoming) = resp.into_parts();
+    hop::strip(&mut parts.headers);
+    Response::from_parts(parts, body::boxed(incoming))
+}

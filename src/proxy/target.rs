@@ -1,0 +1,127 @@
+//! Where a request goes upstream, as the AS will see it: the route's upstream URL, or the
+//! RFC 8705 §5 mTLS alias, and whether the request is one that carries a DPoP proof.
+
+use crate::discovery::Metadata;
+use crate::error::ProxyError;
+use crate::snapshot::Route;
+
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The endpoint URL without query: `htu` (RFC 9449 §4.2) and `aud = "endpoint"`.
+    pub url: String,
+    /// `url` plus the app's query string: what is requested.
+    pub full: String,
+    /// Normalized origin of `url`: the nonce cache key (DP-4).
+    pub origin: String,
+    /// The token endpoint URL as used (mTLS alias when the route presents a certificate).
+    pub token_endpoint: String,
+    /// Discovery lists this URL as client-authenticated (when `endpoints` is not configured).
+    pub discovered_auth_endpoint: bool,
+    /// A DPoP proof belongs on this request: token and PAR endpoints (RFC 9449 §5, §7),
+    /// not introspection, revocation, device or CIBA endpoints.
+    pub wants_proof: bool,
+}
+
+/// Is `url` a token or PAR endpoint? By metadata when known, else by the last path segment.
+fn is_token_or_par(url: &str, meta: Option<&Metadata>) -> bool {
+    if let Some(meta) = meta {
+        let named = [&meta.token_endpoint, &meta.pushed_authorization_request_endpoint];
+        let aliases =
+            ["token_endpoint", "pushed_authorization_request_endpoint"].map(|n| meta.mtls_endpoint_aliases.get(n));
+        if named.iter().any(|u| u.as_deref() == Some(url)) || aliases.iter().any(|u| u.map(String::as_str) == Some(url))
+        {
+            return true;
+        }
+        if meta.client_auth_endpoints().iter().any(|(_, u)| *u == url) {
+            return false;
+        }
+    }
+    let last = url.rsplit('/').next().unwrap_or_default().to_ascii_lowercase();
+    ![
+        "introspect",
+        "introspection",
+        "revoke",
+        "revocation",
+        "device_authorization",
+        "device",
+        "bc-authorize",
+        "backchannel",
+    ]
+    .contains(&last.as_str())
+}
+
+/// Normalized origin of an absolute URL: lowercase scheme and host, default port omitted.
+pub fn origin_of(url: &str) -> String {
+    let Ok(uri) = url.parse::<http::Uri>() else {
+        return url.to_string();
+    };
+    let scheme = uri.scheme_str().unwrap_or("https").to_ascii_lowercase();
+    let host = uri.host().unwrap_or_default().to_ascii_lowercase();
+    match (scheme.as_str(), uri.port_u16()) {
+        ("https", Some(443)) | ("http", Some(80)) | (_, None) => format!("{scheme}://{host}"),
+        (_, Some(port)) => format!("{scheme}://{host}:{port}"),
+    }
+}
+
+/// Resolves the upstream URL for `rest`: the route's upstream, or the RFC 8705 §5 mTLS
+/// alias when the route presents a certificate and the AS metadata has one (RFC 8705 §5:
+/// `htu` and `aud` follow the URL actually used). Metadata comes from the route's background
+/// discovery; an issuer mismatch (RFC 8414 §3.3) refuses the request before anything is sent.
+pub(super) async fn resolve_target(route: &Route, rest: &str, query: Option<&str>) -> Result<Target, ProxyError> {
+    let meta = route
+        .metadata()
+        .await
+        .map_err(|e| ProxyError::Upstream(format!("route {:?} refuses to relay: AS discovery: {e}", route.cfg.name)))?;
+    let mut url = route.cfg.upstream.url(rest);
+    let mut token_endpoint = route.cfg.token_endpoint_url();
+    let mut discovered_auth_endpoint = false;
+    if let Some(meta) = &meta {
+        if !route.cfg.endpoints_configured {
+            discovered_auth_endpoint = meta.client_auth_endpoints().iter().any(|(_, u)| *u == url);
+            if let Some(t) = &meta.token_endpoint {
+                token_endpoint = t.clone();
+            }
+        }
+        if route.cfg.mtls.is_some() {
+            if let Some(alias) = meta.mtls_alias(&token_endpoint) {
+                token_endpoint = alias.to_string();
+            }
+            if let Some(alias) = meta.mtls_alias(&url) {
+                discovered_auth_endpoint = discovered_auth_endpoint || !route.cfg.endpoints_configured;
+                url = alias.to_string();
+            }
+        }
+    }
+    let wants_proof = is_token_or_par(&url, meta.as_deref());
+    let full = match query {
+        Some(q) => format!("{url}?{q}"),
+        None => url.clone(),
+    };
+    Ok(Target { origin: origin_of(&url), full, url, token_endpoint, discovered_auth_endpoint, wants_proof })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn proofs_only_for_token_and_par() {
+        assert!(is_token_or_par("https://as/token", None));
+        assert!(is_token_or_par("https://as/par", None));
+        assert!(!is_token_or_par("https://as/token/introspect", None));
+        assert!(!is_token_or_par("https://as/oauth2/revoke", None));
+        let meta: Metadata = serde_json::from_str(
+            r#"{"issuer":"https://as","token_endpoint":"https://as/t","introspection_endpoint":"https://as/check"}"#,
+        )
+        .unwrap();
+        assert!(is_token_or_par("https://as/t", Some(&meta)));
+        assert!(!is_token_or_par("https://as/check", Some(&meta)));
+    }
+
+    #[test]
+    fn origins_are_normalized() {
+        assert_eq!(origin_of("HTTPS://AS.example:443/x"), "https://as.example");
+        assert_eq!(origin_of("http://127.0.0.1:8080/t?q"), "http://127.0.0.1:8080");
+    }
+}

@@ -1,0 +1,90 @@
+//! One reload's file work, run on a blocking thread: hash the files, load and validate the
+//! config, hash again, and read again when a write raced the load.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::diff::Listeners;
+use super::files::{fingerprint, named_files, Fingerprint};
+use crate::snapshot::{BuildOptions, Snapshot};
+
+/// How often a load is retried when the files change while it reads them.
+const SETTLE_ATTEMPTS: usize = 5;
+
+/// The signing key files a config names (client and DPoP keys).
+pub(super) fn loaded_key_files(config: &crate::config::Config) -> Vec<PathBuf> {
+    config
+        .routes
+        .iter()
+        .flat_map(|r| {
+            r.client.as_ref().and_then(|c| c.key.clone()).into_iter().chain(r.dpop.as_ref().map(|d| d.key.clone()))
+        })
+        .collect()
+}
+
+/// One reload's file work, run on a blocking thread: hash, load, hash again.
+pub(super) struct LoadJob {
+    pub(super) path: PathBuf,
+    pub(super) files: Vec<PathBuf>,
+    /// Hashes at the last reload; `None` forces a load.
+    pub(super) last: Option<Fingerprint>,
+    pub(super) settle: Duration,
+    /// Key files the serving snapshot loaded (see `BuildOptions::never_create`).
+    pub(super) loaded_keys: Vec<PathBuf>,
+}
+
+pub(super) enum Loaded {
+    Unchanged,
+    Done {
+        /// The new snapshot and the listener settings it asks for.
+        result: Result<Box<(Snapshot, Listeners)>, String>,
+        /// The hashes the load saw (`None` when it never got a stable read).
+        read: Option<Fingerprint>,
+        /// The files the new config names, when it parsed.
+        files: Option<Vec<PathBuf>>,
+    },
+}
+
+impl LoadJob {
+    pub(super) fn run(self) -> Loaded {
+        let mut files = None;
+        for _ in 0..SETTLE_ATTEMPTS {
+            let before = fingerprint(&self.files);
+            if self.last.as_ref() == Some(&before) {
+                return Loaded::Unchanged;
+            }
+            // An editor saving in place truncates first; an empty config would be valid
+            // (no routes) and would turn every request into a 404, so it is never applied.
+            if std::fs::metadata(&self.path).is_ok_and(|m| m.len() == 0) {
+                let error = format!(
+                    "{}: the file is empty (a save in progress?); to really run without routes, \
+                     leave a comment in it",
+                    self.path.display()
+                );
+                return Loaded::Done { result: Err(error), read: Some(before), files: None };
+            }
+            // THE validation `run` and `check` use.
+            let opts = BuildOptions { create_missing: true, never_create: self.loaded_keys.clone() };
+            let loaded = crate::snapshot::load(&self.path, opts);
+            // When only a key file is bad, still learn which files the new config names, so
+            // that fixing it is noticed.
+            files = match &loaded {
+                Ok(snapshot) => Some(named_files(&snapshot.config)),
+                Err(_) => crate::config::load(&self.path).ok().map(|c| named_files(&c)),
+            };
+            // A write that raced the load (a half-written file) shows up as changed hashes:
+            // read again once it settles rather than publish what was half there.
+            if fingerprint(&self.files) == before {
+                let result = loaded.map(|s| {
+                    let listeners = Listeners::read(&s.config);
+                    Box::new((s, listeners))
+                });
+                return Loaded::Done { result: result.map_err(|e| e.to_string()), read: Some(before), files };
+            }
+            std::thread::sleep(self.settle);
+        }
+        // Still changing: refuse; the writes' own events bring another reload.
+        let error = format!("{}: the config files kept changing while being read", self.path.display());
+        Loaded::Done { result: Err(error), read: None, files }
+    }
+}

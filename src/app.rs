@@ -151,9 +151,9 @@ impl crate::server::Handler for Shared {
     async fn call(
         self: Arc<Self>,
         req: http::Request<hyper::body::Incoming>,
-        peer: SocketAddr,
+        conn: crate::server::Conn,
     ) -> http::Response<crate::body::Body> {
-        crate::proxy::handle(self, req, peer).await
+        crate::proxy::handle(self, req, conn.peer).await
     }
 }
 

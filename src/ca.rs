@@ -40,8 +40,6 @@ pub const LEAF_DAYS: i64 = 1;
 const RENEW_BEFORE: Duration = Duration::from_secs(3600);
 /// Bound on the leaf cache (claimed hosts are few; this only guards against a runaway).
 const MAX_CACHED: usize = 1024;
-/// How long the TLS handshake with the app may take.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why the local CA is unusable.
 #[derive(Debug, thiserror::Error)]

@@ -501,28 +501,12 @@ fn check_secret(credential: &Credential, sent: &str, method: AuthMethod) -> Resu
 }
 
 impl crate::server::Handler for DemoAs {
-    async fn call(self: Arc<Self>, req: Request<Incoming>, _peer: SocketAddr) -> Response<Body> {
-        serve_logged(self, req, None).await
-    }
-}
-
-async fn serve_logged(demo: Arc<DemoAs>, req: Request<Incoming>, peer_cert: Option<&[u8]>) -> Answer {
-    let method = req.method().clone();
-    let path = req.uri().path().to_string();
-    let resp = demo.serve(req, peer_cert).await;
-    tracing::debug!(target: "tokenrelay::demo_as", %method, %path, status = resp.status().as_u16(), "demo AS");
-    resp
-}
-
-/// One TLS connection to the demo AS, with the client certificate it presented.
-struct TlsConn {
-    demo: Arc<DemoAs>,
-    cert: Option<Vec<u8>>,
-}
-
-impl crate::server::Handler for TlsConn {
-    async fn call(self: Arc<Self>, req: Request<Incoming>, _peer: SocketAddr) -> Response<Body> {
-        serve_logged(self.demo.clone(), req, self.cert.as_deref()).await
+    async fn call(self: Arc<Self>, req: Request<Incoming>, conn: crate::server::Conn) -> Response<Body> {
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        let resp = self.serve(req, conn.peer_cert.as_deref()).await;
+        tracing::debug!(target: "tokenrelay::demo_as", %method, %path, status = resp.status().as_u16(), "demo AS");
+        resp
     }
 }
 
@@ -618,31 +602,9 @@ pub fn spawn(
         let issuer = demo.issuer.clone();
         return Ok((issuer, tokio::spawn(crate::server::serve(listener, demo, shutdown))));
     }
-    let tls = tokio_rustls::TlsAcceptor::from(server_config(config)?);
+    let tls = server_config(config)?;
     let demo = Arc::new(DemoAs::with_scheme("https", addr, snapshot, settings.dpop_nonce));
     let issuer = demo.issuer.clone();
-    let task = tokio::spawn(async move {
-        let mut stop = shutdown.clone();
-        loop {
-            let (stream, peer) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(pair) => pair,
-                    Err(_) => continue,
-                },
-                _ = crate::server::stopped(&mut stop) => break,
-            };
-            let tls = tls.clone();
-            let demo = demo.clone();
-            let shutdown = shutdown.clone();
-            tokio::spawn(async move {
-                let Ok(Ok(stream)) = tokio::time::timeout(std::time::Duration::from_secs(10), tls.accept(stream)).await
-                else {
-                    return;
-                };
-                let cert = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec());
-                crate::server::serve_connection(stream, Arc::new(TlsConn { demo, cert }), peer, shutdown).await;
-            });
-        }
-    });
+    let task = tokio::spawn(crate::server::serve_tls(listener, tls, demo, shutdown));
     Ok((issuer, task))
 }

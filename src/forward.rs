@@ -328,14 +328,15 @@ impl ForwardProxy {
             Err(e) => return tracing::error!(%target, "{e}"),
         };
         let accepted =
-            tokio::time::timeout(ca::HANDSHAKE_TIMEOUT, TlsAcceptor::from(config).accept(TokioIo::new(upgraded))).await;
+            tokio::time::timeout(server::HANDSHAKE_TIMEOUT, TlsAcceptor::from(config).accept(TokioIo::new(upgraded)))
+                .await;
         let tls = match accepted {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => return tracing::warn!(%target, %peer, "TLS handshake inside CONNECT failed: {e}"),
             Err(_) => return tracing::warn!(%target, %peer, "TLS handshake inside CONNECT timed out"),
         };
         let handler = Arc::new(Intercepted { proxy: self.clone(), target });
-        server::serve_connection(tls, handler, peer, self.shutdown.clone()).await;
+        server::serve_connection(tls, handler, server::Conn::plain(peer), self.shutdown.clone()).await;
     }
 
     /// A request for a claimed host: the pipeline when the path is under the route's upstream
@@ -400,7 +401,8 @@ impl ForwardProxy {
 }
 
 impl Handler for ForwardProxy {
-    async fn call(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    async fn call(self: Arc<Self>, req: Request<Incoming>, conn: server::Conn) -> Response<Body> {
+        let peer = conn.peer;
         if req.method() == Method::CONNECT {
             return self.connect(req, peer).await;
         }
@@ -422,7 +424,8 @@ struct Intercepted {
 }
 
 impl Handler for Intercepted {
-    async fn call(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    async fn call(self: Arc<Self>, req: Request<Incoming>, conn: server::Conn) -> Response<Body> {
+        let peer = conn.peer;
         if let Err(why) = check_authority(req.uri(), req.headers().get(header::HOST), &self.target, 443) {
             tracing::warn!(target = %self.target, %peer, "refused: {why}");
             return misdirected(&why);

@@ -1,4 +1,5 @@
-//! Key files: read, check, and (when asked) create the private keys a config names.
+//! Key files: read, check, and (when asked) create the private keys a config names; load
+//! mTLS identities (certificate chain and key, RFC 8705).
 //!
 //! Errors name the route, the config key and the file, and say how to fix it:
 //! `route "demo": client.key "certs/client.pem": file not found (run \`tokenrelay init\`)`.
@@ -7,7 +8,20 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use rustls::pki_types::pem::{PemObject as _, SectionKind};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::config::MtlsConfig;
 use crate::jose::{Alg, SigningKey};
+use crate::redact::Secret;
+
+/// The credential a route's client authentication uses.
+#[derive(Debug, Clone)]
+pub enum Credential {
+    None,
+    Secret(Secret),
+    Key(Arc<SigningKey>),
+}
 
 /// A key file problem, with enough context to act on.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +77,61 @@ pub fn load_signing_key(
     let key = SigningKey::load(&bytes, alg).map_err(|e| at.error(e.to_string()))?;
     let warnings = permission_warning(at.path).into_iter().collect();
     Ok((Arc::new(key), warnings))
+}
+
+/// A client certificate chain (leaf first) and its private key.
+pub struct Identity {
+    pub leaf: CertificateDer<'static>,
+    /// Sent after the leaf in the handshake (RFC 8705 §2: the AS may need them to build a path).
+    pub intermediates: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl Identity {
+    /// The chain as sent in the TLS handshake: leaf first.
+    pub fn chain(&self) -> Vec<CertificateDer<'static>> {
+        std::iter::once(self.leaf.clone()).chain(self.intermediates.iter().cloned()).collect()
+    }
+}
+
+/// Loads `[routes.X.mtls]`, checking that key and certificate belong together and warning
+/// about expired or not-yet-valid certificates and loose key permissions.
+pub fn load_identity(route: &str, m: &MtlsConfig, warnings: &mut Vec<String>) -> Result<Identity, KeyFileError> {
+    let cert_at = KeyRef { route, field: "mtls.cert", path: &m.cert };
+    let key_at = KeyRef { route, field: "mtls.key", path: &m.key };
+    let cert_bytes = read(&cert_at)?;
+    let mut chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_bytes)
+        .collect::<Result<_, _>>()
+        .map_err(|e| cert_at.error(format!("not a PEM certificate file: {e}")))?;
+    if chain.is_empty() {
+        return Err(cert_at.error("no CERTIFICATE block found (expected the client certificate in PEM, leaf first)"));
+    }
+    let key_bytes = read(&key_at)?;
+    // The first PEM section decides, whatever its kind.
+    let key = match <(SectionKind, Vec<u8>)>::from_pem_slice(&key_bytes) {
+        Ok((SectionKind::Certificate, _)) => {
+            return Err(key_at.error("holds a certificate, not a private key (are cert and key swapped?)"));
+        }
+        Ok((kind, der)) => match PrivateKeyDer::from_pem(kind, der) {
+            Some(key) => key,
+            None => return Err(key_at.error("holds a public key or CSR; mtls.key needs the private key")),
+        },
+        Err(_) => return Err(key_at.error("not a PEM private key (PKCS#8, SEC1 or PKCS#1)")),
+    };
+    let signing = rustls::crypto::ring::sign::any_supported_type(&key)
+        .map_err(|e| key_at.error(format!("unsupported private key: {e}")))?;
+    rustls::sign::CertifiedKey::new(chain.clone(), signing).keys_match().map_err(|_| {
+        cert_at.error(format!(
+            "the certificate does not match mtls.key {:?} (different key pair)",
+            m.key.display().to_string()
+        ))
+    })?;
+    warnings.extend(permission_warning(&m.key));
+    if let Some(w) = crate::pki::validity_warning(&chain[0]) {
+        warnings.push(format!("route {route:?}: mtls.cert {:?}: {w}", m.cert.display().to_string()));
+    }
+    let leaf = chain.remove(0);
+    Ok(Identity { leaf, intermediates: chain, key })
 }
 
 /// Writes a private key with mode 0600, refusing to overwrite.

@@ -1,5 +1,6 @@
-//! X.509: the one module that touches `rcgen`. Loads mTLS identities (RFC 8705) and mints
-//! the certificates tokenrelay needs: a local CA, server leaves, client certificates.
+//! X.509: the one module that touches `rcgen`. Mints the certificates tokenrelay needs (a
+//! local CA, server leaves, client certificates) and inspects them (validity, subject DN,
+//! public key).
 //!
 //! rustls refuses a CA certificate as a server's end-entity certificate, so every server
 //! certificate here is a leaf issued by a CA, never the CA itself.
@@ -8,62 +9,9 @@ use std::net::IpAddr;
 
 use rcgen::{
     BasicConstraints, CertificateParams, CidrSubnet, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    GeneralSubtree, IsCa, KeyPair, KeyUsagePurpose, SanType,
+    GeneralSubtree, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
-use rustls::pki_types::pem::{PemObject as _, SectionKind};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use time::{Duration, OffsetDateTime};
-
-use crate::config::MtlsConfig;
-use crate::keys::{self, KeyRef};
-use crate::snapshot::BuildError;
-
-/// A client certificate chain (leaf first) and its private key.
-pub struct Identity {
-    pub chain: Vec<CertificateDer<'static>>,
-    pub key: PrivateKeyDer<'static>,
-}
-
-/// Loads `[routes.X.mtls]`, checking that key and certificate belong together and warning
-/// about expired or not-yet-valid certificates and loose key permissions.
-pub fn load_identity(route: &str, m: &MtlsConfig, warnings: &mut Vec<String>) -> Result<Identity, BuildError> {
-    let cert_at = KeyRef { route, field: "mtls.cert", path: &m.cert };
-    let key_at = KeyRef { route, field: "mtls.key", path: &m.key };
-    let cert_bytes = keys::read(&cert_at)?;
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_bytes)
-        .collect::<Result<_, _>>()
-        .map_err(|e| cert_at.error(format!("not a PEM certificate file: {e}")))?;
-    if chain.is_empty() {
-        return Err(cert_at
-            .error("no CERTIFICATE block found (expected the client certificate in PEM, leaf first)")
-            .into());
-    }
-    let key_bytes = keys::read(&key_at)?;
-    // The first PEM section decides, whatever its kind.
-    let key = match <(SectionKind, Vec<u8>)>::from_pem_slice(&key_bytes) {
-        Ok((SectionKind::Certificate, _)) => {
-            return Err(key_at.error("holds a certificate, not a private key (are cert and key swapped?)").into());
-        }
-        Ok((kind, der)) => match PrivateKeyDer::from_pem(kind, der) {
-            Some(key) => key,
-            None => return Err(key_at.error("holds a public key or CSR; mtls.key needs the private key").into()),
-        },
-        Err(_) => return Err(key_at.error("not a PEM private key (PKCS#8, SEC1 or PKCS#1)").into()),
-    };
-    let signing = rustls::crypto::ring::sign::any_supported_type(&key)
-        .map_err(|e| key_at.error(format!("unsupported private key: {e}")))?;
-    rustls::sign::CertifiedKey::new(chain.clone(), signing).keys_match().map_err(|_| {
-        cert_at.error(format!(
-            "the certificate does not match mtls.key {:?} (different key pair)",
-            m.key.display().to_string()
-        ))
-    })?;
-    warnings.extend(keys::permission_warning(&m.key));
-    if let Some(w) = validity_warning(&chain[0]) {
-        warnings.push(format!("route {route:?}: mtls.cert {:?}: {w}", m.cert.display().to_string()));
-    }
-    Ok(Identity { chain, key })
-}
 
 /// "expired on ..." / "not valid until ..." for a certificate outside its validity window.
 pub fn validity_warning(der: &[u8]) -> Option<String> {
@@ -267,22 +215,21 @@ fn subnet(bytes: &[u8]) -> Option<(IpAddr, u8)> {
 
 /// An intermediate CA issued by `issuer`.
 pub fn issue_intermediate(issuer: &Minted, cn: &str) -> Result<Minted, PkiError> {
-    let (ca, ca_key) = reissue(issuer)?;
+    let ca = reissue(issuer)?;
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::default();
     params.distinguished_name = dn(cn);
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
     window(&mut params, 3650);
-    let cert = params.signed_by(&key, &ca, &ca_key)?;
+    let cert = params.signed_by(&key, &ca)?;
     Ok(Minted { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
 }
 
-fn reissue(issuer: &Minted) -> Result<(rcgen::Certificate, KeyPair), PkiError> {
+/// The issuer (subject DN, key identifier, key usages, key) of a PEM CA certificate and key.
+fn reissue(issuer: &Minted) -> Result<Issuer<'static, KeyPair>, PkiError> {
     let key = KeyPair::from_pem(&issuer.key_pem)?;
-    let params = CertificateParams::from_ca_cert_pem(&issuer.cert_pem)?;
-    let cert = params.self_signed(&key)?;
-    Ok((cert, key))
+    Ok(Issuer::from_ca_cert_pem(&issuer.cert_pem, key)?)
 }
 
 /// What a leaf is for.
@@ -294,10 +241,10 @@ pub enum LeafUse {
 
 /// A leaf issued by `issuer` for `names` (DNS names or IP literals); the first is the CN.
 pub fn issue_leaf(issuer: &Minted, names: &[&str], usage: LeafUse, days: i64) -> Result<Minted, PkiError> {
-    let (ca, ca_key) = reissue(issuer)?;
+    let ca = reissue(issuer)?;
     let key = KeyPair::generate()?;
     let params = leaf_params(names, usage, days)?;
-    let cert = params.signed_by(&key, &ca, &ca_key)?;
+    let cert = params.signed_by(&key, &ca)?;
     Ok(Minted { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
 }
 
@@ -407,6 +354,9 @@ pub fn public_jwk_of_cert(der: &[u8]) -> Option<serde_json::Map<String, serde_js
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::CertificateDer;
+
     use super::*;
 
     #[test]

@@ -23,14 +23,32 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::body::Body;
-pub use crate::ca::HANDSHAKE_TIMEOUT;
 
 /// How long a client may take to send request headers.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A request handler: `(request, peer address) -> response`.
+/// How long a client may take to finish a TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The connection a request arrived on.
+#[derive(Debug, Clone)]
+pub struct Conn {
+    pub peer: SocketAddr,
+    /// The client certificate (leaf, DER) presented in the TLS handshake, if any: the demo
+    /// AS checks it for RFC 8705 client authentication.
+    pub peer_cert: Option<Arc<[u8]>>,
+}
+
+impl Conn {
+    /// A plain-TCP connection from `peer`.
+    pub fn plain(peer: SocketAddr) -> Conn {
+        Conn { peer, peer_cert: None }
+    }
+}
+
+/// A request handler: `(request, connection) -> response`.
 pub trait Handler: Send + Sync + 'static {
-    fn call(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> impl Future<Output = Response<Body>> + Send;
+    fn call(self: Arc<Self>, req: Request<Incoming>, conn: Conn) -> impl Future<Output = Response<Body>> + Send;
 }
 
 /// Resolves when `shutdown` turns true (or its sender is gone).
@@ -82,7 +100,7 @@ fn builder() -> auto::Builder<TokioExecutor> {
 
 fn service<H: Handler>(
     handler: Arc<H>,
-    peer: SocketAddr,
+    conn: Conn,
 ) -> impl hyper::service::Service<
     Request<Incoming>,
     Response = Response<Body>,
@@ -90,8 +108,8 @@ fn service<H: Handler>(
     Future = impl Future<Output = Result<Response<Body>, Infallible>> + Send,
 > + Clone {
     service_fn(move |req| {
-        let handler = handler.clone();
-        async move { Ok::<_, Infallible>(handler.call(req, peer).await) }
+        let (handler, conn) = (handler.clone(), conn.clone());
+        async move { Ok::<_, Infallible>(handler.call(req, conn).await) }
     })
 }
 
@@ -124,11 +142,12 @@ async fn serve_with<H: Handler>(
         tokio::spawn(async move {
             let result = match mode {
                 Mode::Plain => {
-                    let conn = builder.serve_connection(TokioIo::new(stream), service(handler, peer));
+                    let conn = builder.serve_connection(TokioIo::new(stream), service(handler, Conn::plain(peer)));
                     watcher.watch(conn.into_owned()).await
                 }
                 Mode::Upgrades => {
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service(handler, peer));
+                    let service = service(handler, Conn::plain(peer));
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                     watcher.watch(conn.into_owned()).await
                 }
                 Mode::Tls(acceptor) => {
@@ -137,7 +156,9 @@ async fn serve_with<H: Handler>(
                         Ok(Err(e)) => return tracing::debug!(%peer, "TLS handshake failed: {e}"),
                         Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
                     };
-                    let conn = builder.serve_connection(TokioIo::new(tls), service(handler, peer));
+                    let peer_cert =
+                        tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| Arc::from(c.as_ref()));
+                    let conn = builder.serve_connection(TokioIo::new(tls), service(handler, Conn { peer, peer_cert }));
                     watcher.watch(conn.into_owned()).await
                 }
             };
@@ -155,13 +176,14 @@ async fn serve_with<H: Handler>(
 /// Serves one already-established connection (a TLS stream inside a `CONNECT` tunnel) with
 /// HTTP/1.1 or HTTP/2 until it ends; on `shutdown` it is closed gracefully, waiting at most
 /// 5 seconds for requests in flight.
-pub async fn serve_connection<I, H>(io: I, handler: Arc<H>, peer: SocketAddr, mut shutdown: watch::Receiver<bool>)
+pub async fn serve_connection<I, H>(io: I, handler: Arc<H>, conn: Conn, mut shutdown: watch::Receiver<bool>)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     H: Handler,
 {
     let builder = builder();
-    let conn = builder.serve_connection(TokioIo::new(io), service(handler, peer));
+    let peer = conn.peer;
+    let conn = builder.serve_connection(TokioIo::new(io), service(handler, conn));
     tokio::pin!(conn);
     let result = tokio::select! {
         r = conn.as_mut() => r,

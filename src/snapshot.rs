@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use crate::config::{AuthMethod, Config, RouteConfig, SecretSource};
 use crate::jose::{Alg, SigningKey};
+pub use crate::keys::Credential;
 use crate::keys::{self, KeyFileError, KeyRef};
 use crate::redact::Secret;
 use crate::upstream::{self, HttpClient};
@@ -44,14 +45,6 @@ pub enum BuildError {
     Key(#[from] KeyFileError),
     #[error("route {route:?}: {message}")]
     Route { route: String, message: String },
-}
-
-/// The credential a route's client authentication uses.
-#[derive(Debug, Clone)]
-pub enum Credential {
-    None,
-    Secret(Secret),
-    Key(Arc<SigningKey>),
 }
 
 /// One route, ready to serve.
@@ -189,12 +182,12 @@ impl Snapshot {
                 None => None,
             };
             let identity = match &rc.mtls {
-                Some(m) => Some(crate::pki::load_identity(name, m, &mut warnings)?),
+                Some(m) => Some(keys::load_identity(name, m, &mut warnings)?),
                 None => None,
             };
-            let cert_der = identity.as_ref().map(|id| id.chain[0].to_vec());
+            let cert_der = identity.as_ref().map(|id| id.leaf.to_vec());
             let cert_thumbprint = cert_der.as_deref().map(crate::jose::sha256_b64url);
-            let tls = upstream::tls_config(&rc.trust, identity.map(|id| (id.chain, id.key)))
+            let tls = upstream::tls_config(&rc.trust, identity.map(|id| (id.chain(), id.key)))
                 .map_err(|e| BuildError::Route { route: name.into(), message: e.to_string() })?;
             let client = upstream::client(tls);
             let mut route = Route {

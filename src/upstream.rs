@@ -106,26 +106,102 @@ pub fn client(tls: rustls::ClientConfig) -> HttpClient {
         .build(https)
 }
 
-/// Turns a client error into a sentence a user can act on.
-pub fn describe_error(err: &(dyn std::error::Error + 'static), url: &str, route: &str) -> String {
+/// Why an upstream request failed, classified from the client error's source chain by type
+/// (`rustls::Error`, `std::io::ErrorKind`), never by its text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UpstreamError {
+    #[error(
+        "upstream {url}: TLS certificate not trusted ({reason}); add the AS's CA certificate (PEM) to routes.{route}.trust"
+    )]
+    Untrusted { url: String, route: String, reason: String },
+    #[error("upstream {url}: TLS certificate does not match the host name ({reason})")]
+    WrongName { url: String, reason: String },
+    #[error("upstream {url}: the AS refused our client certificate ({reason}); check routes.{route}.mtls and what the AS trusts")]
+    ClientCertRefused { url: String, route: String, reason: String },
+    #[error("upstream {url} unreachable: connection refused (is the authorization server running?)")]
+    Refused { url: String },
+    #[error("upstream {url} failed: {chain}")]
+    Other { url: String, chain: String },
+}
+
+/// The TLS or I/O cause somewhere in `err`'s source chain. `io::Error` hides a wrapped
+/// error from `source()`, so its inner error is looked at explicitly.
+fn cause<'a>(err: &'a (dyn std::error::Error + 'static)) -> (Option<&'a rustls::Error>, Option<std::io::ErrorKind>) {
+    let mut kind = None;
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return (Some(tls), kind);
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            kind = Some(io.kind());
+            // io::Error wraps (possibly another io::Error wrapping) the TLS error.
+            if let Some(inner) = io.get_ref() {
+                cur = Some(inner as &(dyn std::error::Error + 'static));
+                continue;
+            }
+        }
+        cur = e.source();
+    }
+    (None, kind)
+}
+
+/// Classifies a client error for `url` on route `route`.
+pub fn classify(err: &(dyn std::error::Error + 'static), url: &str, route: &str) -> UpstreamError {
+    use rustls::CertificateError as C;
+    let (url, route) = (url.to_string(), route.to_string());
+    let (tls, io) = cause(err);
+    if let Some(tls) = tls {
+        let reason = tls.to_string();
+        return match tls {
+            rustls::Error::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. }) => {
+                UpstreamError::WrongName { url, reason }
+            }
+            rustls::Error::InvalidCertificate(_) => UpstreamError::Untrusted { url, route, reason },
+            rustls::Error::AlertReceived(
+                rustls::AlertDescription::BadCertificate
+                | rustls::AlertDescription::UnknownCA
+                | rustls::AlertDescription::CertificateRequired
+                | rustls::AlertDescription::CertificateUnknown
+                | rustls::AlertDescription::AccessDenied,
+            ) => UpstreamError::ClientCertRefused { url, route, reason },
+            _ => UpstreamError::Other { url, chain: reason },
+        };
+    }
+    if io == Some(std::io::ErrorKind::ConnectionRefused) {
+        return UpstreamError::Refused { url };
+    }
     let mut chain = Vec::new();
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    let mut cur = Some(err);
     while let Some(e) = cur {
         chain.push(e.to_string());
         cur = e.source();
     }
-    let text = chain.join(": ");
-    if text.contains("UnknownIssuer") || text.contains("invalid peer certificate") {
-        return format!(
-            "upstream {url}: TLS certificate not trusted ({}); add the AS's CA certificate (PEM) to routes.{route}.trust",
-            chain.last().map(String::as_str).unwrap_or("unknown issuer")
-        );
+    UpstreamError::Other { url, chain: chain.join(": ") }
+}
+
+/// Turns a client error into a sentence a user can act on.
+pub fn describe_error(err: &(dyn std::error::Error + 'static), url: &str, route: &str) -> String {
+    classify(err, url, route).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn causes_are_found_by_type_through_io_wrappers() {
+        // What hyper-rustls hands over: io::Error(Other, io::Error(InvalidData, rustls::Error)).
+        let unknown = std::io::Error::other(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+        ));
+        let e = classify(&unknown, "https://as/token", "demo");
+        assert!(matches!(e, UpstreamError::Untrusted { .. }), "{e:?}");
+        assert!(e.to_string().contains("routes.demo.trust"), "{e}");
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(classify(&refused, "http://x", "r"), UpstreamError::Refused { url: "http://x".into() });
+        let name = rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName);
+        assert!(matches!(classify(&name, "u", "r"), UpstreamError::WrongName { .. }));
     }
-    if text.contains("NotValidForName") || text.contains("not valid for name") {
-        return format!("upstream {url}: TLS certificate does not match the host name ({text})");
-    }
-    if text.contains("Connection refused") || text.contains("connection refused") {
-        return format!("upstream {url} unreachable: connection refused (is the authorization server running?)");
-    }
-    format!("upstream {url} failed: {text}")
 }

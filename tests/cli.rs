@@ -4,22 +4,11 @@
 
 mod common;
 
-use std::io::{BufRead as _, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
+use common::process::{ProxyProcess, BIN};
+use common::proxy::client;
 use common::upstream::{Recorder, Reply};
-
-const BIN: &str = env!("CARGO_BIN_EXE_tokenrelay");
-
-/// Kills the child when the test ends, however it ends.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn secrets_and_tokens_never_reach_the_logs_at_trace() {
@@ -61,30 +50,16 @@ secret = "{SECRET}"
 "#,
         url = up.url()
     );
-    std::fs::write(dir.path().join("proxy.toml"), config).unwrap();
-    let mut child = Child(
-        Command::new(BIN)
-            .arg("--config")
-            .arg(dir.path().join("proxy.toml"))
-            .env("RUST_LOG", "trace")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let stdout = child.0.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let addr = loop {
-        let line = lines.next().expect("proxy exited before printing its address").unwrap();
-        if let Some(rest) = line.strip_prefix("tokenrelay is listening on http://") {
-            break rest.split(';').next().unwrap().to_string();
-        }
-    };
-    let http = common::proxy::client();
+    let path = dir.path().join("proxy.toml");
+    std::fs::write(&path, config).unwrap();
+    // The trace log goes to a file as it is written: a pipe read only at the end could fill
+    // up and block the proxy mid-request.
+    let proxy = ProxyProcess::start(&[], &path, "trace");
+    let http = client();
     let mut assertions = Vec::new();
     for route in ["post", "basic", "jwt"] {
         let resp = http
-            .post(format!("http://{addr}/{route}/token"))
+            .post(format!("{}/{route}/token", proxy.base))
             .header("content-type", "application/x-www-form-urlencoded")
             .body("grant_type=authorization_code&code=the-auth-code-xyz&code_verifier=verifier-secret-abc")
             .send()
@@ -102,10 +77,7 @@ secret = "{SECRET}"
     }
     assert_eq!(up.seen()[0].param("client_secret").as_deref(), Some(SECRET), "the secret was really used");
     assert_eq!(assertions.len(), 1);
-    let _ = child.0.kill();
-    let _ = child.0.wait();
-    let mut logs = String::new();
-    std::io::Read::read_to_string(&mut child.0.stderr.take().unwrap(), &mut logs).unwrap();
+    let logs = proxy.stop();
     assert!(logs.contains("exchange"), "the per-exchange log line is there: {logs}");
     let basic = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, format!("app:{SECRET}"));
     for needle in [SECRET, TOKEN, "rt-abcdef-123", "the-auth-code-xyz", "verifier-secret-abc", &basic, &assertions[0]] {

@@ -1,5 +1,5 @@
 //! Reverse mode end to end: what the upstream receives, and what the app sees when things
-//! go wrong. IDs in test names refer to ../shared/CHECKLIST.md.
+//! go wrong.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -7,8 +7,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::proxy::{write_key, TestProxy};
-use common::upstream::{Recorder, Reply, Seen};
+use common::jwt;
+use common::proxy::{edit, write_key, TestProxy};
+use common::upstream::{Recorder, Reply};
 use tokenrelay::jose::{self, Alg, VerifyKey};
 
 fn pkjwt_config(upstream: &str, extra_route: &str) -> String {
@@ -40,14 +41,13 @@ remove = ["foo"]
 }
 
 async fn pkjwt_proxy(upstream: &Recorder, extra_route: &str) -> (TestProxy, std::sync::Arc<jose::SigningKey>) {
-    let dir = tempfile::tempdir().unwrap();
-    let (_, key) = write_key(dir.path(), "client.pem", Alg::ES256);
-    let proxy = TestProxy::start_in(dir, &pkjwt_config(&upstream.url(), extra_route)).await;
-    (proxy, key)
+    let builder = TestProxy::builder(pkjwt_config(&upstream.url(), extra_route));
+    let (_, key) = write_key(builder.dir(), "client.pem", Alg::ES256);
+    (builder.start().await, key)
 }
 
 #[tokio::test]
-async fn tr4_unowned_params_reach_the_as_byte_for_byte() {
+async fn params_tokenrelay_does_not_own_reach_the_as_byte_for_byte() {
     let up = Recorder::start(|_, _| Reply::token()).await;
     let (proxy, key) = pkjwt_proxy(&up, "").await;
     // PKCE verifier with unreserved chars, a code with %-escapes and '+', a redirect_uri
@@ -93,7 +93,7 @@ async fn params_and_headers_semantics_at_the_as() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    assert_eq!(resp.headers()["cache-control"], "no-store", "TR-5: token response headers relayed");
+    assert_eq!(resp.headers()["cache-control"], "no-store", "the token response is relayed as is (RFC 6749 §5.1)");
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["access_token"], "upstream-issued-token-VALUE");
 
@@ -117,7 +117,7 @@ async fn params_and_headers_semantics_at_the_as() {
 }
 
 #[tokio::test]
-async fn tr3_competing_credentials_are_removed_and_pkj_claims_are_right() {
+async fn competing_credentials_are_removed_and_assertion_claims_are_right() {
     let up = Recorder::start(|_, _| Reply::token()).await;
     let (proxy, key) = pkjwt_proxy(&up, "").await;
     let resp = proxy
@@ -132,8 +132,9 @@ async fn tr3_competing_credentials_are_removed_and_pkj_claims_are_right() {
         .unwrap();
     assert_eq!(resp.status(), 200);
     let seen = &up.seen()[0];
-    assert_eq!(seen.header("authorization"), None, "TR-3: Basic removed");
-    assert_eq!(seen.param("client_secret"), None, "TR-3: client_secret removed");
+    // RFC 6749 §2.3: one client authentication method per request.
+    assert_eq!(seen.header("authorization"), None, "Basic removed");
+    assert_eq!(seen.param("client_secret"), None, "client_secret removed");
     let form = seen.form();
     assert_eq!(form.iter().filter(|(k, _)| k == "client_assertion").count(), 1);
     assert_eq!(form.iter().filter(|(k, _)| k == "client_id").count(), 1);
@@ -145,21 +146,21 @@ async fn tr3_competing_credentials_are_removed_and_pkj_claims_are_right() {
     let v = jose::verify(&assertion, Alg::ES256, VerifyKey::Jwk(key.public_jwk())).unwrap();
     assert_eq!(v.claims["iss"], "app-1");
     assert_eq!(v.claims["sub"], "app-1");
-    assert_eq!(v.claims["aud"], "https://issuer.example", "PKJ-3: aud is the issuer, not the proxy URL");
+    assert_eq!(v.claims["aud"], "https://issuer.example", "RFC 7523 §3: aud is the issuer, not the proxy URL");
     assert_eq!(v.header["kid"], key.thumbprint());
     proxy.stop().await;
 }
 
 #[tokio::test]
-async fn pkj4_every_request_gets_a_fresh_jti() {
+async fn every_request_gets_an_assertion_with_a_fresh_jti() {
     let up = Recorder::start(|_, _| Reply::token()).await;
     let (proxy, _) = pkjwt_proxy(&up, "").await;
     for _ in 0..3 {
         assert_eq!(proxy.post_form("/as/token", "grant_type=client_credentials").await.0, 200);
     }
     let jtis: std::collections::HashSet<String> =
-        up.seen().iter().map(|s| Seen::jwt_claims(&s.param("client_assertion").unwrap())["jti"].to_string()).collect();
-    assert_eq!(jtis.len(), 3);
+        up.seen().iter().map(|s| jwt::claims(&s.param("client_assertion").unwrap())["jti"].to_string()).collect();
+    assert_eq!(jtis.len(), 3, "RFC 7523 §3: a fresh jti per request");
     proxy.stop().await;
 }
 
@@ -168,14 +169,14 @@ async fn bad_input_gets_clear_errors_and_nothing_unsigned_reaches_the_as() {
     let up = Recorder::start(|_, _| Reply::token()).await;
     let (proxy, _) = pkjwt_proxy(&up, "").await;
 
-    // Duplicate client_id (TR-2).
+    // Duplicate client_id (RFC 6749 §3.2: no parameter twice).
     let (status, body) =
         proxy.post_form("/as/token", "grant_type=client_credentials&client_id=app-1&client_id=app-1").await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["error"], "invalid_request");
     assert!(body["error_description"].as_str().unwrap().contains("client_id"), "{body}");
 
-    // Malformed: owned parameter that is not UTF-8 (TR-1).
+    // Malformed: owned parameter that is not UTF-8 (RFC 6749 Appendix B).
     let (status, body) = proxy.post_form("/as/token", b"grant_type=client_credentials&client_id=%FF".to_vec()).await;
     assert_eq!(status, 400, "{body}");
     assert!(body["error_description"].as_str().unwrap().contains("UTF-8"), "{body}");
@@ -238,9 +239,9 @@ async fn upstream_down_is_502_and_slow_is_504() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
-    let dir = tempfile::tempdir().unwrap();
-    write_key(dir.path(), "client.pem", Alg::ES256);
-    let proxy = TestProxy::start_in(dir, &pkjwt_config(&format!("http://{dead}"), "")).await;
+    let builder = TestProxy::builder(pkjwt_config(&format!("http://{dead}"), ""));
+    write_key(builder.dir(), "client.pem", Alg::ES256);
+    let proxy = builder.start().await;
     let (status, body) = proxy.post_form("/as/token", "grant_type=client_credentials").await;
     assert_eq!(status, 502, "{body}");
     assert_eq!(body["error"], "tokenrelay_error");
@@ -248,11 +249,9 @@ async fn upstream_down_is_502_and_slow_is_504() {
     proxy.stop().await;
 
     let slow = Recorder::start(|_, _| Reply::token().delayed(Duration::from_secs(3))).await;
-    let dir = tempfile::tempdir().unwrap();
-    write_key(dir.path(), "client.pem", Alg::ES256);
-    let proxy =
-        TestProxy::start_in(dir, &pkjwt_config(&slow.url(), "").replace("timeout = \"2s\"", "timeout = \"300ms\""))
-            .await;
+    let builder = TestProxy::builder(edit(&pkjwt_config(&slow.url(), ""), "timeout = \"2s\"", "timeout = \"300ms\""));
+    write_key(builder.dir(), "client.pem", Alg::ES256);
+    let proxy = builder.start().await;
     let started = std::time::Instant::now();
     let (status, body) = proxy.post_form("/as/token", "grant_type=client_credentials").await;
     assert_eq!(status, 504, "{body}");
@@ -264,13 +263,12 @@ async fn upstream_down_is_502_and_slow_is_504() {
 #[tokio::test]
 async fn missing_or_wrong_type_key_fails_start_naming_the_file() {
     let up = Recorder::start(|_, _| Reply::token()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let err = TestProxy::try_start_in(dir, &pkjwt_config(&up.url(), ""), None).await.err().unwrap().to_string();
+    let err = TestProxy::builder(pkjwt_config(&up.url(), "")).try_start().await.err().unwrap().to_string();
     assert!(err.contains("client.pem") && err.contains("not found") && err.contains("tokenrelay init"), "{err}");
 
-    let dir = tempfile::tempdir().unwrap();
-    write_key(dir.path(), "client.pem", Alg::RS256);
-    let err = TestProxy::try_start_in(dir, &pkjwt_config(&up.url(), ""), None).await.err().unwrap().to_string();
+    let builder = TestProxy::builder(pkjwt_config(&up.url(), ""));
+    write_key(builder.dir(), "client.pem", Alg::RS256);
+    let err = builder.try_start().await.err().unwrap().to_string();
     assert!(err.contains("client.pem") && err.contains("ES256") && err.contains("RSA"), "{err}");
     assert!(up.seen().is_empty());
 }
@@ -285,7 +283,7 @@ async fn redirects_are_relayed_not_followed() {
     .await;
     let (proxy, _) = pkjwt_proxy(&up, "").await;
     let (status, _) = proxy.post_form("/as/token", "grant_type=client_credentials").await;
-    assert_eq!(status, 302, "TR-5: the app sees the redirect; the proxy does not follow it");
+    assert_eq!(status, 302, "RFC 9700 §4.12: the app sees the redirect; the proxy does not follow it");
     assert_eq!(up.seen().len(), 1);
     proxy.stop().await;
 }
@@ -295,11 +293,9 @@ async fn redirects_are_relayed_not_followed() {
 #[tokio::test]
 async fn default_config_printed_curl_gets_a_verified_token() {
     let committed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/proxy.toml")).unwrap();
-    let demo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let demo_addr = demo.local_addr().unwrap();
-    let config = committed.replace("127.0.0.1:9443", &demo_addr.to_string());
-    let dir = tempfile::tempdir().unwrap();
-    let proxy = TestProxy::try_start_in(dir, &config, Some(demo)).await.unwrap();
+    assert!(committed.contains("127.0.0.1:9443"), "the committed config runs the demo AS on 127.0.0.1:9443");
+    let proxy = TestProxy::builder(committed.replace("127.0.0.1:9443", "$DEMO_AS")).demo_as().start().await;
+    let demo_addr = proxy.demo_as_addr();
     // Dev keys were generated on first start, 0600.
     #[cfg(unix)]
     {
@@ -307,7 +303,7 @@ async fn default_config_printed_curl_gets_a_verified_token() {
         let mode = std::fs::metadata(proxy.path("certs/client.pem")).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
     }
-    let line = proxy.running.as_ref().unwrap().curl_line().unwrap();
+    let line = proxy.running.curl_line().unwrap();
     assert!(line.starts_with("curl "), "{line}");
     let out = tokio::process::Command::new("sh").arg("-c").arg(&line).output().await.unwrap();
     assert!(out.status.success(), "curl failed: {}", String::from_utf8_lossy(&out.stderr));

@@ -5,10 +5,10 @@
 
 mod common;
 
-use common::proxy::{write_key, TestProxy};
+use common::pki::{self, TestCa};
+use common::proxy::{client, write_key, TestProxy};
 use serde_json::Value;
 use tokenrelay::jose::Alg;
-use tokenrelay::pki::{self, LeafUse};
 
 async fn post(http: &reqwest::Client, url: &str, body: String) -> (u16, Value) {
     let resp =
@@ -18,16 +18,13 @@ async fn post(http: &reqwest::Client, url: &str, body: String) -> (u16, Value) {
 
 #[tokio::test]
 async fn demo_as_refuses_unsigned_replayed_and_foreign_assertions() {
-    let demo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let issuer = format!("http://{}", demo.local_addr().unwrap());
-    let dir = tempfile::tempdir().unwrap();
-    write_key(dir.path(), "client.pem", Alg::ES256);
-    let config = format!(
-        "[demo_as]\nlisten = \"127.0.0.1:0\"\n[routes.d]\nprefix = \"/d\"\nupstream = \"{issuer}\"\nissuer = \"{issuer}\"\n\
-         [routes.d.client]\nid = \"demo-app\"\nauth = \"private_key_jwt\"\nkey = \"client.pem\"\n"
-    );
-    let proxy = TestProxy::try_start_in(dir, &config, Some(demo)).await.unwrap();
-    let http = common::proxy::client();
+    let config = "[demo_as]\nlisten = \"$DEMO_AS\"\n[routes.d]\nprefix = \"/d\"\nupstream = \"http://$DEMO_AS\"\n\
+                  issuer = \"http://$DEMO_AS\"\n[routes.d.client]\nid = \"demo-app\"\nauth = \"private_key_jwt\"\nkey = \"client.pem\"\n";
+    let builder = TestProxy::builder(config).demo_as();
+    write_key(builder.dir(), "client.pem", Alg::ES256);
+    let proxy = builder.start().await;
+    let issuer = format!("http://{}", proxy.demo_as_addr());
+    let http = client();
     let token_url = format!("{issuer}/token");
 
     // Unsigned: the demo AS wants the assertion.
@@ -53,7 +50,7 @@ async fn demo_as_refuses_unsigned_replayed_and_foreign_assertions() {
     assert!(answer["error_description"].as_str().unwrap().contains("signature"), "{answer}");
 
     // Replay: capture what tokenrelay sent by signing with the route's own key twice.
-    let snapshot = proxy.running.as_ref().unwrap().snapshot();
+    let snapshot = proxy.running.snapshot();
     let tokenrelay::snapshot::Credential::Key(key) = &snapshot.routes[0].credential else { panic!("key") };
     let mut header = serde_json::Map::new();
     header.insert("kid".into(), key.thumbprint().into());
@@ -74,28 +71,22 @@ async fn demo_as_refuses_unsigned_replayed_and_foreign_assertions() {
 
 #[tokio::test]
 async fn demo_as_over_https_binds_tokens_to_client_certificates() {
-    let demo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let issuer = format!("https://{}", demo.local_addr().unwrap());
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let ss = pki::self_signed_client("ss-app", 30).unwrap();
-    std::fs::write(d.join("ss-cert.pem"), &ss.cert_pem).unwrap();
-    tokenrelay::keys::write_private(&d.join("ss-key.pem"), ss.key_pem.as_bytes()).unwrap();
-    let root = pki::generate_ca("client root").unwrap();
-    let leaf = pki::issue_leaf(&root, &["tls-app"], LeafUse::Client, 30).unwrap();
-    std::fs::write(d.join("tls-cert.pem"), &leaf.cert_pem).unwrap();
-    tokenrelay::keys::write_private(&d.join("tls-key.pem"), leaf.key_pem.as_bytes()).unwrap();
     let route = |name: &str, auth: &str| {
         format!(
-            "[routes.{name}]\nprefix = \"/{name}\"\nupstream = \"{issuer}\"\nissuer = \"{issuer}\"\ntrust = [\"certs/demo-as-ca.pem\"]\n\
-             [routes.{name}.client]\nid = \"{name}-app\"\nauth = \"{auth}\"\n[routes.{name}.mtls]\ncert = \"{name}-cert.pem\"\nkey = \"{name}-key.pem\"\n"
+            "[routes.{name}]\nprefix = \"/{name}\"\nupstream = \"https://$DEMO_AS\"\nissuer = \"https://$DEMO_AS\"\n\
+             trust = [\"certs/demo-as-ca.pem\"]\n[routes.{name}.client]\nid = \"{name}-app\"\nauth = \"{auth}\"\n\
+             [routes.{name}.mtls]\ncert = \"{name}-cert.pem\"\nkey = \"{name}-key.pem\"\n"
         )
     };
-    let config = "[demo_as]\nlisten = \"127.0.0.1:0\"\ntls = true\n".to_string()
+    let config = "[demo_as]\nlisten = \"$DEMO_AS\"\ntls = true\n".to_string()
         + &route("ss", "self_signed_tls_client_auth")
         + &route("tls", "tls_client_auth");
-    let proxy = TestProxy::try_start_in(dir, &config, Some(demo)).await.unwrap();
-    let snapshot = proxy.running.as_ref().unwrap().snapshot();
+    let builder = TestProxy::builder(config).demo_as();
+    pki::self_signed_client("ss-app").write(builder.dir(), "ss");
+    TestCa::new("client root").client("tls-app").write(builder.dir(), "tls");
+    let proxy = builder.start().await;
+    let issuer = format!("https://{}", proxy.demo_as_addr());
+    let snapshot = proxy.running.snapshot();
     for name in ["ss", "tls"] {
         let (status, answer) = proxy.post_form(&format!("/{name}/token"), "grant_type=client_credentials").await;
         assert_eq!(status, 200, "{name}: {answer}");

@@ -7,60 +7,33 @@
 
 mod common;
 
-use std::io::{BufRead as _, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::process::{ProxyProcess, BIN};
 use common::proxy::{client, write_key};
 use common::upstream::{Recorder, Reply, Seen};
 use tokenrelay::jose::Alg;
 
-const BIN: &str = env!("CARGO_BIN_EXE_tokenrelay");
 const WARNING: &str = "AS discovery failed";
 
-/// The binary running with `dir/proxy.toml`, its log in `dir/proxy.log`; killed on drop.
+/// The real binary on `dir/proxy.toml`; the folder lives as long as the process.
 struct Binary {
-    child: std::process::Child,
+    process: ProxyProcess,
     _dir: tempfile::TempDir,
-    addr: String,
-    log: std::path::PathBuf,
 }
 
 impl Binary {
-    fn start(folder: tempfile::TempDir) -> Binary {
-        let dir = folder.path();
-        let log = dir.join("proxy.log");
-        let mut child = Command::new(BIN)
-            .arg("--config")
-            .arg(dir.join("proxy.toml"))
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = BufReader::new(stdout).lines();
-        let addr = loop {
-            let line = lines.next().expect("tokenrelay exited before printing its address").unwrap();
-            if let Some(rest) = line.strip_prefix("tokenrelay is listening on http://") {
-                break rest.split(';').next().unwrap().to_string();
-            }
-        };
-        // Keep reading stdout so the proxy never writes into a closed pipe.
-        std::thread::spawn(move || lines.for_each(drop));
-        Binary { child, _dir: folder, addr, log }
+    fn start(dir: tempfile::TempDir) -> Binary {
+        Binary { process: ProxyProcess::start(&[], &dir.path().join("proxy.toml"), "info"), _dir: dir }
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.process.log()
     }
-}
 
-impl Drop for Binary {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    fn token_url(&self) -> String {
+        format!("{}/as/token", self.process.base)
     }
 }
 
@@ -96,7 +69,7 @@ async fn five_requests_stay_within_the_timeout(up: &Recorder) -> Binary {
     for i in 0..5 {
         let started = Instant::now();
         let resp = http
-            .post(format!("http://{}/as/token", proxy.addr))
+            .post(proxy.token_url())
             .header("content-type", "application/x-www-form-urlencoded")
             .body("grant_type=client_credentials")
             .send()
@@ -112,7 +85,7 @@ async fn five_requests_stay_within_the_timeout(up: &Recorder) -> Binary {
     for p in &posts {
         assert_eq!(p.path, "/token");
         let assertion = p.param("client_assertion").expect("every token request reaches the AS signed");
-        assert_eq!(Seen::jwt_claims(&assertion)["iss"], "app-1");
+        assert_eq!(common::jwt::claims(&assertion)["iss"], "app-1");
     }
     assert!(
         seen.iter().all(|s| s.method == "POST" || s.path.starts_with("/.well-known/")),
@@ -201,7 +174,7 @@ async fn issuer_mismatch_fails_check_and_refuses_requests() {
 
     let proxy = Binary::start(dir);
     let resp = client()
-        .post(format!("http://{}/as/token", proxy.addr))
+        .post(proxy.token_url())
         .header("content-type", "application/x-www-form-urlencoded")
         .body("grant_type=client_credentials")
         .send()

@@ -1,13 +1,15 @@
 //! DPoP (RFC 9449): proofs, the nonce engine's bounds, `htu`, and DPoP for API calls.
-//! IDs in test names refer to ../shared/CHECKLIST.md.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
-use common::proxy::{write_key, TestProxy};
+use std::sync::Arc;
+
+use common::proxy::{edit, write_key, Builder, TestProxy};
 use common::upstream::{Recorder, Reply, Seen};
-use tokenrelay::jose::{self, Alg, VerifyKey};
+use common::{jwt, pki};
+use tokenrelay::jose::{self, Alg, SigningKey, VerifyKey};
 
 fn config(upstream: &str, dpop_extra: &str) -> String {
     format!(
@@ -29,11 +31,17 @@ alg = "ES256"
     )
 }
 
-async fn start(up: &str, dpop_extra: &str) -> (TestProxy, std::sync::Arc<jose::SigningKey>) {
-    let dir = tempfile::tempdir().unwrap();
-    write_key(dir.path(), "client.pem", Alg::ES256);
-    let (_, dpop) = write_key(dir.path(), "dpop.pem", Alg::ES256);
-    (TestProxy::start_in(dir, &config(up, dpop_extra)).await, dpop)
+/// A proxy for `config` with a client key in `client.pem` and a DPoP key (returned) in `dpop.pem`.
+fn with_keys(config: String) -> (Builder, Arc<SigningKey>) {
+    let builder = TestProxy::builder(config);
+    write_key(builder.dir(), "client.pem", Alg::ES256);
+    let (_, dpop) = write_key(builder.dir(), "dpop.pem", Alg::ES256);
+    (builder, dpop)
+}
+
+async fn start(config: String) -> (TestProxy, Arc<SigningKey>) {
+    let (builder, dpop) = with_keys(config);
+    (builder.start().await, dpop)
 }
 
 fn use_nonce(nonce: &str) -> Reply {
@@ -43,35 +51,35 @@ fn use_nonce(nonce: &str) -> Reply {
 
 fn proof_claims(seen: &Seen) -> serde_json::Value {
     let proofs: Vec<_> = seen.headers.get_all("dpop").iter().collect();
-    assert_eq!(proofs.len(), 1, "DP-1: exactly one DPoP header");
-    Seen::jwt_claims(proofs[0].to_str().unwrap())
+    assert_eq!(proofs.len(), 1, "RFC 9449 §4.1: exactly one DPoP header");
+    jwt::claims(proofs[0].to_str().unwrap())
 }
 
 fn assertion_jti(seen: &Seen) -> String {
-    Seen::jwt_claims(&seen.param("client_assertion").unwrap())["jti"].as_str().unwrap().to_string()
+    jwt::claims(&seen.param("client_assertion").unwrap())["jti"].as_str().unwrap().to_string()
 }
 
 #[tokio::test]
-async fn dp5_new_nonce_every_attempt_means_exactly_two_attempts_each_freshly_signed() {
+async fn a_new_nonce_every_attempt_means_exactly_two_attempts_each_freshly_signed() {
     let up = Recorder::start(|_, n| use_nonce(&format!("nonce-{n}"))).await;
-    let (proxy, _) = start(&up.url(), "").await;
+    let (proxy, _) = start(config(&up.url(), "")).await;
     let (status, body) = proxy.post_form("/as/token", "grant_type=client_credentials").await;
     assert_eq!(status, 400, "the app sees the AS's last answer: {body}");
     assert_eq!(body["error"], "use_dpop_nonce");
     let seen = up.seen();
-    assert_eq!(seen.len(), 2, "DP-5: retried exactly once");
+    assert_eq!(seen.len(), 2, "RFC 9449 §8: retried with the nonce exactly once");
     let (p0, p1) = (proof_claims(&seen[0]), proof_claims(&seen[1]));
     assert!(p0.get("nonce").is_none());
     assert_eq!(p1["nonce"], "nonce-0", "the retry carries the challenged nonce");
-    assert_ne!(p0["jti"], p1["jti"], "DP-1: fresh proof per attempt");
-    assert_ne!(assertion_jti(&seen[0]), assertion_jti(&seen[1]), "PKJ-4: fresh assertion per attempt");
+    assert_ne!(p0["jti"], p1["jti"], "RFC 9449 §4.2: a fresh proof per attempt");
+    assert_ne!(assertion_jti(&seen[0]), assertion_jti(&seen[1]), "RFC 7523 §3: a fresh assertion jti per attempt");
     proxy.stop().await;
 }
 
 #[tokio::test]
-async fn dp5_same_nonce_repeated_is_not_retried() {
+async fn the_same_nonce_challenged_again_is_not_retried() {
     let up = Recorder::start(|_, _| use_nonce("always-the-same")).await;
-    let (proxy, _) = start(&up.url(), "").await;
+    let (proxy, _) = start(config(&up.url(), "")).await;
     // First request: no nonce known -> challenged -> one retry with the nonce.
     proxy.post_form("/as/token", "grant_type=client_credentials").await;
     assert_eq!(up.seen().len(), 2);
@@ -85,17 +93,17 @@ async fn dp5_same_nonce_repeated_is_not_retried() {
 }
 
 #[tokio::test]
-async fn dp5_nonce_retry_succeeds_and_app_sees_one_answer() {
+async fn nonce_retry_succeeds_and_the_app_sees_one_answer() {
     let up = Recorder::start(|seen, _| {
         let proof = seen.header("dpop").unwrap();
-        if Seen::jwt_claims(&proof)["nonce"] == "server-nonce-1" {
+        if jwt::claims(&proof)["nonce"] == "server-nonce-1" {
             Reply::json(200, serde_json::json!({"access_token": "t", "token_type": "DPoP"}))
         } else {
             use_nonce("server-nonce-1")
         }
     })
     .await;
-    let (proxy, _) = start(&up.url(), "").await;
+    let (proxy, _) = start(config(&up.url(), "")).await;
     let (status, body) = proxy.post_form("/as/token", "grant_type=client_credentials").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(up.seen().len(), 2);
@@ -103,7 +111,7 @@ async fn dp5_nonce_retry_succeeds_and_app_sees_one_answer() {
 }
 
 #[tokio::test]
-async fn dp4_nonce_from_a_200_is_used_next_time_and_malformed_ones_ignored() {
+async fn a_nonce_from_a_200_is_used_next_time_and_malformed_ones_ignored() {
     let up = Recorder::start(|_, n| {
         let reply = Reply::json(200, serde_json::json!({"access_token": "t", "token_type": "DPoP"}));
         match n {
@@ -113,7 +121,7 @@ async fn dp4_nonce_from_a_200_is_used_next_time_and_malformed_ones_ignored() {
         }
     })
     .await;
-    let (proxy, _) = start(&up.url(), "").await;
+    let (proxy, _) = start(config(&up.url(), "")).await;
     for _ in 0..3 {
         assert_eq!(proxy.post_form("/as/token", "grant_type=client_credentials").await.0, 200);
     }
@@ -125,12 +133,12 @@ async fn dp4_nonce_from_a_200_is_used_next_time_and_malformed_ones_ignored() {
 }
 
 #[tokio::test]
-async fn dp2_dp3_proof_is_signed_by_the_configured_key_with_upstream_htu() {
+async fn proof_is_signed_by_the_configured_key_with_the_upstream_htu() {
     let up =
         Recorder::start(|_, _| Reply::json(200, serde_json::json!({"access_token": "t", "token_type": "DPoP"}))).await;
     // Upper-case host and a non-default port in the config; query string on the request.
     let upstream = format!("http://LOCALHOST:{}/Base", up.addr.port());
-    let (proxy, dpop) = start(&upstream, "").await;
+    let (proxy, dpop) = start(config(&upstream, "")).await;
     let resp = proxy
         .http
         .post(format!("{}/as/token?tenant=a#frag", proxy.base))
@@ -152,22 +160,22 @@ async fn dp2_dp3_proof_is_signed_by_the_configured_key_with_upstream_htu() {
     assert_eq!(
         v.claims["htu"],
         format!("http://localhost:{}/Base/token", up.addr.port()),
-        "DP-3: lowercase host, path case kept, port kept, no query, never the proxy URL"
+        "RFC 9449 §4.2: lowercase host, path case kept, port kept, no query, never the proxy URL"
     );
     assert!(v.claims["iat"].as_u64().is_some());
     proxy.stop().await;
 }
 
 #[tokio::test]
-async fn dp8_unbound_token_is_refused_when_require_bound() {
+async fn an_unbound_token_is_refused_when_require_bound() {
     let up = Recorder::start(|_, _| Reply::token()).await; // token_type Bearer
-    let (proxy, _) = start(&up.url(), "require_bound = true").await;
+    let (proxy, _) = start(config(&up.url(), "require_bound = true")).await;
     let (status, body) = proxy.post_form("/as/token", "grant_type=client_credentials").await;
     assert_eq!(status, 502, "{body}");
     assert!(body["error_description"].as_str().unwrap().contains("require_bound"), "{body}");
     proxy.stop().await;
     // Without require_bound the token passes through (with a warning in the log).
-    let (proxy, _) = start(&up.url(), "").await;
+    let (proxy, _) = start(config(&up.url(), "")).await;
     assert_eq!(proxy.post_form("/as/token", "grant_type=client_credentials").await.0, 200);
     proxy.stop().await;
 }
@@ -176,20 +184,16 @@ async fn dp8_unbound_token_is_refused_when_require_bound() {
 /// calls the API route with `Authorization: Bearer`; tokenrelay upgrades it to DPoP with
 /// `ath`, handles the resource server's 401 nonce challenge, and the call succeeds.
 #[tokio::test]
-async fn dp6_bearer_app_uses_dpop_bound_token_at_resource_server_with_nonces() {
-    let demo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let demo_url = format!("http://{}", demo.local_addr().unwrap());
-    let dir = tempfile::tempdir().unwrap();
-    let config = format!(
-        r#"
+async fn bearer_app_uses_a_dpop_bound_token_at_the_resource_server_with_nonces() {
+    let config = r#"
 [demo_as]
-listen = "127.0.0.1:0"
+listen = "$DEMO_AS"
 dpop_nonce = true
 
 [routes.as]
 prefix = "/as"
-upstream = "{demo_url}"
-issuer = "{demo_url}"
+upstream = "http://$DEMO_AS"
+issuer = "http://$DEMO_AS"
 [routes.as.client]
 id = "demo-app"
 auth = "private_key_jwt"
@@ -201,17 +205,17 @@ create = true
 
 [routes.api]
 prefix = "/api"
-upstream = "{demo_url}"
+upstream = "http://$DEMO_AS"
 [routes.api.dpop]
 key = "dpop.pem"
-"#
-    );
-    let proxy = TestProxy::try_start_in(dir, &config, Some(demo)).await.unwrap();
+"#;
+    let proxy = TestProxy::builder(config).demo_as().start().await;
+    let demo_url = format!("http://{}", proxy.demo_as_addr());
     let (status, token) = proxy.post_form("/as/token", "grant_type=client_credentials").await;
     assert_eq!(status, 200, "{token}");
     assert_eq!(token["token_type"], "DPoP");
     let jkt = token["cnf"]["jkt"].as_str().unwrap().to_string();
-    let snapshot = proxy.running.as_ref().unwrap().snapshot();
+    let snapshot = proxy.running.snapshot();
     let route_key = snapshot.routes.iter().find(|r| r.cfg.name == "as").unwrap().dpop_key.clone().unwrap();
     assert_eq!(jkt, route_key.thumbprint(), "cnf.jkt is the RFC 7638 thumbprint of the configured key");
     assert!(token["verified"]["dpop_checks"].as_array().unwrap().contains(&"nonce".into()));
@@ -230,10 +234,10 @@ key = "dpop.pem"
     proxy.stop().await;
 }
 
-/// RFC 8705 §5 / CHECKLIST MT-3: a route that presents a certificate uses the AS's
-/// `mtls_endpoint_aliases`; the request, `htu` and `aud = "token_endpoint"` follow the alias.
+/// RFC 8705 §5: a route that presents a certificate uses the AS's `mtls_endpoint_aliases`;
+/// the request, `htu` and `aud = "token_endpoint"` follow the alias.
 #[tokio::test]
-async fn mt3_mtls_endpoint_alias_is_used_and_htu_aud_follow_it() {
+async fn mtls_endpoint_alias_is_used_and_htu_and_aud_follow_it() {
     let up = Recorder::start(|seen, _| {
         if seen.path.starts_with("/.well-known/oauth-authorization-server") {
             let origin = format!("http://{}", seen.header("host").unwrap());
@@ -250,17 +254,12 @@ async fn mt3_mtls_endpoint_alias_is_used_and_htu_aud_follow_it() {
     })
     .await;
     let origin = up.url();
-    let dir = tempfile::tempdir().unwrap();
-    write_key(dir.path(), "client.pem", Alg::ES256);
-    let (_, dpop) = write_key(dir.path(), "dpop.pem", Alg::ES256);
-    let id = tokenrelay::pki::self_signed_client("app-1", 30).unwrap();
-    std::fs::write(dir.path().join("cert.pem"), &id.cert_pem).unwrap();
-    tokenrelay::keys::write_private(&dir.path().join("key.pem"), id.key_pem.as_bytes()).unwrap();
-    let config = config(&origin, "")
-        .replace(&format!("upstream = \"{origin}\"\n"), &format!("upstream = \"{origin}\"\nissuer = \"{origin}\"\n"))
-        .replace("[routes.as.client]\n", "[routes.as.client]\naudience = \"token_endpoint\"\n")
-        + "[routes.as.mtls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n";
-    let proxy = TestProxy::start_in(dir, &config).await;
+    let client = format!("issuer = \"{origin}\"\n[routes.as.client]\naudience = \"token_endpoint\"\n");
+    let config = edit(&config(&origin, ""), "[routes.as.client]\n", &client)
+        + "[routes.as.mtls]\ncert = \"app-cert.pem\"\nkey = \"app-key.pem\"\n";
+    let (builder, dpop) = with_keys(config);
+    pki::self_signed_client("app-1").write(builder.dir(), "app");
+    let proxy = builder.start().await;
     let (status, body) = proxy.post_form("/as/token", "grant_type=client_credentials").await;
     assert_eq!(status, 200, "{body}");
     let seen = up.seen();
@@ -270,7 +269,7 @@ async fn mt3_mtls_endpoint_alias_is_used_and_htu_aud_follow_it() {
     let proof = token_req.header("dpop").unwrap();
     let v = jose::verify(&proof, Alg::ES256, VerifyKey::Jwk(dpop.public_jwk())).unwrap();
     assert_eq!(v.claims["htu"], format!("{origin}/mtls/token"), "htu follows the alias");
-    let assertion = Seen::jwt_claims(&token_req.param("client_assertion").unwrap());
+    let assertion = jwt::claims(&token_req.param("client_assertion").unwrap());
     assert_eq!(assertion["aud"], format!("{origin}/mtls/token"), "aud = the token endpoint as used");
     // Discovery happens once per config version.
     proxy.post_form("/as/token", "grant_type=client_credentials").await;

@@ -1,6 +1,6 @@
-//! Forward mode and the HTTPS reverse listener, end to end (issue 6). Every test asserts on
-//! what the TLS "AS" on 127.0.0.1 received: signed when a route claims the host, the app's own
-//! bytes when the host is tunnelled, nothing at all when tokenrelay refuses.
+//! Forward mode and the HTTPS reverse listener, end to end. Every test asserts on what the TLS
+//! "AS" on 127.0.0.1 received: signed when a route claims the host, the app's own bytes when
+//! the host is tunnelled, nothing at all when tokenrelay refuses.
 //!
 //! The Node and Python apps (tests/node_app, tests/py_app) know nothing about tokenrelay: they
 //! run with the environment `tokenrelay ca` prints. Their dependencies are installed on first
@@ -14,56 +14,32 @@ mod common;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
-use common::proxy::write_key;
+use common::jwt;
+use common::process::{install_once, npm_install, run, tests_dir, BIN};
+use common::proxy::{write_key, TestProxy};
 use common::tls_upstream::TlsRecorder;
 use common::upstream::{Reply, Seen};
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::rt::TokioIo;
-use tokenrelay::app::{Options, Running};
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::CertificateDer;
 use tokenrelay::jose::{self, Alg, SigningKey, VerifyKey};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 
 const TOKEN: &str = "upstream-issued-token-VALUE";
 
-/// A running proxy with forward and HTTPS listeners, in `dir`.
-struct Fwd {
-    running: Running,
-    forward: SocketAddr,
-    tls: SocketAddr,
-    dir: PathBuf,
-    key: Arc<SigningKey>,
-}
-
-impl Fwd {
-    fn ca(&self) -> PathBuf {
-        self.dir.join("ca.pem")
-    }
-
-    fn config(&self) -> PathBuf {
-        self.dir.join("proxy.toml")
-    }
-
-    fn proxy_url(&self) -> String {
-        format!("http://{}", self.forward)
-    }
-
-    async fn stop(self) {
-        self.running.stop().await;
-    }
-}
-
-/// `[proxy]` with forward + listen_tls on pre-bound ports, one private_key_jwt route to `as_port`.
-fn config(forward: SocketAddr, tls: SocketAddr, as_port: u16, unknown: &str, hosts: &str) -> String {
+/// `[proxy]` with forward + listen_tls, one private_key_jwt route to `as_port`.
+fn config(as_port: u16, unknown: &str, hosts: &str) -> String {
     format!(
         r#"
 [proxy]
-forward = "{forward}"
-listen_tls = "{tls}"
+forward = "$FORWARD"
+listen_tls = "$LISTEN_TLS"
 unknown_hosts = "{unknown}"
 ca_cert = "ca.pem"
 ca_key = "ca-key.pem"
@@ -88,36 +64,26 @@ set = {{ "x-request-source" = "tokenrelay" }}
     )
 }
 
-/// Starts tokenrelay in `dir` (which holds `as-ca.pem`) against the AS on `as_port`.
-async fn start(dir: &Path, as_port: u16, unknown: &str, hosts: &str) -> Fwd {
-    let key = match std::fs::read(dir.join("client.pem")) {
-        Ok(pem) => Arc::new(SigningKey::load(&pem, Alg::ES256).unwrap()),
-        Err(_) => write_key(dir, "client.pem", Alg::ES256).1,
-    };
-    let forward_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let tls_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (forward, tls) = (forward_l.local_addr().unwrap(), tls_l.local_addr().unwrap());
-    let path = dir.join("proxy.toml");
-    std::fs::write(&path, config(forward, tls, as_port, unknown, hosts)).unwrap();
-    let mut opts = Options::new(&path);
-    opts.listener = Some(TcpListener::bind("127.0.0.1:0").await.unwrap());
-    opts.forward_listener = Some(forward_l);
-    opts.tls_listener = Some(tls_l);
-    let running = tokenrelay::app::start(opts).await.unwrap_or_else(|e| panic!("proxy failed to start: {e}"));
-    assert_eq!(running.forward_addr, Some(forward));
-    assert_eq!(running.tls_addr, Some(tls));
-    Fwd { running, forward, tls, dir: dir.to_path_buf(), key }
+/// Starts tokenrelay with forward and HTTPS listeners in `dir` (which holds `as-ca.pem`)
+/// against the AS on `as_port`, with the client key in `dir/client.pem` (made if missing).
+async fn start(dir: &Path, as_port: u16, unknown: &str, hosts: &str) -> TestProxy {
+    if !dir.join("client.pem").exists() {
+        write_key(dir, "client.pem", Alg::ES256);
+    }
+    TestProxy::builder(config(as_port, unknown, hosts)).in_dir(dir).forward().tls().start().await
 }
 
-async fn as_and_proxy(unknown: &str, hosts: &str) -> (tempfile::TempDir, TlsRecorder, Fwd) {
+async fn as_and_proxy(unknown: &str, hosts: &str) -> (tempfile::TempDir, TlsRecorder, TestProxy) {
     let dir = tempfile::tempdir().unwrap();
     let up = TlsRecorder::start(dir.path(), "as-ca.pem", |_, _| Reply::token()).await;
-    let fwd = start(dir.path(), up.port(), unknown, hosts).await;
-    (dir, up, fwd)
+    let proxy = start(dir.path(), up.port(), unknown, hosts).await;
+    (dir, up, proxy)
 }
 
-/// What the AS must have received for a signed token request (PKJ-1..3, header rules).
-fn assert_signed(seen: &Seen, key: &SigningKey, as_port: u16) {
+/// What the AS on `as_port` must have received for a token request signed by `proxy`
+/// (RFC 7523 §2.2 and §3, the route's header rules, and the real upstream's authority).
+fn assert_signed(seen: &Seen, proxy: &TestProxy, as_port: u16) {
+    let key = SigningKey::load(&std::fs::read(proxy.path("client.pem")).unwrap(), Alg::ES256).unwrap();
     assert_eq!(seen.method, "POST");
     assert_eq!(seen.param("grant_type").as_deref(), Some("client_credentials"));
     assert_eq!(
@@ -125,17 +91,21 @@ fn assert_signed(seen: &Seen, key: &SigningKey, as_port: u16) {
         Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
     );
     let assertion = seen.param("client_assertion").expect("client_assertion injected");
-    let verified = jose::verify(&assertion, Alg::ES256, VerifyKey::Jwk(key.public_jwk())).unwrap();
-    let _ = verified;
-    let claims = Seen::jwt_claims(&assertion);
+    jose::verify(&assertion, Alg::ES256, VerifyKey::Jwk(key.public_jwk())).unwrap();
+    let claims = jwt::claims(&assertion);
     assert_eq!(claims["iss"], "app-1");
     assert_eq!(claims["sub"], "app-1");
     // aud describes the real upstream, never the name the app used or localhost.
     assert_eq!(claims["aud"], format!("https://127.0.0.1:{as_port}/token"));
     assert_eq!(seen.header("x-request-source").as_deref(), Some("tokenrelay"));
-    // HTTP/2 upstream (ALPN): the authority travels as :authority, not Host.
-    if let Some(host) = seen.header("host") {
-        assert_eq!(host, format!("127.0.0.1:{as_port}"));
+    // The request names the real upstream: HTTP/2 in `:authority` (a `Host`, if also sent,
+    // must agree: RFC 9113 §8.3.1), HTTP/1.1 in `Host`.
+    let upstream = format!("127.0.0.1:{as_port}");
+    if seen.version == http::Version::HTTP_2 {
+        assert_eq!(seen.authority.as_deref(), Some(upstream.as_str()), ":authority");
+        assert!(seen.header("host").is_none_or(|host| host == upstream), "Host {:?}", seen.header("host"));
+    } else {
+        assert_eq!(seen.header("host"), Some(upstream), "Host");
     }
 }
 
@@ -191,9 +161,7 @@ async fn read_rest(s: &mut TcpStream) -> String {
 
 fn tls_client(ca: &Path) -> tokio_rustls::TlsConnector {
     let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut std::fs::read(ca).unwrap().as_slice()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
+    roots.add(CertificateDer::from_pem_file(ca).unwrap()).unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -223,12 +191,13 @@ where
 
 #[tokio::test]
 async fn curl_through_the_forward_proxy_gets_a_token_signed_for_the_real_host() {
-    let (_dir, up, fwd) = as_and_proxy("tunnel", "").await;
+    let (_dir, up, proxy) = as_and_proxy("tunnel", "").await;
     let url = format!("https://127.0.0.1:{}/token", up.port());
-    let ca = fwd.ca().display().to_string();
+    let ca = proxy.path("ca.pem").display().to_string();
     for (flag, want_version) in [("--http1.1", "1.1"), ("--http2", "2")] {
         let (status, version, body) =
-            curl(&["-x", &fwd.proxy_url(), "--cacert", &ca, flag, &url, "-d", "grant_type=client_credentials"]).await;
+            curl(&["-x", &proxy.forward_url(), "--cacert", &ca, flag, &url, "-d", "grant_type=client_credentials"])
+                .await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(version, want_version, "ALPN between the app and tokenrelay");
         assert!(body.contains(TOKEN), "{body}");
@@ -236,23 +205,23 @@ async fn curl_through_the_forward_proxy_gets_a_token_signed_for_the_real_host() 
     let seen = up.seen();
     assert_eq!(seen.len(), 2);
     for s in &seen {
-        assert_signed(s, &fwd.key, up.port());
+        assert_signed(s, &proxy, up.port());
     }
     let j1 = seen[0].param("client_assertion").unwrap();
     let j2 = seen[1].param("client_assertion").unwrap();
-    assert_ne!(Seen::jwt_claims(&j1)["jti"], Seen::jwt_claims(&j2)["jti"], "fresh jti per request");
-    fwd.stop().await;
+    assert_ne!(jwt::claims(&j1)["jti"], jwt::claims(&j2)["jti"], "RFC 7523 §3: a fresh jti per request");
+    proxy.stop().await;
 }
 
 #[tokio::test]
 async fn a_claimed_name_is_intercepted_and_relayed_to_the_upstream() {
     // The app uses a name that does not even resolve: tokenrelay claims it and relays to the
     // route's upstream; the query string and the path under the upstream survive.
-    let (_dir, up, fwd) = as_and_proxy("refuse", r#"hosts = ["as.tokenrelay.test"]"#).await;
-    let ca = fwd.ca().display().to_string();
+    let (_dir, up, proxy) = as_and_proxy("refuse", r#"hosts = ["as.tokenrelay.test"]"#).await;
+    let ca = proxy.path("ca.pem").display().to_string();
     let (status, _, body) = curl(&[
         "-x",
-        &fwd.proxy_url(),
+        &proxy.forward_url(),
         "--cacert",
         &ca,
         "https://as.tokenrelay.test/token?tenant=a",
@@ -264,18 +233,18 @@ async fn a_claimed_name_is_intercepted_and_relayed_to_the_upstream() {
     let seen = up.seen();
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].path, "/token?tenant=a");
-    assert_signed(&seen[0], &fwd.key, up.port());
+    assert_signed(&seen[0], &proxy, up.port());
     // 127.0.0.1 is no longer claimed (hosts replaces the default) and unknown hosts are refused.
-    let (head, _) = connect(fwd.forward, &format!("127.0.0.1:{}", up.port())).await;
+    let (head, _) = connect(proxy.forward_addr(), &format!("127.0.0.1:{}", up.port())).await;
     assert!(head.starts_with("HTTP/1.1 403"), "{head}");
     assert_eq!(up.seen().len(), 1);
-    fwd.stop().await;
+    proxy.stop().await;
 }
 
 #[tokio::test]
 async fn absolute_form_plain_http_to_a_claimed_host_is_signed() {
-    let (_dir, up, fwd) = as_and_proxy("refuse", "").await;
-    let http = reqwest::Client::builder().proxy(reqwest::Proxy::http(fwd.proxy_url()).unwrap()).build().unwrap();
+    let (_dir, up, proxy) = as_and_proxy("refuse", "").await;
+    let http = reqwest::Client::builder().proxy(reqwest::Proxy::http(proxy.forward_url()).unwrap()).build().unwrap();
     let resp = http
         .post(format!("http://127.0.0.1:{}/token", up.port()))
         .header("content-type", "application/x-www-form-urlencoded")
@@ -287,39 +256,39 @@ async fn absolute_form_plain_http_to_a_claimed_host_is_signed() {
     assert!(resp.text().await.unwrap().contains(TOKEN));
     let seen = up.seen();
     assert_eq!(seen.len(), 1);
-    assert_signed(&seen[0], &fwd.key, up.port());
-    fwd.stop().await;
+    assert_signed(&seen[0], &proxy, up.port());
+    proxy.stop().await;
 }
 
 #[tokio::test]
 async fn mismatched_connect_target_host_or_sni_is_refused_and_nothing_is_signed() {
-    let (_dir, up, fwd) = as_and_proxy("tunnel", "").await;
+    let (_dir, up, proxy) = as_and_proxy("tunnel", "").await;
     let target = format!("127.0.0.1:{}", up.port());
     let ip = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
 
     // Inner Host names another host than the CONNECT target: 421, OAuth-style JSON.
-    let (head, stream) = connect(fwd.forward, &target).await;
+    let (head, stream) = connect(proxy.forward_addr(), &target).await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    let tls = tls_client(&fwd.ca()).connect(ip.clone(), stream).await.unwrap();
+    let tls = tls_client(&proxy.path("ca.pem")).connect(ip.clone(), stream).await.unwrap();
     let (status, body) = post_token(tls, "evil.example").await;
     assert_eq!(status, 421, "{body}");
     assert_eq!(body["error"], "tokenrelay_error");
     assert!(body["error_description"].as_str().unwrap().contains("evil.example"), "{body}");
 
     // Same host, other port: also another origin.
-    let (_, stream) = connect(fwd.forward, &target).await;
-    let tls = tls_client(&fwd.ca()).connect(ip.clone(), stream).await.unwrap();
+    let (_, stream) = connect(proxy.forward_addr(), &target).await;
+    let tls = tls_client(&proxy.path("ca.pem")).connect(ip.clone(), stream).await.unwrap();
     let (status, _) = post_token(tls, "127.0.0.1:1").await;
     assert_eq!(status, 421);
 
     // SNI names another host: the handshake is refused before any request.
-    let (_, stream) = connect(fwd.forward, &target).await;
+    let (_, stream) = connect(proxy.forward_addr(), &target).await;
     let evil = rustls::pki_types::ServerName::try_from("evil.example").unwrap();
-    let err = tls_client(&fwd.ca()).connect(evil, stream).await.unwrap_err();
+    let err = tls_client(&proxy.path("ca.pem")).connect(evil, stream).await.unwrap_err();
     assert!(err.to_string().to_lowercase().contains("access"), "{err}");
 
     // Absolute-form with a disagreeing Host.
-    let mut s = TcpStream::connect(fwd.forward).await.unwrap();
+    let mut s = TcpStream::connect(proxy.forward_addr()).await.unwrap();
     let req = format!(
         "POST http://{target}/token HTTP/1.1\r\nHost: evil.example\r\ncontent-type: application/x-www-form-urlencoded\r\ncontent-length: 29\r\nconnection: close\r\n\r\ngrant_type=client_credentials"
     );
@@ -330,14 +299,14 @@ async fn mismatched_connect_target_host_or_sni_is_refused_and_nothing_is_signed(
 
     // The matching request on the same kind of connection works, so the refusals above were
     // about the mismatch alone.
-    let (_, stream) = connect(fwd.forward, &target).await;
-    let tls = tls_client(&fwd.ca()).connect(ip, stream).await.unwrap();
+    let (_, stream) = connect(proxy.forward_addr(), &target).await;
+    let tls = tls_client(&proxy.path("ca.pem")).connect(ip, stream).await.unwrap();
     let (status, body) = post_token(tls, &target).await;
     assert_eq!(status, 200, "{body}");
     let seen = up.seen();
     assert_eq!(seen.len(), 1, "only the matching request reached the AS");
-    assert_signed(&seen[0], &fwd.key, up.port());
-    fwd.stop().await;
+    assert_signed(&seen[0], &proxy, up.port());
+    proxy.stop().await;
 }
 
 /// A TCP server that records every byte it receives and answers `reply` once it has `expect`.
@@ -356,12 +325,12 @@ async fn raw_recorder(expect: usize, reply: &'static [u8]) -> (SocketAddr, tokio
 
 #[tokio::test]
 async fn connect_to_an_unclaimed_host_is_tunnelled_byte_for_byte() {
-    let (dir, up, fwd) = as_and_proxy("tunnel", "").await;
+    let (dir, up, proxy) = as_and_proxy("tunnel", "").await;
     // Raw bytes: a TLS-looking record header followed by every byte value.
     let mut blob = b"\x16\x03\x01\x02\x00".to_vec();
     blob.extend((0..=255u8).cycle().take(4096));
     let (addr, server) = raw_recorder(blob.len(), b"pong").await;
-    let (head, mut stream) = connect(fwd.forward, &addr.to_string()).await;
+    let (head, mut stream) = connect(proxy.forward_addr(), &addr.to_string()).await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     stream.write_all(&blob).await.unwrap();
     let mut pong = [0u8; 4];
@@ -375,7 +344,7 @@ async fn connect_to_an_unclaimed_host_is_tunnelled_byte_for_byte() {
         TlsRecorder::start(dir.path(), "other-ca.pem", |_, _| Reply::json(200, serde_json::json!({"ok": true}))).await;
     let other_ca = reqwest::Certificate::from_pem(&std::fs::read(&other.ca_path).unwrap()).unwrap();
     let http = reqwest::Client::builder()
-        .proxy(reqwest::Proxy::https(fwd.proxy_url()).unwrap())
+        .proxy(reqwest::Proxy::https(proxy.forward_url()).unwrap())
         .tls_built_in_root_certs(false)
         .add_root_certificate(other_ca)
         .build()
@@ -388,20 +357,20 @@ async fn connect_to_an_unclaimed_host_is_tunnelled_byte_for_byte() {
     assert_eq!(seen[0].body_str(), "grant_type=x", "nothing injected into a tunnelled request");
     assert!(seen[0].param("client_assertion").is_none());
     assert!(up.seen().is_empty());
-    fwd.stop().await;
+    proxy.stop().await;
 }
 
 #[tokio::test]
 async fn connect_to_an_unclaimed_host_is_refused_with_unknown_hosts_refuse() {
-    let (_dir, up, fwd) = as_and_proxy("refuse", "").await;
+    let (_dir, up, proxy) = as_and_proxy("refuse", "").await;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let (head, mut stream) = connect(fwd.forward, &addr.to_string()).await;
+    let (head, mut stream) = connect(proxy.forward_addr(), &addr.to_string()).await;
     assert!(head.starts_with("HTTP/1.1 403"), "{head}");
     let text = read_rest(&mut stream).await;
     assert!(text.contains("unknown_hosts") && text.contains(&addr.to_string()), "{text}");
     // Plain-HTTP absolute form is refused the same way.
-    let mut s = TcpStream::connect(fwd.forward).await.unwrap();
+    let mut s = TcpStream::connect(proxy.forward_addr()).await.unwrap();
     s.write_all(format!("GET http://{addr}/ HTTP/1.1\r\nHost: {addr}\r\nconnection: close\r\n\r\n").as_bytes())
         .await
         .unwrap();
@@ -409,18 +378,18 @@ async fn connect_to_an_unclaimed_host_is_refused_with_unknown_hosts_refuse() {
     // Nothing ever connected to the target.
     assert!(tokio::time::timeout(Duration::from_millis(200), listener.accept()).await.is_err());
     assert!(up.seen().is_empty());
-    fwd.stop().await;
+    proxy.stop().await;
 }
 
 #[tokio::test]
 async fn https_reverse_listener_serves_a_leaf_from_the_local_ca() {
-    let (_dir, up, fwd) = as_and_proxy("tunnel", "").await;
-    let ca = reqwest::Certificate::from_pem(&std::fs::read(fwd.ca()).unwrap()).unwrap();
+    let (_dir, up, proxy) = as_and_proxy("tunnel", "").await;
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(proxy.path("ca.pem")).unwrap()).unwrap();
     let http =
         reqwest::Client::builder().no_proxy().tls_built_in_root_certs(false).add_root_certificate(ca).build().unwrap();
     for host in ["localhost", "127.0.0.1"] {
         let resp = http
-            .post(format!("https://{host}:{}/as/token", fwd.tls.port()))
+            .post(format!("https://{host}:{}/as/token", proxy.tls_port()))
             .header("content-type", "application/x-www-form-urlencoded")
             .body("grant_type=client_credentials")
             .send()
@@ -430,11 +399,11 @@ async fn https_reverse_listener_serves_a_leaf_from_the_local_ca() {
         assert!(resp.text().await.unwrap().contains(TOKEN));
     }
     // OpenSSL (curl) checks the CA's name constraints against the leaf too.
-    let ca = fwd.ca().display().to_string();
+    let ca = proxy.path("ca.pem").display().to_string();
     let (status, _, body) = curl(&[
         "--cacert",
         &ca,
-        &format!("https://localhost:{}/as/token", fwd.tls.port()),
+        &format!("https://localhost:{}/as/token", proxy.tls_port()),
         "-d",
         "grant_type=client_credentials",
     ])
@@ -443,43 +412,43 @@ async fn https_reverse_listener_serves_a_leaf_from_the_local_ca() {
     let seen = up.seen();
     assert_eq!(seen.len(), 3);
     for s in &seen {
-        assert_signed(s, &fwd.key, up.port());
+        assert_signed(s, &proxy, up.port());
     }
-    fwd.stop().await;
+    proxy.stop().await;
 }
 
 #[tokio::test]
 async fn the_local_ca_is_created_once_with_a_private_key_and_reused() {
-    let (dir, up, fwd) = as_and_proxy("tunnel", "").await;
-    let pem = std::fs::read(fwd.ca()).unwrap();
+    let (dir, up, proxy) = as_and_proxy("tunnel", "").await;
+    let pem = std::fs::read(proxy.path("ca.pem")).unwrap();
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt as _;
         let mode = std::fs::metadata(dir.path().join("ca-key.pem")).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
     }
-    let der = rustls_pemfile::certs(&mut pem.as_slice()).next().unwrap().unwrap();
+    let der = CertificateDer::from_pem_slice(&pem).unwrap();
     let nc = tokenrelay::pki::name_constraints(&der).expect("the local CA is name-constrained");
     assert!(nc.permits("localhost") && nc.permits("127.0.0.1") && nc.permits("::1"));
     assert!(!nc.permits("example.com"));
-    fwd.stop().await;
-    let fwd = start(dir.path(), up.port(), "tunnel", "").await;
-    assert_eq!(std::fs::read(fwd.ca()).unwrap(), pem, "reused, not re-created");
-    fwd.stop().await;
+    proxy.stop().await;
+    let proxy = start(dir.path(), up.port(), "tunnel", "").await;
+    assert_eq!(std::fs::read(proxy.path("ca.pem")).unwrap(), pem, "reused, not re-created");
+    proxy.stop().await;
 }
 
 #[tokio::test]
 async fn a_host_outside_the_ca_constraints_is_refused_with_the_fix() {
-    let (dir, up, fwd) = as_and_proxy("tunnel", "").await;
-    fwd.stop().await;
+    let (dir, up, proxy) = as_and_proxy("tunnel", "").await;
+    proxy.stop().await;
     // The CA was made for 127.0.0.1; the config now claims a new name.
-    let fwd = start(dir.path(), up.port(), "tunnel", r#"hosts = ["new.tokenrelay.test"]"#).await;
-    let (head, mut stream) = connect(fwd.forward, "new.tokenrelay.test:443").await;
+    let proxy = start(dir.path(), up.port(), "tunnel", r#"hosts = ["new.tokenrelay.test"]"#).await;
+    let (head, mut stream) = connect(proxy.forward_addr(), "new.tokenrelay.test:443").await;
     assert!(head.starts_with("HTTP/1.1 502"), "{head}");
     let text = read_rest(&mut stream).await;
     assert!(text.contains("name-constrained") && text.contains("tokenrelay ca"), "{text}");
     assert!(up.seen().is_empty());
-    fwd.stop().await;
+    proxy.stop().await;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -487,12 +456,8 @@ async fn a_host_outside_the_ca_constraints_is_refused_with_the_fix() {
 
 /// Runs `tokenrelay ca` (the real binary) and returns its `export` lines as pairs.
 fn printed_env(config: &Path) -> Vec<(String, String)> {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tokenrelay"))
-        .args(["ca", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
+    let out =
+        std::process::Command::new(BIN).args(["ca", "--config"]).arg(config).env("RUST_LOG", "warn").output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "tokenrelay ca failed: {}", String::from_utf8_lossy(&out.stderr));
     stdout
@@ -512,23 +477,23 @@ fn env_value<'a>(env: &'a [(String, String)], name: &str) -> &'a str {
 
 #[tokio::test]
 async fn ca_command_prints_the_environment_and_a_merged_bundle() {
-    let (_dir, _up, fwd) = as_and_proxy("tunnel", "").await;
-    let env = printed_env(&fwd.config());
-    assert_eq!(env_value(&env, "HTTPS_PROXY"), fwd.proxy_url());
+    let (_dir, up, proxy) = as_and_proxy("tunnel", "").await;
+    let env = printed_env(&proxy.path("proxy.toml"));
+    assert_eq!(env_value(&env, "HTTPS_PROXY"), proxy.forward_url());
     assert_eq!(env_value(&env, "NO_PROXY"), "localhost,::1", "127.0.0.1 is claimed, so it must go through the proxy");
     assert_eq!(env_value(&env, "NODE_USE_ENV_PROXY"), "1");
-    assert_eq!(Path::new(env_value(&env, "NODE_EXTRA_CA_CERTS")), std::path::absolute(fwd.ca()).unwrap());
+    assert_eq!(Path::new(env_value(&env, "NODE_EXTRA_CA_CERTS")), std::path::absolute(proxy.path("ca.pem")).unwrap());
     let bundle = env_value(&env, "SSL_CERT_FILE");
     assert_eq!(env_value(&env, "REQUESTS_CA_BUNDLE"), bundle);
     assert_eq!(env_value(&env, "CURL_CA_BUNDLE"), bundle);
     let text = std::fs::read_to_string(bundle).unwrap();
-    let ca = std::fs::read_to_string(fwd.ca()).unwrap();
+    let ca = std::fs::read_to_string(proxy.path("ca.pem")).unwrap();
     assert!(text.contains(ca.trim()), "the bundle holds the local CA");
     assert!(text.matches("BEGIN CERTIFICATE").count() > 10, "the bundle keeps the system roots");
     // Running it again (with SSL_CERT_FILE already pointing at the bundle) does not pile up.
-    let again = std::process::Command::new(env!("CARGO_BIN_EXE_tokenrelay"))
+    let again = std::process::Command::new(BIN)
         .args(["ca", "--config"])
-        .arg(fwd.config())
+        .arg(proxy.path("proxy.toml"))
         .env("SSL_CERT_FILE", bundle)
         .output()
         .unwrap();
@@ -537,14 +502,14 @@ async fn ca_command_prints_the_environment_and_a_merged_bundle() {
     // curl with nothing but the printed environment.
     let out = tokio::process::Command::new("curl")
         .args(["-sS", "--max-time", "20", "-d", "grant_type=client_credentials"])
-        .arg(format!("https://127.0.0.1:{}/token", _up.port()))
+        .arg(format!("https://127.0.0.1:{}/token", up.port()))
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .output()
         .await
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains(TOKEN), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_signed(&_up.seen()[0], &fwd.key, _up.port());
-    fwd.stop().await;
+    assert_signed(&up.seen()[0], &proxy, up.port());
+    proxy.stop().await;
 }
 
 /// Runs `cmd` with the printed environment; parses the JSON line the app prints.
@@ -558,136 +523,54 @@ async fn run_app(mut cmd: tokio::process::Command, env: &[(String, String)]) -> 
     serde_json::from_str(line).unwrap_or_else(|e| panic!("app printed no JSON ({e}):\n{stdout}\n{stderr}"))
 }
 
-fn tests_dir(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join(name)
-}
-
-/// Runs `install` once across concurrent test processes, guarded by `dir/.install.lock`,
-/// unless `marker` exists. Bounded: gives up after 5 minutes.
-fn install_once(dir: &Path, marker: &Path, install: impl Fn() -> Result<(), String>) -> Result<(), String> {
-    let lock = dir.join(".install.lock");
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        if marker.exists() && !lock.exists() {
-            return Ok(());
-        }
-        match std::fs::OpenOptions::new().write(true).create_new(true).open(&lock) {
-            Ok(_) => {
-                let result = if marker.exists() { Ok(()) } else { install() };
-                let _ = std::fs::remove_file(&lock);
-                result?;
-                return if marker.exists() {
-                    Ok(())
-                } else {
-                    Err(format!("install finished but {} is missing", marker.display()))
-                };
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                let stale = std::fs::metadata(&lock)
-                    .and_then(|m| m.modified())
-                    .ok()
-                    .and_then(|t| t.elapsed().ok())
-                    .is_some_and(|age| age > Duration::from_secs(300));
-                if stale {
-                    let _ = std::fs::remove_file(&lock);
-                    continue;
-                }
-                if Instant::now() > deadline {
-                    return Err(format!("timed out waiting for {}", lock.display()));
-                }
-                std::thread::sleep(Duration::from_millis(250));
-            }
-            Err(e) => return Err(format!("cannot create {}: {e}", lock.display())),
-        }
-    }
-}
-
-fn run(program: &str, args: &[&str], dir: &Path) -> Result<(), String> {
-    let out = std::process::Command::new(program)
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run {program} (is it installed and on PATH?): {e}"))?;
-    if out.status.success() {
-        return Ok(());
-    }
-    Err(format!(
-        "{program} {args:?} failed ({}):\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    ))
-}
-
+/// `tests/node_app` with its dependencies installed.
 fn node_app() -> PathBuf {
-    static READY: OnceLock<Result<(), String>> = OnceLock::new();
     let dir = tests_dir("node_app");
-    let marker = dir.join("node_modules/undici/package.json");
-    READY
-        .get_or_init(|| {
-            install_once(&dir, &marker, || {
-                run("npm", &["ci", "--no-audit", "--no-fund"], &dir)
-                    .or_else(|_| run("npm", &["install", "--no-audit", "--no-fund"], &dir))
-            })
-        })
-        .clone()
+    install_once(&dir, &dir.join("node_modules/undici/package.json"), || npm_install(&dir))
         .unwrap_or_else(|e| panic!("Node.js (>= 20) and npm are required for the forward-mode Node test: {e}"));
     dir
 }
 
+/// The Python of `tests/py_app/.venv`, with `requests` installed.
 fn py_app() -> PathBuf {
-    static READY: OnceLock<Result<(), String>> = OnceLock::new();
     let dir = tests_dir("py_app");
     let python = dir.join(".venv/bin/python");
     let marker = dir.join(".venv/.requests-installed");
-    READY
-        .get_or_init(|| {
-            install_once(&dir, &marker, || {
-                run("python3", &["-m", "venv", ".venv"], &dir)?;
-                run(
-                    python.to_str().unwrap_or_default(),
-                    &["-m", "pip", "install", "-q", "-r", "requirements.txt"],
-                    &dir,
-                )?;
-                std::fs::write(&marker, b"").map_err(|e| e.to_string())
-            })
-        })
-        .clone()
-        .unwrap_or_else(|e| panic!("python3 with venv and pip is required for the forward-mode Python test: {e}"));
+    install_once(&dir, &marker, || {
+        run("python3", &["-m", "venv", ".venv"], &dir)?;
+        run(python.to_str().unwrap_or_default(), &["-m", "pip", "install", "-q", "-r", "requirements.txt"], &dir)?;
+        std::fs::write(&marker, b"").map_err(|e| e.to_string())
+    })
+    .unwrap_or_else(|e| panic!("python3 with venv and pip is required for the forward-mode Python test: {e}"));
     python
+}
+
+/// Runs `program script <token URL>` in the script's folder with nothing but the printed
+/// environment: the app gets its token, and the AS received one signed request carrying the
+/// app's own `scope`.
+async fn app_gets_a_token(program: &Path, script: &Path, scope: &str) {
+    let (_dir, up, proxy) = as_and_proxy("tunnel", "").await;
+    let env = printed_env(&proxy.path("proxy.toml"));
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.arg(script).arg(format!("https://127.0.0.1:{}/token", up.port())).current_dir(script.parent().unwrap());
+    let out = run_app(cmd, &env).await;
+    assert_eq!(out["status"], 200, "{out}");
+    assert_eq!(out["body"]["access_token"], TOKEN);
+    let seen = up.seen();
+    assert_eq!(seen.len(), 1);
+    assert_signed(&seen[0], &proxy, up.port());
+    assert_eq!(seen[0].param("scope").as_deref(), Some(scope));
+    proxy.stop().await;
 }
 
 #[tokio::test]
 async fn node_fetch_app_with_the_printed_environment_gets_a_token() {
     let dir = tokio::task::spawn_blocking(node_app).await.unwrap();
-    let (_dir, up, fwd) = as_and_proxy("tunnel", "").await;
-    let env = printed_env(&fwd.config());
-    let mut cmd = tokio::process::Command::new("node");
-    cmd.arg(dir.join("app.mjs")).arg(format!("https://127.0.0.1:{}/token", up.port())).current_dir(&dir);
-    let out = run_app(cmd, &env).await;
-    assert_eq!(out["status"], 200, "{out}");
-    assert_eq!(out["body"]["access_token"], TOKEN);
-    let seen = up.seen();
-    assert_eq!(seen.len(), 1);
-    assert_signed(&seen[0], &fwd.key, up.port());
-    assert_eq!(seen[0].param("scope").as_deref(), Some("node"));
-    fwd.stop().await;
+    app_gets_a_token(Path::new("node"), &dir.join("app.mjs"), "node").await;
 }
 
 #[tokio::test]
 async fn python_requests_app_with_the_printed_environment_gets_a_token() {
     let python = tokio::task::spawn_blocking(py_app).await.unwrap();
-    let (_dir, up, fwd) = as_and_proxy("tunnel", "").await;
-    let env = printed_env(&fwd.config());
-    let mut cmd = tokio::process::Command::new(python);
-    cmd.arg(tests_dir("py_app").join("app.py")).arg(format!("https://127.0.0.1:{}/token", up.port()));
-    let out = run_app(cmd, &env).await;
-    assert_eq!(out["status"], 200, "{out}");
-    assert_eq!(out["body"]["access_token"], TOKEN);
-    let seen = up.seen();
-    assert_eq!(seen.len(), 1);
-    assert_signed(&seen[0], &fwd.key, up.port());
-    assert_eq!(seen[0].param("scope").as_deref(), Some("python"));
-    fwd.stop().await;
+    app_gets_a_token(&python, &tests_dir("py_app").join("app.py"), "python").await;
 }

@@ -8,47 +8,11 @@ mod common;
 
 use std::sync::Arc;
 
-use common::oidc::{form_pairs, OidcProvider};
+use common::jwt;
+use common::oidc::{cc_client, form_pairs, jwks, param, OidcProvider};
 use common::proxy::{write_key, TestProxy};
 use serde_json::{json, Value};
 use tokenrelay::jose::{Alg, SigningKey};
-
-fn require_node() {
-    if let Some(why) = common::oidc::skip_reason() {
-        panic!("{why}");
-    }
-}
-
-fn jwks(key: &SigningKey) -> Value {
-    let mut jwk = key.public_jwk().clone();
-    jwk.insert("kid".into(), key.thumbprint().into());
-    jwk.insert("alg".into(), key.alg().as_str().into());
-    jwk.insert("use".into(), "sig".into());
-    json!({ "keys": [jwk] })
-}
-
-fn cc_client(id: &str, extra: Value) -> Value {
-    let mut c = json!({
-        "client_id": id,
-        "grant_types": ["client_credentials"],
-        "response_types": [],
-        "redirect_uris": [],
-    });
-    for (k, v) in extra.as_object().unwrap() {
-        c[k] = v.clone();
-    }
-    c
-}
-
-fn jwt_part(token: &str, i: usize) -> Value {
-    use base64::Engine as _;
-    let part = token.split('.').nth(i).unwrap();
-    serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
-}
-
-fn param(record: &Value, name: &str) -> Option<String> {
-    form_pairs(record["body"].as_str().unwrap()).into_iter().find(|(k, _)| k == name).map(|(_, v)| v)
-}
 
 fn route(name: &str, issuer: &str, client: &str) -> String {
     format!("[routes.{name}]\nprefix = \"/{name}\"\nupstream = \"{issuer}\"\nissuer = \"{issuer}\"\n[routes.{name}.client]\n{client}\n")
@@ -56,7 +20,6 @@ fn route(name: &str, issuer: &str, client: &str) -> String {
 
 #[tokio::test]
 async fn private_key_jwt_for_every_alg_gets_tokens_from_oidc_provider() {
-    require_node();
     let dir = tempfile::tempdir().unwrap();
     let algs = [("es256", Alg::ES256), ("ps256", Alg::PS256), ("rs256", Alg::RS256), ("eddsa", Alg::EdDSA)];
     let keys: Vec<(&str, Alg, Arc<SigningKey>)> =
@@ -81,7 +44,7 @@ async fn private_key_jwt_for_every_alg_gets_tokens_from_oidc_provider() {
             )
         })
         .collect();
-    let proxy = TestProxy::start_in(dir, &config).await;
+    let proxy = TestProxy::builder(config).in_dir(dir.path()).start().await;
 
     for (i, (n, alg, key)) in keys.iter().enumerate() {
         let (status, body) = proxy.post_form(&format!("/{n}/token"), "grant_type=client_credentials&scope=read").await;
@@ -90,11 +53,11 @@ async fn private_key_jwt_for_every_alg_gets_tokens_from_oidc_provider() {
         let seen = &op.token_requests().await[i];
         assert_eq!(seen["status"], 200);
         let assertion = param(seen, "client_assertion").unwrap();
-        assert_eq!(jwt_part(&assertion, 0)["alg"], alg.as_str(), "{n}");
-        assert_eq!(jwt_part(&assertion, 0)["kid"], key.thumbprint(), "{n}");
-        let claims = jwt_part(&assertion, 1);
+        assert_eq!(jwt::header(&assertion)["alg"], alg.as_str(), "{n}");
+        assert_eq!(jwt::header(&assertion)["kid"], key.thumbprint(), "{n}");
+        let claims = jwt::claims(&assertion);
         assert_eq!(claims["iss"], format!("client-{n}"));
-        assert_eq!(claims["aud"], op.issuer.as_str(), "PKJ-3: aud = issuer");
+        assert_eq!(claims["aud"], op.issuer.as_str(), "RFC 7523 §3: aud = issuer");
         assert_eq!(param(seen, "client_id").as_deref(), Some(format!("client-{n}").as_str()));
         assert_eq!(param(seen, "client_secret"), None);
         let intro = op.introspect(token).await;
@@ -105,7 +68,6 @@ async fn private_key_jwt_for_every_alg_gets_tokens_from_oidc_provider() {
 
 #[tokio::test]
 async fn client_secret_post_and_client_secret_jwt_get_tokens() {
-    require_node();
     let secret = "s3cr3t-for-oidc-provider-0123456789-abcdefghij";
     let op = OidcProvider::start(json!({ "clients": [
         cc_client("post-client", json!({ "token_endpoint_auth_method": "client_secret_post", "client_secret": secret })),
@@ -122,9 +84,10 @@ async fn client_secret_post_and_client_secret_jwt_get_tokens() {
         "id = \"jwt-client\"\nauth = \"client_secret_jwt\"\nsecret_env = \"TR_TEST_JWT_SECRET\"",
     );
     std::env::set_var("TR_TEST_JWT_SECRET", secret);
-    let proxy = TestProxy::start_in(tempfile::tempdir().unwrap(), &config).await;
+    let proxy = TestProxy::builder(config).start().await;
 
-    // The app sends a stale secret of its own: tokenrelay's wins, only one is sent (TR-3).
+    // The app sends a stale secret of its own: tokenrelay's wins, only one is sent (RFC 6749
+    // §2.3: one client authentication method per request).
     let (status, body) =
         proxy.post_form("/post/token", "grant_type=client_credentials&client_secret=app-stale-secret").await;
     assert_eq!(status, 200, "{body}");
@@ -134,7 +97,7 @@ async fn client_secret_post_and_client_secret_jwt_get_tokens() {
     assert_eq!(param(&seen[0], "client_secret").as_deref(), Some(secret));
     assert_eq!(form_pairs(seen[0]["body"].as_str().unwrap()).iter().filter(|(k, _)| k == "client_secret").count(), 1);
     let assertion = param(&seen[1], "client_assertion").unwrap();
-    assert_eq!(jwt_part(&assertion, 0)["alg"], "HS256");
+    assert_eq!(jwt::header(&assertion)["alg"], "HS256");
     assert_eq!(seen[1]["status"], 200);
     assert_eq!(op.introspect(body["access_token"].as_str().unwrap()).await["clientId"], "jwt-client");
     proxy.stop().await;
@@ -162,11 +125,10 @@ fn dpop_client(key: &SigningKey) -> Value {
 
 #[tokio::test]
 async fn dpop_bound_token_for_a_bare_app_with_nonces_in_one_call() {
-    require_node();
     let dir = tempfile::tempdir().unwrap();
     let (_, key) = write_key(dir.path(), "client.pem", Alg::ES256);
     let op = OidcProvider::start(json!({ "clients": [dpop_client(&key)], "dpop_nonce": true })).await;
-    let proxy = TestProxy::start_in(dir, &dpop_config(&op.issuer)).await;
+    let proxy = TestProxy::builder(dpop_config(&op.issuer)).in_dir(dir.path()).start().await;
 
     let (status, body) = proxy.post_form("/as/token", "grant_type=client_credentials&scope=read").await;
     assert_eq!(status, 200, "the bare app gets its token in one call: {body}\n{}", op.stderr());
@@ -175,13 +137,13 @@ async fn dpop_bound_token_for_a_bare_app_with_nonces_in_one_call() {
     assert_eq!(seen.len(), 2, "the AS saw exactly two attempts");
     assert_eq!(seen[0]["status"], 400);
     assert!(seen[0]["response"].as_str().unwrap().contains("use_dpop_nonce"));
-    let jti = |r: &Value| jwt_part(&param(r, "client_assertion").unwrap(), 1)["jti"].clone();
+    let jti = |r: &Value| jwt::claims(&param(r, "client_assertion").unwrap())["jti"].clone();
     assert_ne!(jti(&seen[0]), jti(&seen[1]), "two different assertion jtis");
-    let proof = seen[1]["headers"]["dpop"].as_str().unwrap();
-    assert!(jwt_part(proof, 1)["nonce"].is_string());
-    assert_eq!(jwt_part(proof, 1)["htu"], format!("{}/token", op.issuer));
+    let proof = jwt::claims(seen[1]["headers"]["dpop"].as_str().unwrap());
+    assert!(proof["nonce"].is_string());
+    assert_eq!(proof["htu"], format!("{}/token", op.issuer));
 
-    let dpop = proxy.running.as_ref().unwrap().snapshot().routes[0].dpop_key.clone().unwrap();
+    let dpop = proxy.running.snapshot().routes[0].dpop_key.clone().unwrap();
     let intro = op.introspect(body["access_token"].as_str().unwrap()).await;
     assert_eq!(intro["cnf"]["jkt"], dpop.thumbprint(), "cnf.jkt = RFC 7638 thumbprint of the configured key: {intro}");
 
@@ -194,26 +156,23 @@ async fn dpop_bound_token_for_a_bare_app_with_nonces_in_one_call() {
 
 #[tokio::test]
 async fn refresh_token_bound_to_the_dpop_key_works_after_a_restart() {
-    require_node();
     let dir = tempfile::tempdir().unwrap();
     let (_, key) = write_key(dir.path(), "client.pem", Alg::ES256);
     let op = OidcProvider::start(json!({ "clients": [dpop_client(&key)], "dpop_nonce": "optional" })).await;
-    let proxy = TestProxy::start_in(dir, &dpop_config(&op.issuer)).await;
-    let jkt = proxy.running.as_ref().unwrap().snapshot().routes[0].dpop_key.clone().unwrap().thumbprint().to_string();
+    let proxy = TestProxy::builder(dpop_config(&op.issuer)).in_dir(dir.path()).start().await;
+    let jkt = proxy.running.snapshot().routes[0].dpop_key.clone().unwrap().thumbprint().to_string();
     let refresh = op.mint_refresh_token("dpop-client", Some(&jkt), "openid offline_access read").await;
-    // Restart tokenrelay on the same folder: the generated DPoP key must persist (DP-7).
-    let dir = {
-        let TestProxy { running, dir, .. } = proxy;
-        running.unwrap().stop().await;
-        dir
-    };
-    let proxy = TestProxy::start_in(dir, &dpop_config(&op.issuer)).await;
+    // Restart tokenrelay on the same folder: the generated DPoP key must persist, refresh
+    // tokens are bound to it (RFC 9449 §5).
+    proxy.stop().await;
+    let proxy = TestProxy::builder(dpop_config(&op.issuer)).in_dir(dir.path()).start().await;
     let (status, body) =
         proxy.post_form("/as/token", format!("grant_type=refresh_token&refresh_token={refresh}")).await;
     assert_eq!(status, 200, "{body}\n{}", op.stderr());
     assert_eq!(body["token_type"], "DPoP");
     let last = op.token_requests().await.pop().unwrap();
-    assert_eq!(param(&last, "refresh_token").as_deref(), Some(refresh.as_str()), "TR-4: refresh_token untouched");
+    let sent = param(&last, "refresh_token");
+    assert_eq!(sent.as_deref(), Some(refresh.as_str()), "RFC 6749 §6: refresh_token reaches the AS byte for byte");
     let intro = op.introspect(body["access_token"].as_str().unwrap()).await;
     assert_eq!(intro["cnf"]["jkt"], jkt.as_str());
     proxy.stop().await;

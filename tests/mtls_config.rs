@@ -4,14 +4,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::path::Path;
 
-use tokenrelay::pki;
+use common::pki;
 use tokenrelay::snapshot::{BuildOptions, Snapshot};
 
-fn config(dir: &Path) -> String {
-    let _ = dir;
-    r#"
+const CONFIG: &str = r#"
 [routes.m]
 prefix = "/m"
 upstream = "https://as.example.com"
@@ -21,13 +21,11 @@ auth = "self_signed_tls_client_auth"
 [routes.m.mtls]
 cert = "cert.pem"
 key = "key.pem"
-"#
-    .to_string()
-}
+"#;
 
 fn build(dir: &Path) -> Result<Snapshot, String> {
     let path = dir.join("proxy.toml");
-    std::fs::write(&path, config(dir)).unwrap();
+    std::fs::write(&path, CONFIG).unwrap();
     let cfg = tokenrelay::config::load(&path).map_err(|e| e.to_string())?;
     Snapshot::build(cfg, BuildOptions::default()).map_err(|e| e.to_string())
 }
@@ -45,25 +43,19 @@ fn write(dir: &Path, name: &str, data: &str, mode: u32) {
 #[test]
 fn good_identity_loads_with_thumbprint() {
     let dir = tempfile::tempdir().unwrap();
-    let id = pki::self_signed_client("app", 30).unwrap();
+    let id = pki::self_signed_client("app");
     write(dir.path(), "cert.pem", &id.cert_pem, 0o644);
     write(dir.path(), "key.pem", &id.key_pem, 0o600);
     let snap = build(dir.path()).unwrap();
     assert!(snap.warnings.is_empty(), "{:?}", snap.warnings);
-    let der = rustls_pemfile_first(&id.cert_pem);
-    assert_eq!(snap.routes[0].cert_thumbprint.as_deref(), Some(tokenrelay::jose::sha256_b64url(&der).as_str()));
-}
-
-fn rustls_pemfile_first(pem: &str) -> Vec<u8> {
-    let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
-    base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64).unwrap()
+    assert_eq!(snap.routes[0].cert_thumbprint.as_deref(), Some(tokenrelay::jose::sha256_b64url(&id.der).as_str()));
 }
 
 #[test]
 fn cert_and_key_mismatch_names_both_files() {
     let dir = tempfile::tempdir().unwrap();
-    let a = pki::self_signed_client("app", 30).unwrap();
-    let b = pki::self_signed_client("app", 30).unwrap();
+    let a = pki::self_signed_client("app");
+    let b = pki::self_signed_client("app");
     write(dir.path(), "cert.pem", &a.cert_pem, 0o644);
     write(dir.path(), "key.pem", &b.key_pem, 0o600);
     let err = build(dir.path()).unwrap_err();
@@ -79,7 +71,7 @@ fn cert_and_key_mismatch_names_both_files() {
 #[test]
 fn wrong_pem_types_are_named() {
     let dir = tempfile::tempdir().unwrap();
-    let a = pki::self_signed_client("app", 30).unwrap();
+    let a = pki::self_signed_client("app");
     // Swapped: the key file holds the certificate.
     write(dir.path(), "cert.pem", &a.cert_pem, 0o644);
     write(dir.path(), "key.pem", &a.cert_pem, 0o600);
@@ -101,7 +93,7 @@ fn wrong_pem_types_are_named() {
 #[test]
 fn unreadable_key_is_named() {
     let dir = tempfile::tempdir().unwrap();
-    let a = pki::self_signed_client("app", 30).unwrap();
+    let a = pki::self_signed_client("app");
     write(dir.path(), "cert.pem", &a.cert_pem, 0o644);
     // A directory where the key should be: unreadable as a file for root too.
     std::fs::create_dir(dir.path().join("key.pem")).unwrap();
@@ -113,8 +105,7 @@ fn unreadable_key_is_named() {
 fn expired_cert_and_loose_key_permissions_are_warnings() {
     let dir = tempfile::tempdir().unwrap();
     let now = time::OffsetDateTime::now_utc();
-    let old =
-        pki::self_signed_client_window("app", now - time::Duration::days(30), now - time::Duration::days(1)).unwrap();
+    let old = pki::self_signed_client_valid("app", now - time::Duration::days(30), now - time::Duration::days(1));
     write(dir.path(), "cert.pem", &old.cert_pem, 0o644);
     write(dir.path(), "key.pem", &old.key_pem, 0o644);
     let snap = build(dir.path()).unwrap();

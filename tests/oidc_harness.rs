@@ -5,7 +5,8 @@ mod common;
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
-use common::oidc::{form_pairs, write_server_tls, OidcProvider, TestCa};
+use common::oidc::{form_pairs, write_server_tls, OidcProvider};
+use common::pki::{self, TestCa};
 use josekit::jwk::KeyPair as _;
 use serde_json::{json, Value};
 use sha2::{Digest as _, Sha256};
@@ -15,10 +16,6 @@ const SECRET: &str = "harness-secret-0123456789abcdefghijklmnopqrstuvwxyz";
 
 fn http_client() -> reqwest::Client {
     reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(30)).build().unwrap()
-}
-
-fn pem_body(pem: &str) -> String {
-    pem.lines().filter(|l| !l.starts_with("-----")).collect::<String>().split_whitespace().collect()
 }
 
 #[tokio::test]
@@ -189,7 +186,7 @@ async fn https_with_tls_client_auth_and_certificate_bound_token() {
     let dir = tempfile::tempdir().unwrap();
     let server_ca = TestCa::new("tokenrelay test server CA");
     let client_ca = TestCa::new("tokenrelay test client CA");
-    let client_cert = client_ca.issue_client("tokenrelay-test-client");
+    let client_cert = client_ca.client("tokenrelay-test-client");
     let tls = write_server_tls(dir.path(), &server_ca, &[&client_ca.cert_pem]);
 
     let op = OidcProvider::start(json!({
@@ -253,10 +250,7 @@ async fn https_with_tls_client_auth_and_certificate_bound_token() {
     assert!(reqs[0]["tls_client_cert"].is_null(), "{}", reqs[0]);
     assert_eq!(reqs[0]["error_detail"], "client certificate was not provided", "{}", reqs[0]);
     assert_eq!(reqs[1]["body"], body);
-    assert_eq!(
-        pem_body(reqs[1]["tls_client_cert"].as_str().expect("client cert recorded")),
-        pem_body(&client_cert.cert_pem)
-    );
+    assert_eq!(pki::der(reqs[1]["tls_client_cert"].as_str().expect("client cert recorded")), client_cert.der);
 
     let info = op.introspect(tok["access_token"].as_str().unwrap()).await;
     let x5t = URL_SAFE_NO_PAD.encode(Sha256::digest(&client_cert.der));

@@ -1,8 +1,8 @@
-//! Hot reload end to end (issue 5). Every way editors and orchestrators save a file (in-place
-//! write, rename-over, delete-and-recreate, Kubernetes `..data` symlink swap) applies to the
-//! next request within 1 s; a bad save keeps the last good config and says where the error
-//! is; under load every request is signed by exactly one config version; a key file replaced
-//! while requests flow switches `kid` with none failing. Assertions are on what the upstream
+//! Hot reload end to end. Every way editors and orchestrators save a file (in-place write,
+//! rename-over, delete-and-recreate, Kubernetes `..data` symlink swap) applies to the next
+//! request within 1 s; a bad save keeps the last good config and says where the error is;
+//! under load every request is signed by exactly one config version; a key file replaced while
+//! requests flow switches `kid` with none failing. Assertions are on what the upstream
 //! received (each config version stamps `x-config-version` and `cfgv`, which the upstream
 //! echoes back).
 
@@ -12,15 +12,18 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::proxy::client;
-use common::upstream::{Recorder, Reply, Seen};
+use common::jwt;
+use common::pki::TestCa;
+use common::process::{ProxyProcess, BIN};
+use common::proxy::{client, edit, Builder, TestProxy};
+use common::upstream::{Recorder, Reply};
 use serde_json::Value;
-use tokenrelay::app::{Options, Running};
+use tokenrelay::app::Running;
 use tokenrelay::jose::{self, Alg, SigningKey, VerifyKey};
 use tokenrelay::reload::Outcome;
 
@@ -37,7 +40,7 @@ const POLL: Duration = Duration::from_millis(20);
 /// stamped by the route and the `kid` of the client assertion.
 async fn echo_upstream() -> Recorder {
     Recorder::start(|seen, _| {
-        let kid = seen.param("client_assertion").map(|a| Seen::jwt_header(&a)["kid"].clone());
+        let kid = seen.param("client_assertion").map(|a| jwt::header(&a)["kid"].clone());
         let delay = if seen.header("x-slow").is_some() { Duration::from_millis(600) } else { Duration::ZERO };
         Reply::json(
             200,
@@ -75,15 +78,6 @@ set = {{ cfgv = "{version}" }}
     )
 }
 
-/// A temp folder with a fresh ES256 `client.pem` and `proxy.toml` = `pkjwt(upstream, 1)`.
-fn pkjwt_dir(upstream: &str) -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    write_private(&dir.path().join("client.pem"), &key_pem(&SigningKey::generate(Alg::ES256).unwrap()));
-    let path = dir.path().join("proxy.toml");
-    std::fs::write(&path, pkjwt(upstream, 1, "client.pem")).unwrap();
-    (dir, path)
-}
-
 /// A `private_key_jwt` route that stamps `version` on the header and the form.
 fn pkjwt(upstream: &str, version: u32, key: &str) -> String {
     versioned(upstream, version, &format!("auth = \"private_key_jwt\"\nkey = \"{key}\""))
@@ -92,6 +86,18 @@ fn pkjwt(upstream: &str, version: u32, key: &str) -> String {
 /// A `client_secret_post` route whose secret, header and param all carry `version`.
 fn secret_post(upstream: &str, version: u32) -> String {
     versioned(upstream, version, &format!("auth = \"client_secret_post\"\nsecret = \"secret-{version}\""))
+}
+
+/// A proxy for `config` whose folder holds `key` as `client.pem`.
+fn with_client_key(config: String, key: &SigningKey) -> Builder {
+    let builder = TestProxy::builder(config);
+    write_private(&builder.dir().join("client.pem"), &key_pem(key));
+    builder
+}
+
+/// A proxy for `pkjwt(upstream, 1, "client.pem")` with a fresh ES256 `client.pem`.
+fn pkjwt_proxy(upstream: &str) -> Builder {
+    with_client_key(pkjwt(upstream, 1, "client.pem"), &SigningKey::generate(Alg::ES256).unwrap())
 }
 
 fn key_pem(key: &SigningKey) -> Vec<u8> {
@@ -179,25 +185,8 @@ impl Logs {
     }
 }
 
-struct Proxy {
-    running: Option<Running>,
-    base: String,
-    http: reqwest::Client,
-}
-
-impl Proxy {
-    async fn start(config: &Path, tweak: impl FnOnce(&mut Options)) -> Proxy {
-        let mut opts = Options::new(config);
-        opts.listener = Some(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap());
-        tweak(&mut opts);
-        let running = tokenrelay::app::start(opts).await.unwrap_or_else(|e| panic!("proxy failed to start: {e}"));
-        Proxy { base: format!("http://{}", running.addr), running: Some(running), http: client() }
-    }
-
-    fn running(&self) -> &Running {
-        self.running.as_ref().unwrap()
-    }
-
+/// Reload-test helpers on the shared harness.
+impl TestProxy {
     /// One token request through route `/as`: status and the upstream's echo.
     async fn token(&self) -> (u16, Value) {
         token(&self.http, &self.base, false).await
@@ -220,12 +209,6 @@ impl Proxy {
     async fn until_version(&self, saved: Instant, version: u32) -> Duration {
         let want = version.to_string();
         self.until(saved, &format!("config version {version}"), |b| b["version"] == want.as_str()).await
-    }
-
-    async fn stop(mut self) {
-        if let Some(r) = self.running.take() {
-            r.stop().await;
-        }
     }
 }
 
@@ -258,8 +241,8 @@ async fn until_status(running: &Running, what: &str, done: impl Fn(&tokenrelay::
 
 async fn save_applies_within_1s(how: Save) {
     let up = echo_upstream().await;
-    let (_dir, path) = pkjwt_dir(&up.url());
-    let proxy = Proxy::start(&path, |_| {}).await;
+    let proxy = pkjwt_proxy(&up.url()).start().await;
+    let path = proxy.path("proxy.toml");
     assert_eq!(proxy.token().await.1["version"], "1");
     for version in [2, 3] {
         save(&path, &pkjwt(&up.url(), version, "client.pem"), how);
@@ -269,7 +252,7 @@ async fn save_applies_within_1s(how: Save) {
     let last = up.seen().pop().unwrap();
     assert_eq!(last.header("x-config-version").as_deref(), Some("3"));
     assert_eq!(last.param("cfgv").as_deref(), Some("3"));
-    let stats = proxy.running().reload_status();
+    let stats = proxy.running.reload_status();
     // One applied reload per save. (A writer stalled mid-save for longer than the debounce
     // could add a refused reload of the half-written file; that is allowed, not asserted.)
     assert_eq!((stats.version, stats.reloads), (3, 2), "one reload per save: {stats:?}");
@@ -319,18 +302,19 @@ async fn kubernetes_symlink_swap_applies_within_1s() {
     let up = echo_upstream().await;
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (SigningKey::generate(Alg::ES256).unwrap(), SigningKey::generate(Alg::ES256).unwrap());
-    let config = |v| pkjwt(&up.url(), v, "client.pem").into_bytes();
-    publish(dir.path(), 1, &[("proxy.toml", config(1)), ("client.pem", key_pem(&a))]);
-    let proxy = Proxy::start(&dir.path().join("proxy.toml"), |_| {}).await;
+    let config = |v| pkjwt(&up.url(), v, "client.pem");
+    publish(dir.path(), 1, &[("proxy.toml", config(1).into_bytes()), ("client.pem", key_pem(&a))]);
+    // The builder finds this config behind the link and leaves the link alone.
+    let proxy = TestProxy::builder(config(1)).in_dir(dir.path()).start().await;
     assert_eq!(proxy.token().await.1["kid"], a.thumbprint());
 
     // A config change.
-    publish(dir.path(), 2, &[("proxy.toml", config(2)), ("client.pem", key_pem(&a))]);
+    publish(dir.path(), 2, &[("proxy.toml", config(2).into_bytes()), ("client.pem", key_pem(&a))]);
     let took = proxy.until_version(Instant::now(), 2).await;
     eprintln!("..data swap (config): served {} ms after the swap", took.as_millis());
 
     // A key change only, after the resolved folder has moved once already.
-    publish(dir.path(), 3, &[("proxy.toml", config(2)), ("client.pem", key_pem(&b))]);
+    publish(dir.path(), 3, &[("proxy.toml", config(2).into_bytes()), ("client.pem", key_pem(&b))]);
     let kid = b.thumbprint().to_string();
     let took = proxy.until(Instant::now(), "the rotated key", |body| body["kid"] == kid.as_str()).await;
     eprintln!("..data swap (key): served {} ms after the swap", took.as_millis());
@@ -347,15 +331,15 @@ async fn kubernetes_symlink_swap_applies_within_1s() {
 async fn bad_save_keeps_last_good_says_where_then_says_fixed() {
     Logs::global();
     let up = echo_upstream().await;
-    let (_dir, path) = pkjwt_dir(&up.url());
-    let proxy = Proxy::start(&path, |_| {}).await;
+    let proxy = pkjwt_proxy(&up.url()).start().await;
+    let path = proxy.path("proxy.toml");
 
     // A checked-config error: a bad duration, with its line and column.
-    let bad = pkjwt(&up.url(), 2, "client.pem").replace("timeout = \"5s\"", "timeout = \"soon\"");
+    let bad = edit(&pkjwt(&up.url(), 2, "client.pem"), "timeout = \"5s\"", "timeout = \"soon\"");
     let line = bad.lines().position(|l| l.starts_with("timeout")).unwrap() + 1;
     save(&path, &bad, Save::RenameOver);
-    until_status(proxy.running(), "the bad save is refused", |s| s.failures == 1).await;
-    let stats = proxy.running().reload_status();
+    until_status(&proxy.running, "the bad save is refused", |s| s.failures == 1).await;
+    let stats = proxy.running.reload_status();
     let error = stats.last_error.clone().unwrap();
     let at = format!("{}:{line}:11: routes.as.timeout", path.display());
     assert!(error.starts_with(&at), "error names file, line, column and key: {error}");
@@ -366,18 +350,14 @@ async fn bad_save_keeps_last_good_says_where_then_says_fixed() {
 
     // A TOML syntax error. (Saved by rename here so that no writer stall can add a refused
     // half-save to the log lines counted below; in-place saves have their own tests.)
-    save(
-        &path,
-        &pkjwt(&up.url(), 3, "client.pem").replace("[routes.as.params]", "[routes.as.params"),
-        Save::RenameOver,
-    );
-    until_status(proxy.running(), "the syntax error is refused", |s| s.failures == 2).await;
+    save(&path, &edit(&pkjwt(&up.url(), 3, "client.pem"), "[routes.as.params]", "[routes.as.params"), Save::RenameOver);
+    until_status(&proxy.running, "the syntax error is refused", |s| s.failures == 2).await;
     assert_eq!(proxy.token().await.1["version"], "1");
 
     // The fix.
     save(&path, &pkjwt(&up.url(), 4, "client.pem"), Save::RenameOver);
     proxy.until_version(Instant::now(), 4).await;
-    let stats = proxy.running().reload_status();
+    let stats = proxy.running.reload_status();
     assert!(!stats.failing && stats.version == 2 && stats.reloads == 1 && stats.failures == 2, "{stats:?}");
 
     let lines = Logs::reload_lines(&path);
@@ -394,19 +374,16 @@ async fn bad_save_keeps_last_good_says_where_then_says_fixed() {
 async fn reload_log_line_names_routes_added_removed_changed_and_keys_rotated() {
     Logs::global();
     let up = echo_upstream().await;
-    let dir = tempfile::tempdir().unwrap();
     let (a, b) = (SigningKey::generate(Alg::ES256).unwrap(), SigningKey::generate(Alg::ES256).unwrap());
-    write_private(&dir.path().join("client.pem"), &key_pem(&a));
-    let path = dir.path().join("proxy.toml");
     let extra = |name: &str| format!("\n[routes.{name}]\nprefix = \"/{name}\"\nupstream = \"{}\"\n", up.url());
-    std::fs::write(&path, pkjwt(&up.url(), 1, "client.pem") + &extra("old")).unwrap();
-    let proxy = Proxy::start(&path, |_| {}).await;
+    let proxy = with_client_key(pkjwt(&up.url(), 1, "client.pem") + &extra("old"), &a).start().await;
+    let path = proxy.path("proxy.toml");
 
     // One save: route `new` added, `old` removed, `as` changed, and (written just before)
     // the key rotated. Triggered with reload_now so both land in the same reload.
-    write_private(&dir.path().join("client.pem"), &key_pem(&b));
+    write_private(&proxy.path("client.pem"), &key_pem(&b));
     std::fs::write(&path, pkjwt(&up.url(), 2, "client.pem") + &extra("new")).unwrap();
-    let Outcome::Applied { version: 2, changes } = proxy.running().reload_now().await else {
+    let Outcome::Applied { version: 2, changes } = proxy.running.reload_now().await else {
         panic!("reload_now did not apply version 2")
     };
     assert_eq!(
@@ -424,7 +401,7 @@ async fn reload_log_line_names_routes_added_removed_changed_and_keys_rotated() {
     let lines = Logs::reload_lines(&path);
     assert_eq!(lines.len(), 1, "{lines:#?}");
     assert!(lines[0].contains(&changes), "{}", lines[0]);
-    assert_eq!(proxy.running().reload_status().version, 2);
+    assert_eq!(proxy.running.reload_status().version, 2);
     proxy.stop().await;
 }
 
@@ -432,15 +409,15 @@ async fn reload_log_line_names_routes_added_removed_changed_and_keys_rotated() {
 async fn listener_change_is_logged_as_restart_needed_and_the_rest_applies() {
     Logs::global();
     let up = echo_upstream().await;
-    let (_dir, path) = pkjwt_dir(&up.url());
     let with_listen =
         |v, listen: &str| format!("[proxy]\nlisten = \"{listen}\"\n{}", pkjwt(&up.url(), v, "client.pem"));
-    std::fs::write(&path, with_listen(1, "127.0.0.1:8787")).unwrap();
-    let proxy = Proxy::start(&path, |_| {}).await;
+    let key = SigningKey::generate(Alg::ES256).unwrap();
+    let proxy = with_client_key(with_listen(1, "127.0.0.1:8787"), &key).start().await;
+    let path = proxy.path("proxy.toml");
 
     save(&path, &with_listen(2, "127.0.0.1:8799"), Save::RenameOver);
     proxy.until_version(Instant::now(), 2).await;
-    let stats = proxy.running().reload_status();
+    let stats = proxy.running.reload_status();
     assert_eq!(stats.restart_needed, ["proxy.listen 127.0.0.1:8787 -> 127.0.0.1:8799"]);
     let line = Logs::reload_lines(&path).pop().unwrap();
     assert!(line.contains("WARN") && line.contains("restart needed for proxy.listen"), "{line}");
@@ -448,7 +425,7 @@ async fn listener_change_is_logged_as_restart_needed_and_the_rest_applies() {
     // Back to the running address: nothing pending any more.
     save(&path, &with_listen(3, "127.0.0.1:8787"), Save::RenameOver);
     proxy.until_version(Instant::now(), 3).await;
-    assert!(proxy.running().reload_status().restart_needed.is_empty());
+    assert!(proxy.running.reload_status().restart_needed.is_empty());
     proxy.stop().await;
 }
 
@@ -457,19 +434,17 @@ async fn listener_change_is_logged_as_restart_needed_and_the_rest_applies() {
 #[tokio::test]
 async fn replacing_the_local_ca_is_reported_as_restart_needed() {
     let up = echo_upstream().await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("proxy.toml");
-    std::fs::write(&path, format!("[proxy]\nlisten_tls = \"127.0.0.1:0\"\n{}", secret_post(&up.url(), 1))).unwrap();
-    let proxy = Proxy::start(&path, |o| o.reload.watch = false).await;
-    assert!(dir.path().join("certs/ca.pem").exists(), "the local CA was created at start");
-    assert!(matches!(proxy.running().reload_now().await, Outcome::Applied { .. }));
-    assert!(proxy.running().reload_status().restart_needed.is_empty(), "the CA made at start is not a change");
+    let config = format!("[proxy]\nlisten_tls = \"$LISTEN_TLS\"\n{}", secret_post(&up.url(), 1));
+    let proxy = TestProxy::builder(config).tls().watch(false).start().await;
+    assert!(proxy.path("certs/ca.pem").exists(), "the local CA was created at start");
+    assert!(matches!(proxy.running.reload_now().await, Outcome::Applied { .. }));
+    assert!(proxy.running.reload_status().restart_needed.is_empty(), "the CA made at start is not a change");
 
-    let other = tokenrelay::pki::generate_ca("another CA").unwrap();
-    std::fs::write(dir.path().join("certs/ca.pem"), other.cert_pem).unwrap();
-    write_private(&dir.path().join("certs/ca-key.pem"), other.key_pem.as_bytes());
-    assert!(matches!(proxy.running().reload_now().await, Outcome::Applied { .. }));
-    let pending = proxy.running().reload_status().restart_needed;
+    let other = TestCa::new("another CA");
+    other.write(&proxy.path("certs/ca.pem"));
+    write_private(&proxy.path("certs/ca-key.pem"), other.key_pem.as_bytes());
+    assert!(matches!(proxy.running.reload_now().await, Outcome::Applied { .. }));
+    let pending = proxy.running.reload_status().restart_needed;
     assert_eq!(pending.len(), 1, "{pending:?}");
     assert!(pending[0].starts_with("proxy.ca_cert/ca_key"), "{pending:?}");
     assert_eq!(proxy.token().await.1["version"], "1");
@@ -479,11 +454,9 @@ async fn replacing_the_local_ca_is_reported_as_restart_needed() {
 #[tokio::test]
 async fn status_endpoint_shows_counters_times_and_the_last_error() {
     let up = echo_upstream().await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("proxy.toml");
-    std::fs::write(&path, secret_post(&up.url(), 1)).unwrap();
     // The file watcher is off: reload_now is the only trigger here.
-    let proxy = Proxy::start(&path, |o| o.reload.watch = false).await;
+    let proxy = TestProxy::builder(secret_post(&up.url(), 1)).watch(false).start().await;
+    let path = proxy.path("proxy.toml");
     let status = || async {
         let resp = proxy.http.get(format!("{}/.tokenrelay/status", proxy.base)).send().await.unwrap();
         assert_eq!(resp.status(), 200);
@@ -496,7 +469,7 @@ async fn status_endpoint_shows_counters_times_and_the_last_error() {
     assert!(s["last_failed"].is_null() && s["last_error"].is_null() && s["failing"] == false, "{s}");
 
     std::fs::write(&path, "[routes.as\n").unwrap();
-    let Outcome::Failed { error } = proxy.running().reload_now().await else { panic!("a bad file was applied") };
+    let Outcome::Failed { error } = proxy.running.reload_now().await else { panic!("a bad file was applied") };
     let s = status().await;
     assert_eq!((s["version"].as_u64(), s["failures"].as_u64(), &s["failing"]), (Some(1), Some(1), &Value::Bool(true)));
     assert_eq!(s["last_error"], error.as_str());
@@ -505,7 +478,7 @@ async fn status_endpoint_shows_counters_times_and_the_last_error() {
     assert_eq!(proxy.token().await.1["version"], "1");
 
     std::fs::write(&path, secret_post(&up.url(), 2)).unwrap();
-    assert!(matches!(proxy.running().reload_now().await, Outcome::Applied { version: 2, .. }));
+    assert!(matches!(proxy.running.reload_now().await, Outcome::Applied { version: 2, .. }));
     let s = status().await;
     assert_eq!((s["version"].as_u64(), s["reloads"].as_u64(), &s["failing"]), (Some(2), Some(1), &Value::Bool(false)));
     assert_eq!(s["last_error"], error.as_str(), "the last error stays on record");
@@ -518,16 +491,13 @@ async fn status_endpoint_shows_counters_times_and_the_last_error() {
 #[tokio::test]
 async fn missing_key_is_refused_by_name_and_creating_it_later_is_noticed() {
     let up = echo_upstream().await;
-    let dir = tempfile::tempdir().unwrap();
     let a = SigningKey::generate(Alg::ES256).unwrap();
-    write_private(&dir.path().join("client.pem"), &key_pem(&a));
-    let path = dir.path().join("proxy.toml");
-    std::fs::write(&path, pkjwt(&up.url(), 1, "client.pem")).unwrap();
-    let proxy = Proxy::start(&path, |_| {}).await;
+    let proxy = with_client_key(pkjwt(&up.url(), 1, "client.pem"), &a).start().await;
+    let path = proxy.path("proxy.toml");
 
     save(&path, &pkjwt(&up.url(), 2, "keys/next.pem"), Save::RenameOver);
-    until_status(proxy.running(), "the missing key is refused", |s| s.failures == 1).await;
-    let error = proxy.running().reload_status().last_error.unwrap();
+    until_status(&proxy.running, "the missing key is refused", |s| s.failures == 1).await;
+    let error = proxy.running.reload_status().last_error.unwrap();
     assert!(
         error.contains("client.key") && error.contains("keys/next.pem") && error.contains("tokenrelay init"),
         "{error}"
@@ -535,20 +505,18 @@ async fn missing_key_is_refused_by_name_and_creating_it_later_is_noticed() {
     assert_eq!(proxy.token().await.1["kid"], a.thumbprint(), "still signing with the last good key");
 
     let b = SigningKey::generate(Alg::ES256).unwrap();
-    write_private(&dir.path().join("keys/next.pem"), &key_pem(&b));
+    write_private(&proxy.path("keys/next.pem"), &key_pem(&b));
     let kid = b.thumbprint().to_string();
     proxy.until(Instant::now(), "the new key", |body| body["kid"] == kid.as_str() && body["version"] == "2").await;
-    assert!(!proxy.running().reload_status().failing);
+    assert!(!proxy.running.reload_status().failing);
     proxy.stop().await;
 }
 
 #[tokio::test]
 async fn in_flight_request_finishes_on_the_snapshot_it_started_with() {
     let up = echo_upstream().await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("proxy.toml");
-    std::fs::write(&path, secret_post(&up.url(), 1)).unwrap();
-    let proxy = Proxy::start(&path, |o| o.reload.watch = false).await;
+    let proxy = TestProxy::builder(secret_post(&up.url(), 1)).watch(false).start().await;
+    let path = proxy.path("proxy.toml");
     let (http, base) = (proxy.http.clone(), proxy.base.clone());
     let slow = tokio::spawn(async move { token(&http, &base, true).await });
     let started = Instant::now();
@@ -557,8 +525,8 @@ async fn in_flight_request_finishes_on_the_snapshot_it_started_with() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     // The route the slow request is on disappears.
-    std::fs::write(&path, secret_post(&up.url(), 2).replace("/as", "/elsewhere")).unwrap();
-    assert!(matches!(proxy.running().reload_now().await, Outcome::Applied { version: 2, .. }));
+    std::fs::write(&path, edit(&secret_post(&up.url(), 2), "\"/as\"", "\"/elsewhere\"")).unwrap();
+    assert!(matches!(proxy.running.reload_now().await, Outcome::Applied { version: 2, .. }));
     assert_eq!(proxy.token().await.0, 404, "new requests see the new config");
     let (status, body) = slow.await.unwrap();
     assert_eq!((status, &body["version"]), (200, &Value::from("1")), "{body}");
@@ -570,84 +538,48 @@ async fn in_flight_request_finishes_on_the_snapshot_it_started_with() {
 // The real binary: SIGHUP, and `check` agreeing with reload
 // ---------------------------------------------------------------------------------------
 
-const BIN: &str = env!("CARGO_BIN_EXE_tokenrelay");
-
-/// Kills the child when the test ends, however it ends.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[cfg(unix)]
 #[tokio::test(flavor = "multi_thread")]
 async fn sighup_reloads_the_running_binary() {
-    use std::io::BufRead as _;
     let up = echo_upstream().await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("proxy.toml");
     std::fs::write(&path, format!("[proxy]\nlisten = \"127.0.0.1:0\"\n{}", secret_post(&up.url(), 1))).unwrap();
-    let mut child = Child(
-        std::process::Command::new(BIN)
-            .args(["run", "--config"])
-            .arg(&path)
-            .env("RUST_LOG", "info")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let stderr: Arc<Mutex<Vec<String>>> = Arc::default();
-    let sink = stderr.clone();
-    let err = child.0.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
-            sink.lock().unwrap().push(line);
-        }
-    });
-    let mut stdout = std::io::BufReader::new(child.0.stdout.take().unwrap());
-    let mut first = String::new();
-    stdout.read_line(&mut first).unwrap();
-    let addr = first.split("http://").nth(1).and_then(|s| s.split(';').next()).unwrap_or_else(|| panic!("{first}"));
-    let base = format!("http://{addr}");
+    let mut proxy = ProxyProcess::start(&["run"], &path, "info");
     let http = client();
     let status = || async {
-        http.get(format!("{base}/.tokenrelay/status")).send().await.unwrap().json::<Value>().await.unwrap()
+        http.get(format!("{}/.tokenrelay/status", proxy.base)).send().await.unwrap().json::<Value>().await.unwrap()
     };
     assert_eq!(status().await["version"], 1);
 
     // Nothing on disk changed, so only the signal can cause this reload.
-    let kill = std::process::Command::new("kill").arg("-HUP").arg(child.0.id().to_string()).status().unwrap();
+    let kill = std::process::Command::new("kill").arg("-HUP").arg(proxy.child.0.id().to_string()).status().unwrap();
     assert!(kill.success());
     let started = Instant::now();
     while status().await["version"] != 2 {
-        assert!(started.elapsed() < APPLY_WITHIN, "SIGHUP did not reload: {:#?}", stderr.lock().unwrap());
+        assert!(started.elapsed() < APPLY_WITHIN, "SIGHUP did not reload:\n{}", proxy.log());
         tokio::time::sleep(POLL).await;
     }
-    assert_eq!(token(&http, &base, false).await.1["version"], "1");
-    let logs = stderr.lock().unwrap().join("\n");
+    assert_eq!(token(&http, &proxy.base, false).await.1["version"], "1");
+    let logs = proxy.log();
     assert!(logs.contains("config reloaded on SIGHUP: version 2: no changes"), "{logs}");
-    assert!(child.0.try_wait().unwrap().is_none(), "SIGHUP must not end the process");
+    assert!(proxy.child.0.try_wait().unwrap().is_none(), "SIGHUP must not end the process");
 }
 
 /// `check` runs exactly the reload's validation: same file, same message.
 #[tokio::test]
 async fn check_reports_exactly_the_error_reload_refused() {
     let up = echo_upstream().await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("proxy.toml");
-    std::fs::write(&path, secret_post(&up.url(), 1)).unwrap();
-    let proxy = Proxy::start(&path, |o| o.reload.watch = false).await;
+    let proxy = TestProxy::builder(secret_post(&up.url(), 1)).watch(false).start().await;
+    let path = proxy.path("proxy.toml");
+    let next = secret_post(&up.url(), 2);
     for bad in [
-        secret_post(&up.url(), 2).replace("[routes.as.headers]", "[routes.as.headers"),
-        secret_post(&up.url(), 2).replace("auth = \"client_secret_post\"", "auth = \"client_secret_pots\""),
-        secret_post(&up.url(), 2).replace("secret = \"secret-2\"", ""),
+        edit(&next, "[routes.as.headers]", "[routes.as.headers"),
+        edit(&next, "auth = \"client_secret_post\"", "auth = \"client_secret_pots\""),
+        edit(&next, "secret = \"secret-2\"", ""),
     ] {
         std::fs::write(&path, &bad).unwrap();
-        let Outcome::Failed { error } = proxy.running().reload_now().await else { panic!("applied: {bad}") };
+        let Outcome::Failed { error } = proxy.running.reload_now().await else { panic!("applied: {bad}") };
         let out = std::process::Command::new(BIN).arg("check").arg("--config").arg(&path).output().unwrap();
         assert!(!out.status.success());
         assert_eq!(String::from_utf8_lossy(&out.stderr).trim(), format!("error: {error}"));
@@ -674,10 +606,8 @@ async fn rewrite_every_100ms_under_load_no_request_fails_each_signed_by_one_vers
     const CLIENTS: usize = 16;
     let secs = load_secs();
     let up = echo_upstream().await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("proxy.toml");
-    std::fs::write(&path, secret_post(&up.url(), 1)).unwrap();
-    let proxy = Proxy::start(&path, |_| {}).await;
+    let proxy = TestProxy::builder(secret_post(&up.url(), 1)).start().await;
+    let path = proxy.path("proxy.toml");
     let stop = Arc::new(AtomicBool::new(false));
     let mut clients = Vec::new();
     for _ in 0..CLIENTS {
@@ -713,16 +643,16 @@ async fn rewrite_every_100ms_under_load_no_request_fails_each_signed_by_one_vers
         }
         let next = secret_post(&up.url(), version + 1);
         let broken = match invalid % 4 {
-            0 => next.replace("[routes.as.params]", "[routes.as.params"),
-            1 => next.replace("timeout = \"5s\"", "timeout = \"5 parsecs\""),
-            2 => next.replace("upstream = ", "upstream = 42 #"),
-            _ => next.replace("prefix = \"/as\"", "prefix = \"as\""),
+            0 => edit(&next, "[routes.as.params]", "[routes.as.params"),
+            1 => edit(&next, "timeout = \"5s\"", "timeout = \"5 parsecs\""),
+            2 => edit(&next, "upstream = ", "upstream = 42 #"),
+            _ => edit(&next, "prefix = \"/as\"", "prefix = \"as\""),
         };
         invalid += 1;
-        let before = proxy.running().reload_status();
+        let before = proxy.running.reload_status();
         save(&path, &broken, how);
-        until_status(proxy.running(), "the invalid write is refused", |s| s.failures > before.failures).await;
-        let after = proxy.running().reload_status();
+        until_status(&proxy.running, "the invalid write is refused", |s| s.failures > before.failures).await;
+        let after = proxy.running.reload_status();
         assert!(after.failing && after.version == before.version, "{after:?}");
         let (status, body) = proxy.token().await;
         assert_eq!((status, &body["version"]), (200, &Value::from(version.to_string())), "last good kept");
@@ -753,7 +683,7 @@ async fn rewrite_every_100ms_under_load_no_request_fails_each_signed_by_one_vers
         assert!(valid.contains(&v.parse().unwrap()), "version {v} was never a valid save");
         stamped.insert(v.parse::<u32>().unwrap());
     }
-    let stats = proxy.running().reload_status();
+    let stats = proxy.running.reload_status();
     eprintln!(
         "load: {secs} s, {CLIENTS} clients, {total} app requests (0 failed), {} upstream requests; \
          {writes} writes ({invalid} invalid) -> {} reloads applied, {} refused; {} versions served \
@@ -776,13 +706,8 @@ async fn rewrite_every_100ms_under_load_no_request_fails_each_signed_by_one_vers
 async fn key_rotation_under_load_switches_kid_with_no_failures() {
     const CLIENTS: usize = 8;
     let up = echo_upstream().await;
-    let dir = tempfile::tempdir().unwrap();
     let (a, b) = (SigningKey::generate(Alg::ES256).unwrap(), SigningKey::generate(Alg::ES256).unwrap());
-    let key_path = dir.path().join("client.pem");
-    write_private(&key_path, &key_pem(&a));
-    let path = dir.path().join("proxy.toml");
-    std::fs::write(&path, pkjwt(&up.url(), 1, "client.pem")).unwrap();
-    let proxy = Proxy::start(&path, |_| {}).await;
+    let proxy = with_client_key(pkjwt(&up.url(), 1, "client.pem"), &a).start().await;
     let stop = Arc::new(AtomicBool::new(false));
     let mut clients = Vec::new();
     for _ in 0..CLIENTS {
@@ -797,9 +722,9 @@ async fn key_rotation_under_load_switches_kid_with_no_failures() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let tmp = dir.path().join(".client.pem.new");
+    let tmp = proxy.path(".client.pem.new");
     write_private(&tmp, &key_pem(&b));
-    std::fs::rename(&tmp, &key_path).unwrap();
+    std::fs::rename(&tmp, proxy.path("client.pem")).unwrap();
     let kid_b = b.thumbprint().to_string();
     let took = proxy.until(Instant::now(), "the new kid", |body| body["kid"] == kid_b.as_str()).await;
     eprintln!("key rotation: new kid served {} ms after the rename", took.as_millis());
@@ -815,36 +740,43 @@ async fn key_rotation_under_load_switches_kid_with_no_failures() {
     }
     for s in up.seen() {
         let assertion = s.param("client_assertion").unwrap();
-        let kid = Seen::jwt_header(&assertion)["kid"].as_str().unwrap().to_string();
+        let kid = jwt::header(&assertion)["kid"].as_str().unwrap().to_string();
         let key = if kid == a.thumbprint() { &a } else { &b };
         jose::verify(&assertion, Alg::ES256, VerifyKey::Jwk(key.public_jwk())).unwrap();
     }
-    let stats = proxy.running().reload_status();
+    let stats = proxy.running.reload_status();
     assert_eq!((stats.reloads, stats.failures), (1, 0), "one reload for one rename: {stats:?}");
     proxy.stop().await;
 }
 
 /// A `create = true` key that vanishes while the proxy runs is not silently regenerated by a
-/// reload (that would rotate a DPoP key tokens are bound to): the reload is refused and the
-/// loaded key keeps signing.
+/// reload (that would rotate a DPoP key tokens are bound to): the reload of a changed config
+/// is refused and the loaded key keeps signing; once the key is back, the change applies.
 #[tokio::test]
 async fn a_vanished_create_true_key_is_not_regenerated_by_reload() {
     let up = echo_upstream().await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("proxy.toml");
     let config =
-        pkjwt(&up.url(), 1, "client.pem").replace("key = \"client.pem\"", "key = \"client.pem\"\ncreate = true");
-    std::fs::write(&path, &config).unwrap();
-    let proxy = Proxy::start(&path, |o| o.reload.watch = false).await;
+        |v| edit(&pkjwt(&up.url(), v, "client.pem"), "key = \"client.pem\"", "key = \"client.pem\"\ncreate = true");
+    let proxy = TestProxy::builder(config(1)).watch(false).start().await;
     let (_, first) = proxy.token().await;
+    assert_eq!(first["version"], "1");
     let kid = first["kid"].clone();
-    std::fs::remove_file(dir.path().join("client.pem")).unwrap();
-    std::fs::write(&path, config.replace("version = \"1\"", "version = \"2\"")).unwrap();
-    let outcome = proxy.running().reload_now().await;
-    assert!(!matches!(outcome, Outcome::Applied { .. }), "reload refused");
-    assert!(!dir.path().join("client.pem").exists(), "not regenerated");
-    let error = proxy.running().reload_status().last_error.unwrap();
+    let key = std::fs::read(proxy.path("client.pem")).unwrap();
+    std::fs::remove_file(proxy.path("client.pem")).unwrap();
+    std::fs::write(proxy.path("proxy.toml"), config(2)).unwrap();
+    let outcome = proxy.running.reload_now().await;
+    assert!(matches!(outcome, Outcome::Failed { .. }), "reload refused: {outcome:?}");
+    assert!(!proxy.path("client.pem").exists(), "not regenerated");
+    let error = proxy.running.reload_status().last_error.unwrap();
     assert!(error.contains("client.pem") && error.contains("not found"), "{error}");
-    assert_eq!(proxy.token().await.1["kid"], kid, "the loaded key keeps signing");
+    let (_, answer) = proxy.token().await;
+    assert_eq!((&answer["kid"], &answer["version"]), (&kid, &Value::from("1")), "the loaded key and config serve");
+
+    // The key back in place: the same save applies now, so only the missing key held it back.
+    write_private(&proxy.path("client.pem"), &key);
+    let outcome = proxy.running.reload_now().await;
+    assert!(matches!(outcome, Outcome::Applied { version: 2, .. }), "{outcome:?}");
+    let (_, answer) = proxy.token().await;
+    assert_eq!((&answer["kid"], &answer["version"]), (&kid, &Value::from("2")), "version 2, same key");
     proxy.stop().await;
 }

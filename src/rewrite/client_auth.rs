@@ -14,7 +14,7 @@ use super::form::Form;
 use crate::config::{Audience, AuthMethod, ClientConfig, RouteConfig};
 use crate::error::ProxyError;
 use crate::jose;
-use crate::snapshot::Credential;
+use crate::keys::Credential;
 
 /// RFC 7523 §2.2 (CHECKLIST PKJ-1).
 pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";

@@ -12,20 +12,20 @@
 //! file for its schema. `tls.cert` / `tls.key` / `tls.ca` are file paths:
 //! [`write_server_tls`] produces them from a [`TestCa`].
 
-use std::fs::OpenOptions;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use tokenrelay::jose::SigningKey;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 
+use super::pki::TestCa;
+use super::process::{install_once, npm_install, tests_dir};
+
 const READY_TIMEOUT: Duration = Duration::from_secs(25);
-const INSTALL_TIMEOUT: Duration = Duration::from_secs(5 * 60);
-const STALE_LOCK_AGE: Duration = Duration::from_secs(5 * 60);
 const STDERR_KEEP: usize = 64 * 1024;
 
 /// A running `oidc-provider` instance on 127.0.0.1. Killed on drop.
@@ -47,7 +47,7 @@ pub struct OidcProvider {
 }
 
 fn oidc_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("oidc")
+    tests_dir("oidc")
 }
 
 /// `Some(reason)` when the AS cannot be run here (no `node` on PATH).
@@ -75,92 +75,14 @@ pub fn skip_reason() -> Option<String> {
         .clone()
 }
 
-/// Removes the cross-process install lock when dropped (also on panic).
-struct LockGuard(PathBuf);
-
-impl Drop for LockGuard {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-fn run_npm(dir: &Path, args: &[&str]) -> Result<(), String> {
-    let out = std::process::Command::new("npm")
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run npm {args:?}: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "npm {args:?} failed ({}):\n{}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
-}
-
-fn install_blocking(dir: &Path) -> Result<(), String> {
-    let marker = dir.join("node_modules/oidc-provider/package.json");
-    let lock = dir.join(".install.lock");
-    let deadline = Instant::now() + INSTALL_TIMEOUT;
-    loop {
-        if marker.exists() && !lock.exists() {
-            return Ok(());
-        }
-        match OpenOptions::new().write(true).create_new(true).open(&lock) {
-            Ok(mut f) => {
-                let _guard = LockGuard(lock.clone());
-                let _ = writeln!(f, "{}", std::process::id());
-                drop(f);
-                if marker.exists() {
-                    return Ok(());
-                }
-                let ci = run_npm(dir, &["ci", "--no-audit", "--no-fund"]);
-                if let Err(ci_err) = ci {
-                    eprintln!("[oidc] npm ci failed, falling back to npm install:\n{ci_err}");
-                    run_npm(dir, &["install", "--no-audit", "--no-fund"])?;
-                }
-                if !marker.exists() {
-                    return Err(format!("npm finished but {} is still missing", marker.display()));
-                }
-                return Ok(());
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                let stale = std::fs::metadata(&lock)
-                    .and_then(|m| m.modified())
-                    .ok()
-                    .and_then(|t| SystemTime::now().duration_since(t).ok())
-                    .is_some_and(|age| age > STALE_LOCK_AGE);
-                if stale {
-                    eprintln!("[oidc] removing stale install lock {}", lock.display());
-                    let _ = std::fs::remove_file(&lock);
-                    continue;
-                }
-                if Instant::now() > deadline {
-                    return Err(format!(
-                        "timed out after {INSTALL_TIMEOUT:?} waiting for another process to install {} (lock {})",
-                        marker.display(),
-                        lock.display()
-                    ));
-                }
-                std::thread::sleep(Duration::from_millis(250));
-            }
-            Err(e) => return Err(format!("cannot create {}: {e}", lock.display())),
-        }
-    }
-}
-
-/// Installs `tests/oidc/node_modules` once per process (and once across
-/// concurrently running test binaries, via `tests/oidc/.install.lock`).
+/// Installs `tests/oidc/node_modules` unless it is there.
 async fn ensure_npm_deps() {
-    static INSTALLED: OnceLock<Result<(), String>> = OnceLock::new();
-    let result = tokio::task::spawn_blocking(|| INSTALLED.get_or_init(|| install_blocking(&oidc_dir())).clone())
-        .await
-        .expect("npm install task panicked");
+    let result = tokio::task::spawn_blocking(|| {
+        let dir = oidc_dir();
+        install_once(&dir, &dir.join("node_modules/oidc-provider/package.json"), || npm_install(&dir))
+    })
+    .await
+    .expect("npm install task panicked");
     if let Err(e) = result {
         panic!("installing oidc-provider failed: {e}");
     }
@@ -384,72 +306,36 @@ pub fn form_pairs(body: &str) -> Vec<(String, String)> {
     form_urlencoded::parse(body.as_bytes()).into_owned().collect()
 }
 
-/// A throw-away certificate authority for TLS tests.
-pub struct TestCa {
-    pub cert_pem: String,
-    cert: rcgen::Certificate,
-    key: rcgen::KeyPair,
+/// Form parameter `name` of a request record from [`OidcProvider::received`].
+pub fn param(record: &Value, name: &str) -> Option<String> {
+    form_pairs(record["body"].as_str().unwrap()).into_iter().find(|(k, _)| k == name).map(|(_, v)| v)
 }
 
-/// A certificate issued by a [`TestCa`]: leaf PEM, leaf+CA chain PEM, key PEM.
-pub struct IssuedCert {
-    pub cert_pem: String,
-    pub chain_pem: String,
-    pub key_pem: String,
-    pub der: Vec<u8>,
+/// A `client_credentials` client registration with the members of `extra` added.
+pub fn cc_client(id: &str, extra: Value) -> Value {
+    let mut client =
+        json!({ "client_id": id, "grant_types": ["client_credentials"], "response_types": [], "redirect_uris": [] });
+    for (k, v) in extra.as_object().unwrap() {
+        client[k] = v.clone();
+    }
+    client
 }
 
-impl TestCa {
-    pub fn new(common_name: &str) -> TestCa {
-        let key = rcgen::KeyPair::generate().expect("CA key");
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params.distinguished_name = rcgen::DistinguishedName::new();
-        params.distinguished_name.push(rcgen::DnType::CommonName, common_name);
-        params.key_usages = vec![
-            rcgen::KeyUsagePurpose::KeyCertSign,
-            rcgen::KeyUsagePurpose::CrlSign,
-            rcgen::KeyUsagePurpose::DigitalSignature,
-        ];
-        let cert = params.self_signed(&key).expect("self-sign CA");
-        TestCa { cert_pem: cert.pem(), cert, key }
-    }
-
-    fn issue(&self, common_name: &str, sans: &[&str], eku: rcgen::ExtendedKeyUsagePurpose) -> IssuedCert {
-        let key = rcgen::KeyPair::generate().expect("leaf key");
-        let sans: Vec<String> = sans.iter().map(|s| s.to_string()).collect();
-        let mut params = rcgen::CertificateParams::new(sans).expect("leaf params");
-        params.distinguished_name = rcgen::DistinguishedName::new();
-        params.distinguished_name.push(rcgen::DnType::CommonName, common_name);
-        params.is_ca = rcgen::IsCa::ExplicitNoCa;
-        params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![eku];
-        let cert = params.signed_by(&key, &self.cert, &self.key).expect("sign leaf");
-        let cert_pem = cert.pem();
-        IssuedCert {
-            chain_pem: format!("{cert_pem}{}", self.cert_pem),
-            cert_pem,
-            key_pem: key.serialize_pem(),
-            der: cert.der().to_vec(),
-        }
-    }
-
-    /// Server certificate (serverAuth) for the given DNS names / IP addresses.
-    pub fn issue_server(&self, sans: &[&str]) -> IssuedCert {
-        self.issue(sans.first().copied().unwrap_or("server"), sans, rcgen::ExtendedKeyUsagePurpose::ServerAuth)
-    }
-
-    /// Client certificate (clientAuth) with subject `CN=<common_name>`.
-    pub fn issue_client(&self, common_name: &str) -> IssuedCert {
-        self.issue(common_name, &[], rcgen::ExtendedKeyUsagePurpose::ClientAuth)
-    }
+/// The JWKS that registers `key` (with the `kid` tokenrelay signs with: its RFC 7638
+/// thumbprint).
+pub fn jwks(key: &SigningKey) -> Value {
+    let mut jwk = key.public_jwk().clone();
+    jwk.insert("kid".into(), key.thumbprint().into());
+    jwk.insert("alg".into(), key.alg().as_str().into());
+    jwk.insert("use".into(), "sig".into());
+    json!({ "keys": [jwk] })
 }
 
 /// Issues a server certificate for `127.0.0.1` and `localhost` from
-/// `server_ca`, writes it (leaf + CA chain), its key and the `client_ca_pems`
+/// `server_ca`, writes it (with its chain), its key and the `client_ca_pems`
 /// into `dir`, and returns the `"tls"` config object for [`OidcProvider::start`].
 pub fn write_server_tls(dir: &Path, server_ca: &TestCa, client_ca_pems: &[&str]) -> Value {
-    let leaf = server_ca.issue_server(&["127.0.0.1", "localhost"]);
+    let leaf = server_ca.server(&["127.0.0.1", "localhost"]);
     let cert = dir.join("as-chain.pem");
     let key = dir.join("as-key.pem");
     std::fs::write(&cert, &leaf.chain_pem).expect("write server cert");

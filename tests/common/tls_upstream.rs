@@ -1,7 +1,7 @@
-//! A recording upstream over TLS: an "AS" on 127.0.0.1:0 with its own test PKI (a CA and a
-//! leaf from `tokenrelay::pki`; rustls refuses a CA as the end-entity certificate). Keeps every
-//! request as it arrived, like [`super::upstream::Recorder`], plus the SNI and ALPN of every
-//! TLS session, so tests can tell an intercepted connection from a tunnelled one.
+//! A recording upstream over TLS: an "AS" on 127.0.0.1:0 with a CA and a server certificate of
+//! its own from the test PKI ([`super::pki`]). Keeps every request as it arrived, like
+//! [`super::upstream::Recorder`], plus the SNI and ALPN of every TLS session, so tests can tell
+//! an intercepted connection from a tunnelled one.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -9,9 +9,11 @@ use std::sync::{Arc, Mutex};
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokenrelay::pki::{self, LeafUse};
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 
+use super::pki::TestCa;
 use super::upstream::{Behaviour, Reply, Seen};
 
 /// One TLS session as the server saw it.
@@ -32,17 +34,16 @@ pub struct TlsRecorder {
 
 /// A rustls server config for `names` issued by a fresh CA written to `ca_path`.
 pub fn server_config(ca_path: &Path, names: &[&str]) -> rustls::ServerConfig {
-    let ca = pki::generate_ca("tokenrelay test AS CA").unwrap();
-    std::fs::write(ca_path, &ca.cert_pem).unwrap();
-    let leaf = pki::issue_leaf(&ca, names, LeafUse::Server, 2).unwrap();
-    let chain = rustls_pemfile::certs(&mut leaf.cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>().unwrap();
-    let key = rustls_pemfile::private_key(&mut leaf.key_pem.as_bytes()).unwrap().unwrap();
+    let ca = TestCa::new("tokenrelay test AS CA");
+    ca.write(ca_path);
+    let leaf = ca.server(names);
+    let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_no_client_auth()
-        .with_single_cert(chain, key)
+        .with_single_cert(vec![CertificateDer::from(leaf.der)], key)
         .unwrap();
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     config

@@ -16,7 +16,11 @@ use tokio::net::TcpListener;
 /// One request as the upstream saw it.
 #[derive(Debug, Clone)]
 pub struct Seen {
+    pub version: http::Version,
     pub method: String,
+    /// The request target's authority: HTTP/2's `:authority` (RFC 9113 §8.3.1), or the
+    /// absolute-form target's; `None` for an HTTP/1 origin-form request (see `Host`).
+    pub authority: Option<String>,
     pub path: String,
     pub headers: HeaderMap,
     pub body: Vec<u8>,
@@ -39,19 +43,9 @@ impl Seen {
         self.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
     }
 
-    /// Claims of a compact JWT in form parameter or header `name` (not verified here).
+    /// Claims of a compact JWT: [`super::jwt::claims`], for callers not moved to it yet.
     pub fn jwt_claims(token: &str) -> serde_json::Value {
-        use base64::Engine as _;
-        let part = token.split('.').nth(1).unwrap_or_default();
-        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(part).unwrap();
-        serde_json::from_slice(&bytes).unwrap()
-    }
-
-    pub fn jwt_header(token: &str) -> serde_json::Value {
-        use base64::Engine as _;
-        let part = token.split('.').next().unwrap_or_default();
-        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(part).unwrap();
-        serde_json::from_slice(&bytes).unwrap()
+        super::jwt::claims(token)
     }
 }
 
@@ -105,7 +99,9 @@ pub async fn record_and_reply(
     let (parts, body) = req.into_parts();
     let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     let record = Seen {
+        version: parts.version,
         method: parts.method.to_string(),
+        authority: parts.uri.authority().map(|a| a.to_string()),
         path: parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default(),
         headers: parts.headers,
         body: body.to_vec(),

@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::local_ca::LocalCa;
 use crate::proxy::Shared;
 use crate::reload::{self, ReloadOptions, ReloadStats, ReloadStatus};
 use crate::snapshot::{self, BuildOptions, LoadError, Snapshot};
@@ -28,7 +29,7 @@ pub enum StartError {
     #[error("cannot listen on {addr} ({key}): {source} (is another tokenrelay running? change {key} in proxy.toml)")]
     Bind { addr: SocketAddr, key: &'static str, source: std::io::Error },
     #[error(transparent)]
-    LocalTls(#[from] crate::forward::ListenError),
+    LocalCa(#[from] crate::local_ca::CaError),
 }
 
 /// What to start.
@@ -68,8 +69,37 @@ pub struct Running {
     tasks: Vec<JoinHandle<()>>,
 }
 
-async fn bind(addr: SocketAddr, key: &'static str) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, key, source })
+/// `given` (tests pre-bind `127.0.0.1:0`), or a new listener on `addr`; and its address.
+async fn bind(
+    given: Option<TcpListener>,
+    addr: SocketAddr,
+    key: &'static str,
+) -> Result<(TcpListener, SocketAddr), StartError> {
+    let listener = match given {
+        Some(l) => l,
+        None => TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, key, source })?,
+    };
+    let local = listener.local_addr().map_err(|source| StartError::Bind { addr, key, source })?;
+    Ok((listener, local))
+}
+
+/// The local CA, when a listener serves with it (`listen_tls`, `forward`): loaded, or created
+/// on first use (file work, off the runtime's threads).
+async fn local_ca(config: &Arc<crate::config::Config>) -> Result<Option<Arc<LocalCa>>, StartError> {
+    if config.listen_tls.is_none() && config.forward.is_none() {
+        return Ok(None);
+    }
+    let c = config.clone();
+    let (ca, created) = tokio::task::spawn_blocking(move || LocalCa::load_or_create(&c))
+        .await
+        .map_err(|e| StartError::Internal(e.to_string()))??;
+    if created {
+        tracing::info!(cert = %config.ca_cert.display(), "created the local CA; trust it with `tokenrelay ca`");
+    }
+    if let Some(w) = ca.warning() {
+        tracing::warn!("{w}");
+    }
+    Ok(Some(Arc::new(ca)))
 }
 
 /// Starts the proxy (and the demo AS when configured).
@@ -87,43 +117,49 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
         tracing::warn!("{w}");
     }
     let config = snapshot.config.clone();
-    let listener = match opts.listener {
-        Some(l) => l,
-        None => bind(config.listen, "[proxy] listen").await?,
+    let (listener, addr) = bind(opts.listener, config.listen, "[proxy] listen").await?;
+    let demo = match &config.demo_as {
+        Some(d) => Some(bind(opts.demo_as_listener, d.listen, "[demo_as] listen").await?),
+        None => None,
     };
-    let demo_listener = match (opts.demo_as_listener, &config.demo_as) {
-        (Some(l), _) => Some(l),
-        (None, Some(d)) => Some(bind(d.listen, "[demo_as] listen").await?),
-        (None, None) => None,
+    let tls = match config.listen_tls {
+        Some(a) => Some(bind(opts.tls_listener, a, "[proxy] listen_tls").await?),
+        None => None,
     };
-    let addr = listener.local_addr().map_err(|source| StartError::Bind {
-        addr: config.listen,
-        key: "[proxy] listen",
-        source,
-    })?;
+    let forward = match config.forward {
+        Some(a) => Some(bind(opts.forward_listener, a, "[proxy] forward").await?),
+        None => None,
+    };
+    let (demo_as_addr, tls_addr, forward_addr) =
+        (demo.as_ref().map(|d| d.1), tls.as_ref().map(|t| t.1), forward.as_ref().map(|f| f.1));
+    // Before the reloader starts: it must see the CA as it was at start, not as a change.
+    let ca = local_ca(&config).await?;
     // Discovery runs in the background: listeners start without waiting for any AS.
     snapshot.start_discovery();
     let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(snapshot));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut tasks = Vec::new();
-    let mut demo_as_addr = None;
-    if let Some(l) = demo_listener {
-        let demo_addr = l.local_addr().map_err(|source| StartError::Bind { addr, key: "[demo_as] listen", source })?;
+    if let Some((l, _)) = demo {
         let (issuer, task) =
             crate::demo_as::spawn(l, &config, snapshot_rx.clone(), shutdown_rx.clone()).map_err(StartError::DemoAs)?;
         tracing::info!(%issuer, "demo AS listening");
         tasks.push(task);
-        demo_as_addr = Some(demo_addr);
     }
     let reload_status = Arc::new(ReloadStatus::default());
     let mut shared = Shared::new(snapshot_rx);
     shared.reload = reload_status.clone();
     let shared = Arc::new(shared);
     tracing::info!(%addr, routes = ?snapshot_tx.borrow().prefixes(), "tokenrelay listening");
-    let local = crate::forward::spawn(&config, &shared, opts.forward_listener, opts.tls_listener, &shutdown_rx).await?;
-    tasks.extend(local.tasks);
-    // After the listeners: they may have created the local CA, which the reloader must see
-    // as it was at start, not as a change.
+    if let (Some((l, local)), Some(ca)) = (tls, &ca) {
+        let resolver = Arc::new(crate::local_ca::LoopbackResolver(ca.clone()));
+        let server_tls = crate::local_ca::server_config(resolver)?;
+        tracing::info!(addr = %local, "tokenrelay listening over HTTPS (local CA leaf for localhost, 127.0.0.1, ::1)");
+        tasks.push(tokio::spawn(crate::server::serve_tls(l, server_tls, shared.clone(), shutdown_rx.clone())));
+    }
+    if let (Some((l, local)), Some(ca)) = (forward, &ca) {
+        tracing::info!(addr = %local, unknown_hosts = ?config.unknown_hosts, "forward proxy listening (HTTPS_PROXY)");
+        tasks.push(crate::forward::spawn(l, ca.clone(), &config, &shared, &shutdown_rx));
+    }
     let (reload, reloader) = reload::spawn(
         opts.config.clone(),
         snapshot_tx.clone(),
@@ -137,8 +173,8 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
     Ok(Running {
         addr,
         demo_as_addr,
-        forward_addr: local.forward_addr,
-        tls_addr: local.tls_addr,
+        forward_addr,
+        tls_addr,
         config_path: opts.config,
         snapshot: snapshot_tx,
         reload,

@@ -17,7 +17,6 @@
 
 pub mod app;
 pub mod body;
-pub mod ca;
 pub mod cli;
 pub mod config;
 pub mod demo_as;
@@ -26,6 +25,7 @@ pub mod error;
 pub mod forward;
 pub mod jose;
 pub mod keys;
+pub mod local_ca;
 pub mod pki;
 pub mod provision;
 pub mod proxy;

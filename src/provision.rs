@@ -19,7 +19,7 @@ pub enum ProvisionError {
     #[error("{what}: cannot generate it: {reason}")]
     Generate { what: String, reason: String },
     #[error(transparent)]
-    LocalCa(#[from] crate::ca::CaError),
+    LocalCa(#[from] crate::local_ca::CaError),
 }
 
 fn write_error(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> ProvisionError {
@@ -101,7 +101,7 @@ pub fn init(config: &Config, force: bool) -> Result<Vec<String>, ProvisionError>
             }
         }
         if !present || force {
-            let ca = crate::ca::LocalCa::create(config)?;
+            let ca = crate::local_ca::LocalCa::create(config)?;
             let scope = ca.constraints().map(|c| c.describe()).unwrap_or_else(|| "any name".into());
             made.push(format!(
                 "{} + {} (local CA, name-constrained to {scope}; trust it with `tokenrelay ca`)",

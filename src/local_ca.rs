@@ -12,11 +12,8 @@
 //!   would reject with a cryptic error.
 //! - Leaves are short-lived (1 day, backdated 5 minutes), cached in memory per name set, and
 //!   re-minted an hour before they expire, so a long-running proxy never serves an expired one.
-//! - [`env_script`] is what `tokenrelay ca` prints: the exports that make common runtimes
-//!   trust the CA and use the forward proxy.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -290,128 +287,6 @@ impl ResolvesServerCert for LoopbackResolver {
     }
 }
 
-/// Where `tokenrelay ca` writes the merged bundle (system roots + local CA): beside
-/// `ca_cert`, `<stem>-bundle.pem`.
-pub fn bundle_path(config: &Config) -> PathBuf {
-    let stem = config.ca_cert.file_stem().and_then(|s| s.to_str()).unwrap_or("ca");
-    config.ca_cert.with_file_name(format!("{stem}-bundle.pem"))
-}
-
-/// A `CERTIFICATE` PEM block, 64-column base64, LF line endings.
-fn pem_block(der: &[u8]) -> String {
-    let config = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
-    pem::encode_config(&pem::Pem::new("CERTIFICATE", der), config)
-}
-
-/// Writes the merged bundle: the system roots (as rustls-native-certs finds them) plus the
-/// local CA, so pointing `SSL_CERT_FILE` / `REQUESTS_CA_BUNDLE` / `CURL_CA_BUNDLE` at it breaks
-/// nothing else. Earlier tokenrelay CAs (CN [`CA_CN`]) are left out, so re-running after
-/// `eval "$(tokenrelay ca)"` (which points `SSL_CERT_FILE` at this very file) does not pile
-/// them up. Returns the number of system roots written.
-pub fn write_bundle(ca: &LocalCa, path: &Path) -> std::io::Result<usize> {
-    let ours = CertificateDer::pem_slice_iter(ca.cert_pem().as_bytes()).filter_map(Result::ok).next();
-    let mut seen = std::collections::HashSet::new();
-    let mut text = String::new();
-    let mut count = 0;
-    for cert in rustls_native_certs::load_native_certs().certs {
-        let der = cert.as_ref();
-        let is_ours = ours.as_ref().is_some_and(|o| o.as_ref() == der)
-            || pki::subject_dn(der).is_some_and(|dn| dn.contains(&format!("CN={CA_CN}")));
-        if is_ours || !seen.insert(der.to_vec()) {
-            continue;
-        }
-        text.push_str(&pem_block(der));
-        count += 1;
-    }
-    let _ = writeln!(text, "# {CA_CN}: {}", ca.cert_path().display());
-    text.push_str(ca.cert_pem());
-    if !text.ends_with('\n') {
-        text.push('\n');
-    }
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension("pem.tmp");
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, path)?;
-    Ok(count)
-}
-
-/// Single-quotes `s` for a POSIX shell.
-pub fn sh_quote(s: &str) -> String {
-    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._-:,=@+".contains(&b)) {
-        return s.to_string();
-    }
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
-
-/// Loopback names to keep out of the proxy: those no route claims.
-fn no_proxy(config: &Config) -> String {
-    let claimed: Vec<String> = permitted_names(config);
-    let mut out: Vec<&str> = Vec::new();
-    for name in LOOPBACK_NAMES {
-        if !claimed.iter().any(|c| c == name) {
-            out.push(name);
-        }
-    }
-    out.join(",")
-}
-
-/// What `tokenrelay ca` prints: comments plus `export` lines for a POSIX shell.
-pub fn env_script(config: &Config, ca: &LocalCa, bundle: &Path) -> String {
-    let ca_path = absolute(ca.cert_path());
-    let bundle = absolute(bundle);
-    let q = |p: &Path| sh_quote(&p.display().to_string());
-    let mut out = String::new();
-    let _ = writeln!(out, "# tokenrelay local CA: {}", ca_path.display());
-    if let Some(c) = ca.constraints() {
-        let _ = writeln!(out, "# name-constrained to: {}", c.describe());
-    }
-    let _ = writeln!(out, "# merged bundle (system roots + local CA): {}", bundle.display());
-    let _ = writeln!(out, "# use: eval \"$(tokenrelay ca)\"   (then start the app from this shell)");
-    match config.forward {
-        Some(addr) => {
-            let proxy = format!("http://{addr}");
-            let no_proxy = no_proxy(config);
-            for name in ["HTTPS_PROXY", "https_proxy"] {
-                let _ = writeln!(out, "export {name}={}", sh_quote(&proxy));
-            }
-            for name in ["NO_PROXY", "no_proxy"] {
-                let _ = writeln!(out, "export {name}={}", sh_quote(&no_proxy));
-            }
-            let _ = writeln!(out, "# Node >= 24 (and 22.21+) reads HTTPS_PROXY itself when this is set:");
-            let _ = writeln!(out, "export NODE_USE_ENV_PROXY=1");
-        }
-        None => {
-            let _ = writeln!(out, "# forward mode is off: set [proxy] forward to get HTTPS_PROXY / NO_PROXY here");
-        }
-    }
-    for name in ["SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"] {
-        let _ = writeln!(out, "export {name}={}", q(&bundle));
-    }
-    let _ = writeln!(out, "export NODE_EXTRA_CA_CERTS={}", q(&ca_path));
-    let _ = writeln!(out, "# Java (once; imports into the JDK's cacerts, run with the JDK's rights):");
-    let _ = writeln!(
-        out,
-        "#   keytool -importcert -noprompt -trustcacerts -cacerts -storepass changeit -alias tokenrelay-local-ca -file {}",
-        q(&ca_path)
-    );
-    if let Some(addr) = config.forward {
-        let _ = writeln!(
-            out,
-            "#   java -Dhttps.proxyHost={} -Dhttps.proxyPort={} -Dhttp.nonProxyHosts={} ...",
-            addr.ip(),
-            addr.port(),
-            sh_quote(&no_proxy(config).replace("::1", "[::1]").replace(',', "|"))
-        );
-    }
-    out
-}
-
-fn absolute(p: &Path) -> PathBuf {
-    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -466,29 +341,5 @@ mod tests {
         let v = leaf.validity();
         let span = v.not_after.timestamp() - v.not_before.timestamp();
         assert_eq!(span, 86_400 + 300, "1 day, backdated 5 minutes");
-    }
-
-    #[test]
-    fn env_script_names_every_variable() {
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = config(dir.path(), "");
-        let (ca, _) = LocalCa::load_or_create(&cfg).unwrap();
-        let bundle = bundle_path(&cfg);
-        assert_eq!(bundle.file_name().unwrap(), "ca-bundle.pem");
-        let script = env_script(&cfg, &ca, &bundle);
-        for var in [
-            "HTTPS_PROXY=http://127.0.0.1:8788",
-            "NO_PROXY=localhost,::1",
-            "SSL_CERT_FILE=",
-            "REQUESTS_CA_BUNDLE=",
-            "NODE_EXTRA_CA_CERTS=",
-            "NODE_USE_ENV_PROXY=1",
-            "CURL_CA_BUNDLE=",
-            "keytool -importcert",
-        ] {
-            assert!(script.contains(var), "{var} missing from:\n{script}");
-        }
-        assert_eq!(sh_quote("/a b/c'd"), r"'/a b/c'\''d'");
-        assert_eq!(sh_quote("/plain/path.pem"), "/plain/path.pem");
     }
 }

@@ -2,7 +2,7 @@
 //! endpoint. The app runs with `HTTPS_PROXY=http://127.0.0.1:8788` and the local CA trusted.
 //!
 //! - `CONNECT host:port` to a host a route claims is intercepted: TLS is terminated with a leaf
-//!   for that host minted by the [local CA](crate::ca) (h2 or http/1.1 by ALPN), and every
+//!   for that host minted by the [local CA](crate::local_ca) (h2 or http/1.1 by ALPN), and every
 //!   inner request runs through the same pipeline as reverse mode ([`proxy::handle_entry`] with
 //!   [`Entry::Forward`]), relayed with the route's TLS identity to the route's `upstream`.
 //! - The CONNECT target, the SNI and each inner request's `Host` / `:authority` must name the
@@ -15,18 +15,14 @@
 //!   the same rules: claimed hosts go through the pipeline, others are relayed as they are or
 //!   refused.
 //!
-//! Which route claims a target ([`claim`]): a `hosts` entry is `name` or `name:port`. An entry
-//! with a port claims that port only; a bare entry that is the upstream's own host claims the
-//! upstream's port only (so other services on `127.0.0.1` are not caught by a route to a local
-//! AS); any other bare entry claims every port. The most specific claim wins.
+//! Which route claims a target: see [`claim`].
 //!
 //! A request on a claimed host whose path lies outside the route's upstream base path (say
 //! discovery at `/.well-known/...` when `upstream = "https://as/oauth2"`) cannot be an endpoint
 //! the route signs, so it is relayed untouched through the route's TLS client rather than
 //! refused: refusing would break the app's other calls to the same host.
 //!
-//! [`spawn`] starts this listener and `[proxy] listen_tls` (reverse mode over HTTPS), the two
-//! listeners that need the local CA, which it loads or creates on first use.
+//! [`spawn`] serves this listener; [`crate::app`] binds it and loads the local CA.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,7 +30,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Uri};
+use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -47,7 +43,9 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::body::{self, Body};
-use crate::ca::{self, LocalCa};
+use crate::local_ca::{self, LocalCa};
+mod claim;
+
 use crate::config::host::Authority as Target;
 use crate::config::{Config, UnknownHosts};
 use crate::error::ProxyError;
@@ -55,156 +53,30 @@ use crate::proxy::{self, Entry, Shared};
 use crate::rewrite::hop;
 use crate::server::{self, Handler};
 use crate::snapshot::{Route, Snapshot};
+use claim::{check_authority, claim, rest_of};
 
 /// How long connecting to a tunnelled host may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an unclaimed plain-HTTP host may take to answer.
 const PLAIN_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Why the forward or HTTPS listener could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum ListenError {
-    #[error(transparent)]
-    Ca(#[from] ca::CaError),
-    #[error("cannot listen on {addr} ({key}): {source} (is another tokenrelay running? change {key} in proxy.toml)")]
-    Bind { addr: SocketAddr, key: &'static str, source: std::io::Error },
-}
-
-/// The listeners [`spawn`] started.
-#[derive(Debug, Default)]
-pub struct Listeners {
-    pub forward_addr: Option<SocketAddr>,
-    pub tls_addr: Option<SocketAddr>,
-    pub tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-async fn bind(
-    given: Option<TcpListener>,
-    addr: SocketAddr,
-    key: &'static str,
-) -> Result<(TcpListener, SocketAddr), ListenError> {
-    let listener = match given {
-        Some(l) => l,
-        None => TcpListener::bind(addr).await.map_err(|source| ListenError::Bind { addr, key, source })?,
-    };
-    let local = listener.local_addr().map_err(|source| ListenError::Bind { addr, key, source })?;
-    Ok((listener, local))
-}
-
-/// Starts `[proxy] listen_tls` and `[proxy] forward` when configured, loading or creating the
-/// local CA first. A pre-bound listener (tests bind `127.0.0.1:0`) replaces binding the
-/// configured address.
-pub async fn spawn(
+/// Serves forward mode on `listener` until shutdown, intercepting with leaves from `ca`.
+pub fn spawn(
+    listener: TcpListener,
+    ca: Arc<LocalCa>,
     config: &Config,
     shared: &Arc<Shared>,
-    forward_listener: Option<TcpListener>,
-    tls_listener: Option<TcpListener>,
     shutdown: &watch::Receiver<bool>,
-) -> Result<Listeners, ListenError> {
-    let mut out = Listeners::default();
-    let forward = config.forward.map(|addr| (forward_listener, addr));
-    let tls = config.listen_tls.map(|addr| (tls_listener, addr));
-    if forward.is_none() && tls.is_none() {
-        return Ok(out);
-    }
-    let (ca, created) = LocalCa::load_or_create(config)?;
-    if created {
-        tracing::info!(cert = %config.ca_cert.display(), "created the local CA; trust it with `tokenrelay ca`");
-    }
-    if let Some(w) = ca.warning() {
-        tracing::warn!("{w}");
-    }
-    let ca = Arc::new(ca);
-    if let Some((given, addr)) = tls {
-        let (listener, local) = bind(given, addr, "[proxy] listen_tls").await?;
-        let tls = ca::server_config(Arc::new(ca::LoopbackResolver(ca.clone())))?;
-        tracing::info!(addr = %local, "tokenrelay listening over HTTPS (local CA leaf for localhost, 127.0.0.1, ::1)");
-        out.tasks.push(tokio::spawn(server::serve_tls(listener, tls, shared.clone(), shutdown.clone())));
-        out.tls_addr = Some(local);
-    }
-    if let Some((given, addr)) = forward {
-        let (listener, local) = bind(given, addr, "[proxy] forward").await?;
-        for route in &config.routes {
-            for entry in &route.hosts {
-                if let Some(why) = ca.refusal(&entry.host) {
-                    tracing::warn!(route = %route.name, "forward mode cannot intercept {}: {why}", entry.host);
-                }
-            }
-        }
-        let proxy = Arc::new(ForwardProxy::new(shared.clone(), ca.clone(), shutdown.clone()));
-        tracing::info!(addr = %local, unknown_hosts = ?config.unknown_hosts, "forward proxy listening (HTTPS_PROXY)");
-        out.tasks.push(tokio::spawn(server::serve_upgradable(listener, proxy, shutdown.clone())));
-        out.forward_addr = Some(local);
-    }
-    Ok(out)
-}
-
-/// The route that claims `target`, most specific claim first (see the module docs).
-pub fn claim<'a>(snapshot: &'a Snapshot, target: &Target) -> Option<&'a Arc<Route>> {
-    let mut best: Option<(u8, &Arc<Route>)> = None;
-    for route in &snapshot.routes {
-        for entry in &route.cfg.hosts {
-            if entry.host != target.host {
-                continue;
-            }
-            let score = match entry.port {
-                Some(p) if p == target.port => 3,
-                Some(_) => continue,
-                None if entry.host == route.cfg.upstream.host => {
-                    if route.cfg.upstream.port != target.port {
-                        continue;
-                    }
-                    2
-                }
-                None => 1,
-            };
-            if best.is_none_or(|(s, _)| score > s) {
-                best = Some((score, route));
+) -> tokio::task::JoinHandle<()> {
+    for route in &config.routes {
+        for entry in &route.hosts {
+            if let Some(why) = ca.refusal(&entry.host) {
+                tracing::warn!(route = %route.name, "forward mode cannot intercept {}: {why}", entry.host);
             }
         }
     }
-    best.map(|(_, r)| r)
-}
-
-/// The path relative to the upstream's base path, or `None` when it lies outside it.
-pub fn rest_of(path: &str, base: &str) -> Option<String> {
-    let path = if path.is_empty() { "/" } else { path };
-    let rest = path.strip_prefix(base)?;
-    if rest.is_empty() {
-        Some("/".into())
-    } else if rest.starts_with('/') {
-        Some(rest.into())
-    } else {
-        None
-    }
-}
-
-/// Checks that the URI authority and `Host` of a request name `target` (RFC 9110 §7.4: a
-/// request for another origin on this connection is misdirected). At least one must be present.
-pub fn check_authority(
-    uri: &Uri,
-    host: Option<&HeaderValue>,
-    target: &Target,
-    default_port: u16,
-) -> Result<(), String> {
-    let mut named = false;
-    if let Some(a) = uri.authority() {
-        named = true;
-        if Target::parse(a.as_str(), default_port).as_ref() != Some(target) {
-            return Err(format!("request authority {:?} does not match the proxied host {target}", a.as_str()));
-        }
-    }
-    if let Some(h) = host {
-        named = true;
-        let text = h.to_str().unwrap_or("");
-        if Target::parse(text, default_port).as_ref() != Some(target) {
-            return Err(format!("Host {text:?} does not match the proxied host {target}"));
-        }
-    }
-    if !named {
-        return Err(format!("request names no host (no Host header); expected {target}"));
-    }
-    Ok(())
+    let proxy = Arc::new(ForwardProxy::new(shared.clone(), ca, shutdown.clone()));
+    tokio::spawn(server::serve_upgradable(listener, proxy, shutdown.clone()))
 }
 
 fn text(status: StatusCode, msg: impl Into<String>) -> Response<Body> {
@@ -323,7 +195,7 @@ impl ForwardProxy {
             Err(e) => return tracing::debug!(%target, "CONNECT upgrade failed: {e}"),
         };
         let resolver = Arc::new(SniCheck { host: target.host.clone(), key });
-        let config = match ca::server_config(resolver) {
+        let config = match local_ca::server_config(resolver) {
             Ok(c) => c,
             Err(e) => return tracing::error!(%target, "{e}"),
         };
@@ -529,73 +401,4 @@ async fn passthrough(route: &Route, limit: usize, req: Request<Incoming>) -> Res
     let (mut parts, incoming) = resp.into_parts();
     hop::strip(&mut parts.headers);
     Ok(Response::from_parts(parts, body::boxed(incoming)))
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    use crate::snapshot::BuildOptions;
-
-    fn t(host: &str, port: u16) -> Target {
-        Target { host: host.into(), port }
-    }
-
-    #[test]
-    fn claims_prefer_the_most_specific_entry() {
-        let dir = tempfile::tempdir().unwrap();
-        let text = r#"
-[routes.local]
-prefix = "/local"
-upstream = "http://127.0.0.1:9000"
-
-[routes.named]
-prefix = "/named"
-upstream = "http://127.0.0.1:9001/oauth2"
-hosts = ["as.example.com", "api.example.com:8443"]
-
-[routes.pinned]
-prefix = "/pinned"
-upstream = "http://127.0.0.1:9002"
-hosts = ["as.example.com:443"]
-"#;
-        let config = crate::config::parse(text, &dir.path().join("proxy.toml")).unwrap();
-        let snap = Snapshot::build(config, BuildOptions::default()).unwrap();
-        let name = |target: Target| claim(&snap, &target).map(|r| r.cfg.name.clone());
-        assert_eq!(name(t("127.0.0.1", 9000)).as_deref(), Some("local"));
-        assert_eq!(name(t("127.0.0.1", 9001)), None, "the upstream host is claimed at its own port only");
-        assert_eq!(name(t("as.example.com", 443)).as_deref(), Some("pinned"));
-        assert_eq!(name(t("as.example.com", 8443)).as_deref(), Some("named"));
-        assert_eq!(name(t("api.example.com", 8443)).as_deref(), Some("named"));
-        assert_eq!(name(t("api.example.com", 443)), None);
-        assert_eq!(name(t("other.example", 443)), None);
-    }
-
-    #[test]
-    fn rest_is_relative_to_the_base_path() {
-        assert_eq!(rest_of("/token", "").as_deref(), Some("/token"));
-        assert_eq!(rest_of("/oauth2/token", "/oauth2").as_deref(), Some("/token"));
-        assert_eq!(rest_of("/oauth2", "/oauth2").as_deref(), Some("/"));
-        assert_eq!(rest_of("/oauth2x/token", "/oauth2"), None);
-        assert_eq!(rest_of("/.well-known/openid-configuration", "/oauth2"), None);
-    }
-
-    #[test]
-    fn connect_target_and_host_must_agree() {
-        let target = t("as.example.com", 443);
-        let origin: Uri = "/token".parse().unwrap();
-        let ok = |h: &str| check_authority(&origin, Some(&HeaderValue::from_str(h).unwrap()), &target, 443);
-        assert!(ok("as.example.com").is_ok());
-        assert!(ok("AS.example.com:443").is_ok());
-        assert!(ok("as.example.com:8443").is_err());
-        assert!(ok("evil.example").is_err());
-        assert!(check_authority(&origin, None, &target, 443).is_err(), "no Host at all");
-        let h2: Uri = "https://as.example.com/token".parse().unwrap();
-        assert!(check_authority(&h2, None, &target, 443).is_ok());
-        let h2_other: Uri = "https://evil.example/token".parse().unwrap();
-        assert!(check_authority(&h2_other, None, &target, 443).is_err());
-        let both = HeaderValue::from_static("evil.example");
-        assert!(check_authority(&h2, Some(&both), &target, 443).is_err(), ":authority and Host disagree");
-    }
 }

@@ -1,4 +1,7 @@
-//! The command line: `run` (default), `check`, `jwks`, `init`, `ca`. `anyhow` lives here only.
+//! The command line: `run` (default), `check`, `jwks`, `init`, `ca` ([`ca`]). `anyhow` lives
+//! here only.
+
+mod ca;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -62,7 +65,7 @@ pub fn main() -> ExitCode {
         Command::Check { offline } => check(&cli.config, offline),
         Command::Jwks { route } => jwks(&cli.config, route.as_deref()),
         Command::Init { force } => init(&cli.config, force),
-        Command::Ca => ca(&cli.config),
+        Command::Ca => ca::run(&cli.config),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -258,43 +261,6 @@ fn jwks(config: &Path, only: Option<&str>) -> anyhow::Result<()> {
     let doc = jwks_document(config, only)?;
     eprintln!("Register each route's \"jwks\" (and x5c / tls_client_auth_subject_dn for mTLS clients) at your AS.");
     println!("{}", serde_json::to_string_pretty(&doc)?);
-    Ok(())
-}
-
-fn ca(config_path: &Path) -> anyhow::Result<()> {
-    let config = crate::config::load(config_path)?;
-    if config.forward.is_none() && config.listen_tls.is_none() {
-        // The CA is name-constrained to the hosts forward mode claims when it is created:
-        // creating it now would make a loopback-only CA that forward mode later cannot use.
-        if !config.ca_cert.exists() {
-            anyhow::bail!(
-                "neither [proxy] forward nor [proxy] listen_tls is set in {}: set one first, then run `tokenrelay ca`",
-                config_path.display()
-            );
-        }
-        eprintln!("note: neither [proxy] forward nor [proxy] listen_tls is set; nothing serves with the local CA yet");
-    }
-    let (ca, created) = crate::ca::LocalCa::load_or_create(&config)?;
-    if created {
-        eprintln!("created the local CA {} (key {}, 0600)", config.ca_cert.display(), config.ca_key.display());
-    }
-    if let Some(w) = ca.warning() {
-        eprintln!("warning: {w}");
-    }
-    for route in &config.routes {
-        for entry in &route.hosts {
-            if let Some(why) = ca.refusal(&entry.host).filter(|_| config.forward.is_some()) {
-                eprintln!("warning: route {:?}: {why}", route.name);
-            }
-        }
-    }
-    let bundle = crate::ca::bundle_path(&config);
-    let roots = crate::ca::write_bundle(&ca, &bundle)
-        .with_context(|| format!("cannot write the merged CA bundle {}", bundle.display()))?;
-    if roots == 0 {
-        eprintln!("warning: no system root certificates found; {} holds the local CA only", bundle.display());
-    }
-    print!("{}", crate::ca::env_script(&config, &ca, &bundle));
     Ok(())
 }
 

@@ -1,0 +1,152 @@
+//! Which route claims a CONNECT target or absolute-form URL, and whether an inner request
+//! names the host it was tunnelled to.
+//!
+//! A `hosts` entry is `name` or `name:port`. An entry with a port claims that port only; a
+//! bare entry that is the upstream's own host claims the upstream's port only (so other
+//! services on `127.0.0.1` are not caught by a route to a local AS); any other bare entry
+//! claims every port. The most specific claim wins.
+
+use std::sync::Arc;
+
+use http::header::HeaderValue;
+use http::Uri;
+
+use crate::config::host::Authority as Target;
+use crate::snapshot::{Route, Snapshot};
+
+/// The route that claims `target`, most specific claim first (see the module docs).
+pub fn claim<'a>(snapshot: &'a Snapshot, target: &Target) -> Option<&'a Arc<Route>> {
+    let mut best: Option<(u8, &Arc<Route>)> = None;
+    for route in &snapshot.routes {
+        for entry in &route.cfg.hosts {
+            if entry.host != target.host {
+                continue;
+            }
+            let score = match entry.port {
+                Some(p) if p == target.port => 3,
+                Some(_) => continue,
+                None if entry.host == route.cfg.upstream.host => {
+                    if route.cfg.upstream.port != target.port {
+                        continue;
+                    }
+                    2
+                }
+                None => 1,
+            };
+            if best.is_none_or(|(s, _)| score > s) {
+                best = Some((score, route));
+            }
+        }
+    }
+    best.map(|(_, r)| r)
+}
+
+/// The path relative to the upstream's base path, or `None` when it lies outside it.
+pub fn rest_of(path: &str, base: &str) -> Option<String> {
+    let path = if path.is_empty() { "/" } else { path };
+    let rest = path.strip_prefix(base)?;
+    if rest.is_empty() {
+        Some("/".into())
+    } else if rest.starts_with('/') {
+        Some(rest.into())
+    } else {
+        None
+    }
+}
+
+/// Checks that the URI authority and `Host` of a request name `target` (RFC 9110 §7.4: a
+/// request for another origin on this connection is misdirected). At least one must be present.
+pub fn check_authority(
+    uri: &Uri,
+    host: Option<&HeaderValue>,
+    target: &Target,
+    default_port: u16,
+) -> Result<(), String> {
+    let mut named = false;
+    if let Some(a) = uri.authority() {
+        named = true;
+        if Target::parse(a.as_str(), default_port).as_ref() != Some(target) {
+            return Err(format!("request authority {:?} does not match the proxied host {target}", a.as_str()));
+        }
+    }
+    if let Some(h) = host {
+        named = true;
+        let text = h.to_str().unwrap_or("");
+        if Target::parse(text, default_port).as_ref() != Some(target) {
+            return Err(format!("Host {text:?} does not match the proxied host {target}"));
+        }
+    }
+    if !named {
+        return Err(format!("request names no host (no Host header); expected {target}"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    use crate::snapshot::BuildOptions;
+
+    fn t(host: &str, port: u16) -> Target {
+        Target { host: host.into(), port }
+    }
+
+    #[test]
+    fn claims_prefer_the_most_specific_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = r#"
+[routes.local]
+prefix = "/local"
+upstream = "http://127.0.0.1:9000"
+
+[routes.named]
+prefix = "/named"
+upstream = "http://127.0.0.1:9001/oauth2"
+hosts = ["as.example.com", "api.example.com:8443"]
+
+[routes.pinned]
+prefix = "/pinned"
+upstream = "http://127.0.0.1:9002"
+hosts = ["as.example.com:443"]
+"#;
+        let config = crate::config::parse(text, &dir.path().join("proxy.toml")).unwrap();
+        let snap = Snapshot::build(config, BuildOptions::default()).unwrap();
+        let name = |target: Target| claim(&snap, &target).map(|r| r.cfg.name.clone());
+        assert_eq!(name(t("127.0.0.1", 9000)).as_deref(), Some("local"));
+        assert_eq!(name(t("127.0.0.1", 9001)), None, "the upstream host is claimed at its own port only");
+        assert_eq!(name(t("as.example.com", 443)).as_deref(), Some("pinned"));
+        assert_eq!(name(t("as.example.com", 8443)).as_deref(), Some("named"));
+        assert_eq!(name(t("api.example.com", 8443)).as_deref(), Some("named"));
+        assert_eq!(name(t("api.example.com", 443)), None);
+        assert_eq!(name(t("other.example", 443)), None);
+    }
+
+    #[test]
+    fn rest_is_relative_to_the_base_path() {
+        assert_eq!(rest_of("/token", "").as_deref(), Some("/token"));
+        assert_eq!(rest_of("/oauth2/token", "/oauth2").as_deref(), Some("/token"));
+        assert_eq!(rest_of("/oauth2", "/oauth2").as_deref(), Some("/"));
+        assert_eq!(rest_of("/oauth2x/token", "/oauth2"), None);
+        assert_eq!(rest_of("/.well-known/openid-configuration", "/oauth2"), None);
+    }
+
+    #[test]
+    fn connect_target_and_host_must_agree() {
+        let target = t("as.example.com", 443);
+        let origin: Uri = "/token".parse().unwrap();
+        let ok = |h: &str| check_authority(&origin, Some(&HeaderValue::from_str(h).unwrap()), &target, 443);
+        assert!(ok("as.example.com").is_ok());
+        assert!(ok("AS.example.com:443").is_ok());
+        assert!(ok("as.example.com:8443").is_err());
+        assert!(ok("evil.example").is_err());
+        assert!(check_authority(&origin, None, &target, 443).is_err(), "no Host at all");
+        let h2: Uri = "https://as.example.com/token".parse().unwrap();
+        assert!(check_authority(&h2, None, &target, 443).is_ok());
+        let h2_other: Uri = "https://evil.example/token".parse().unwrap();
+        assert!(check_authority(&h2_other, None, &target, 443).is_err());
+        let both = HeaderValue::from_static("evil.example");
+        assert!(check_authority(&h2, Some(&both), &target, 443).is_err(), ":authority and Host disagree");
+    }
+}

@@ -167,7 +167,8 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
         opts.reload,
         shutdown_rx.clone(),
         loaded_hash,
-    );
+    )
+    .await;
     tasks.push(reloader);
     tasks.push(tokio::spawn(crate::server::serve(listener, shared, shutdown_rx)));
     Ok(Running {

@@ -1,4 +1,4 @@
-//! Errors the proxy answers itself, as OAuth-style JSON (DESIGN.md "Failure policy").
+//! Errors the proxy answers itself, as OAuth-style JSON (README "Failure policy").
 //!
 //! Every answer names the cause and, where there is one, the fix. The app always gets
 //! `{"error": ..., "error_description": ...}` so OAuth client libraries surface the text.

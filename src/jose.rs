@@ -32,7 +32,7 @@ pub fn new_jti() -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
-/// JWS algorithms tokenrelay signs with (CHECKLIST PKJ-6). `none` is not representable.
+/// JWS algorithms tokenrelay signs with (RFC 7518 §3.1; RSA >= 2048 bits). `none` is not representable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Alg {
     ES256,
@@ -195,7 +195,7 @@ fn first_line(s: &str) -> String {
 
 impl SigningKey {
     /// Loads a private key from PEM (PKCS#8, SEC1 `EC PRIVATE KEY`, PKCS#1 `RSA PRIVATE KEY`)
-    /// or JWK bytes, and checks that its type fits `alg` (CHECKLIST PKJ-6).
+    /// or JWK bytes, and checks that its type fits `alg` (RFC 7518 §3.3-§3.5, RFC 8037).
     pub fn load(bytes: &[u8], alg: Alg) -> Result<SigningKey, KeyError> {
         if alg == Alg::HS256 {
             return Err(KeyError::Symmetric(alg));

@@ -11,7 +11,7 @@
 //! only one that touches rcgen. [`reload`] watches the config and every file it names and
 //! publishes a new snapshot, whole, when they change.
 //!
-//! Two ways in (DESIGN.md): reverse mode over [`server::serve`] (and over HTTPS with a leaf
+//! Two ways in: reverse mode over [`server::serve`] (and over HTTPS with a leaf
 //! from the local [`ca`]), and [`forward`] mode, an `HTTPS_PROXY` that intercepts the hosts
 //! routes claim and feeds their requests into the same [`proxy`] pipeline.
 

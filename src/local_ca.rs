@@ -288,11 +288,12 @@ impl ResolvesServerCert for LoopbackResolver {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    fn config(dir: &Path, extra: &str) -> Config {
+    /// A forward-mode config claiming two hosts, with `extra` in `[proxy]`.
+    pub(crate) fn config(dir: &Path, extra: &str) -> Config {
         let text = format!(
             "[proxy]\nforward = \"127.0.0.1:8788\"\n{extra}\n[routes.a]\nprefix = \"/a\"\nupstream = \"https://127.0.0.1:9443\"\nhosts = [\"as.example.com\", \"127.0.0.1:9443\"]\n"
         );

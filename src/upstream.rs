@@ -3,7 +3,7 @@
 //! Server certificates are always verified against the system roots plus the route's `trust`
 //! files; there is no switch to turn verification off (FAPI 2.0 §5.2.1). A route with
 //! `[mtls]` gets its own client, so a pooled connection never carries another identity
-//! (CHECKLIST MT-5); a reload that changes the certificate builds a new client and pool.
+//! (RFC 8705 §3: tokens bind to the certificate presented); a reload that changes the certificate builds a new client and pool.
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};

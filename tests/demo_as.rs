@@ -110,3 +110,84 @@ async fn demo_as_over_https_binds_tokens_to_client_certificates() {
     assert!(answer["error_description"].as_str().unwrap().contains("no client certificate"), "{answer}");
     proxy.stop().await;
 }
+
+/// Time claims from untrusted JWTs are checked arithmetic (RFC 7519 §2 NumericDate, RFC 7523
+/// §3 items 4–6, RFC 9449 §4.3): extreme values are OAuth errors, and the server keeps
+/// answering afterwards.
+#[tokio::test]
+async fn demo_as_refuses_hostile_time_claims_without_panicking() {
+    let config = "[demo_as]\nlisten = \"$DEMO_AS\"\n[routes.d]\nprefix = \"/d\"\nupstream = \"http://$DEMO_AS\"\n\
+                  issuer = \"http://$DEMO_AS\"\n[routes.d.client]\nid = \"demo-app\"\nauth = \"private_key_jwt\"\nkey = \"client.pem\"\n";
+    let builder = TestProxy::builder(config).demo_as();
+    write_key(builder.dir(), "client.pem", Alg::ES256);
+    let proxy = builder.start().await;
+    let issuer = format!("http://{}", proxy.demo_as_addr());
+    let token_url = format!("{issuer}/token");
+    let http = client();
+    let snapshot = proxy.running.snapshot();
+    let tokenrelay::snapshot::Credential::Key(key) = &snapshot.routes[0].credential else { panic!("key") };
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let assertion = |jti: &str, claim: &str, value: Value| {
+        let mut claims = serde_json::Map::new();
+        for (k, v) in [("iss", "demo-app"), ("sub", "demo-app"), ("aud", issuer.as_str()), ("jti", jti)] {
+            claims.insert(k.into(), v.into());
+        }
+        claims.insert("iat".into(), now.into());
+        claims.insert("exp".into(), (now + 60).into());
+        claims.insert(claim.into(), value);
+        let jws = key.sign(serde_json::Map::new(), &claims).unwrap();
+        format!(
+            "grant_type=client_credentials&client_id=demo-app&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer&client_assertion={jws}"
+        )
+    };
+    let hostile = || {
+        [
+            serde_json::json!(i64::MIN),
+            serde_json::json!(i64::MAX),
+            serde_json::json!(u64::MAX),
+            serde_json::json!(-1),
+            serde_json::json!(1.5),
+            serde_json::json!("soon"),
+        ]
+    };
+    for claim in ["exp", "iat", "nbf"] {
+        for (i, value) in hostile().into_iter().enumerate() {
+            let (status, answer) =
+                post(&http, &token_url, assertion(&format!("{claim}-{i}"), claim, value.clone())).await;
+            assert_eq!(
+                (status, answer["error"].as_str()),
+                (401, Some("invalid_client")),
+                "{claim} = {value}: {answer}"
+            );
+        }
+    }
+    // DPoP proofs with hostile iat, sent with a valid assertion.
+    let dpop_key = tokenrelay::jose::SigningKey::generate(Alg::ES256).unwrap();
+    for (i, iat) in hostile().into_iter().enumerate() {
+        let mut header = serde_json::Map::new();
+        header.insert("typ".into(), "dpop+jwt".into());
+        header.insert("jwk".into(), Value::Object(dpop_key.public_jwk().clone()));
+        let mut claims = serde_json::Map::new();
+        claims.insert("htm".into(), "POST".into());
+        claims.insert("htu".into(), token_url.clone().into());
+        claims.insert("jti".into(), format!("dpop-{i}").into());
+        claims.insert("iat".into(), iat.clone());
+        let proof = dpop_key.sign(header, &claims).unwrap();
+        let body = assertion(&format!("with-dpop-{i}"), "iat", now.into());
+        let resp = http
+            .post(&token_url)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("dpop", proof)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let answer: Value = resp.json().await.unwrap();
+        assert_eq!((status, answer["error"].as_str()), (400, Some("invalid_dpop_proof")), "iat = {iat}: {answer}");
+    }
+    // Still serving.
+    let (status, answer) = proxy.post_form("/d/token", "grant_type=client_credentials").await;
+    assert_eq!(status, 200, "{answer}");
+    proxy.stop().await;
+}

@@ -177,13 +177,7 @@ fn absolute(p: &Path) -> PathBuf {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-
-    fn config(dir: &Path, extra: &str) -> Config {
-        let text = format!(
-            "[proxy]\nforward = \"127.0.0.1:8788\"\n{extra}\n[routes.a]\nprefix = \"/a\"\nupstream = \"https://127.0.0.1:9443\"\nhosts = [\"as.example.com\", \"127.0.0.1:9443\"]\n"
-        );
-        crate::config::parse(&text, &dir.join("proxy.toml")).unwrap()
-    }
+    use crate::local_ca::tests::config;
 
     #[test]
     fn env_script_names_every_variable() {

@@ -1,6 +1,6 @@
 //! The `proxy.toml` file as written: serde structs that mirror it field for field.
 //!
-//! Field names are the contract of DESIGN.md. Unknown fields are rejected
+//! Field names are a contract other tools depend on (README "Config walkthrough"). Unknown fields are rejected
 //! (`deny_unknown_fields`) so a typo is an error with a line and column, not a silent default.
 //! Semantic checks (which fields go together, paths, URLs) happen in [`super::check`].
 
@@ -30,7 +30,7 @@ pub struct RawProxy {
     pub ca_key: Option<String>,
     /// Largest request body accepted, in bytes (default 65536).
     pub max_body: Option<usize>,
-    /// Extra `Origin` values allowed to use the proxy (default: none; see CHECKLIST "Transport").
+    /// Extra `Origin` values allowed to use the proxy (default: none; a form POST needs no CORS preflight, so other origins are refused).
     #[serde(default)]
     pub allow_origins: Vec<String>,
 }

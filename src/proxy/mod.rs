@@ -136,7 +136,7 @@ pub async fn handle_entry(
     .await
 }
 
-/// CHECKLIST "Transport": a form POST needs no CORS preflight, so any web page could make a
+/// A form POST needs no CORS preflight, so any web page could make a
 async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, ProxyError> {
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),

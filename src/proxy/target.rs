@@ -11,7 +11,7 @@ pub struct Target {
     pub url: String,
     /// `url` plus the app's query string: what is requested.
     pub full: String,
-    /// Normalized origin of `url`: the nonce cache key (DP-4).
+    /// Normalized origin of `url`: the nonce cache key (RFC 9449 §8: nonces are per server).
     pub origin: String,
     /// The token endpoint URL as used (mTLS alias when the route presents a certificate).
     pub token_endpoint: String,

@@ -115,7 +115,7 @@ impl Handle {
 }
 
 /// Starts the reloader for the config at `path`, whose first snapshot `snapshot` holds.
-pub fn spawn(
+pub async fn spawn(
     path: PathBuf,
     snapshot: watch::Sender<Arc<Snapshot>>,
     status: Arc<ReloadStatus>,
@@ -125,30 +125,44 @@ pub fn spawn(
 ) -> (Handle, JoinHandle<()>) {
     let (requests_tx, requests) = mpsc::unbounded_channel();
     let handle = Handle { status: status.clone(), requests: requests_tx };
-    let current = snapshot.borrow().clone();
-    let files = named_files(&current.config);
-    let mut reloader = Reloader {
-        listeners: Listeners::read(&current.config),
-        path,
-        snapshot,
-        status,
-        fingerprint: None,
-        watch: None,
-        debounce: opts.debounce,
-        files,
-    };
     // Everything that defines "changed" is in place before `start` returns: the watch, the
     // hashes of the files as loaded, and the SIGHUP handler (a signal sent right after the
     // "listening" line must reload, not kill the process). Set up later, a save made just
     // after start would become the baseline and never be applied.
     let (events_tx, events) = mpsc::unbounded_channel();
-    if opts.watch {
-        reloader.start_watching(events_tx);
-    }
-    reloader.fingerprint = Some(fingerprint(&reloader.files));
+    let config = snapshot.borrow().config.clone();
+    let watch_path = path.clone();
+    // Hashing, canonicalizing and inotify setup block: off the runtime's threads.
+    let setup = tokio::task::spawn_blocking(move || {
+        let files = named_files(&config);
+        let watch = opts.watch.then(|| start_watching(&watch_path, &files, events_tx)).flatten();
+        let fingerprint = fingerprint(&files);
+        (Listeners::read(&config), files, watch, fingerprint, config_hash(&watch_path))
+    })
+    .await;
+    let (listeners, files, watch, fingerprint, config_now) = match setup {
+        Ok(setup) => setup,
+        Err(e) => {
+            tracing::error!("cannot set up config reloading: {e}; changes apply on restart");
+            let idle = tokio::spawn(async move {
+                let mut shutdown = shutdown;
+                crate::server::stopped(&mut shutdown).await;
+            });
+            return (handle, idle);
+        }
+    };
+    let reloader = Reloader {
+        listeners,
+        path,
+        snapshot,
+        status,
+        fingerprint: Some(fingerprint),
+        watch,
+        debounce: opts.debounce,
+        files,
+    };
     // A save between the first load and now produced no event we could see: if the config
     // no longer matches what was loaded, reload once right away.
-    let config_now = config_hash(&reloader.path);
     if loaded_config_hash.is_some() && config_now != loaded_config_hash {
         let (tx, _ignored) = oneshot::channel();
         let _ = handle.requests.send(tx);
@@ -158,6 +172,33 @@ pub fn spawn(
     let span = tracing::info_span!("reload", config = %reloader.path.display());
     let task = tokio::spawn(reloader.run(events, hangup, requests, shutdown).instrument(span));
     (handle, task)
+}
+
+/// Watches the folders of `files` (blocking: canonicalizes paths and sets up inotify).
+fn start_watching(
+    config: &std::path::Path,
+    files: &[PathBuf],
+    events: mpsc::UnboundedSender<notify::Result<Event>>,
+) -> Option<Watch> {
+    let watcher = notify::recommended_watcher(move |event| {
+        let _ = events.send(event);
+    });
+    match watcher {
+        Ok(watcher) => {
+            let mut w = Watch { watcher, dirs: BTreeSet::new(), relevant: HashSet::new() };
+            w.refresh(files);
+            tracing::debug!(folders = ?w.dirs, "watching for config changes");
+            Some(w)
+        }
+        Err(e) => {
+            tracing::warn!(
+                "cannot watch {} for changes: {e}; saved changes apply on SIGHUP or restart \
+                 (on Linux, raise fs.inotify.max_user_instances)",
+                config.display()
+            );
+            None
+        }
+    }
 }
 
 /// What woke the reloader.
@@ -220,22 +261,18 @@ impl Reloader {
         }
     }
 
-    fn start_watching(&mut self, events: mpsc::UnboundedSender<notify::Result<Event>>) {
-        let watcher = notify::recommended_watcher(move |event| {
-            let _ = events.send(event);
-        });
-        match watcher {
-            Ok(watcher) => {
-                let mut w = Watch { watcher, dirs: BTreeSet::new(), relevant: HashSet::new() };
-                w.refresh(&self.files);
-                tracing::debug!(folders = ?w.dirs, "watching for config changes");
-                self.watch = Some(w);
-            }
-            Err(e) => tracing::warn!(
-                "cannot watch {} for changes: {e}; saved changes apply on SIGHUP or restart \
-                 (on Linux, raise fs.inotify.max_user_instances)",
-                self.path.display()
-            ),
+    /// Re-plans the watched folders for the current files, off the runtime's threads.
+    async fn refresh_watch(&mut self) {
+        let Some(mut w) = self.watch.take() else { return };
+        let files = self.files.clone();
+        let refreshed = tokio::task::spawn_blocking(move || {
+            w.refresh(&files);
+            w
+        })
+        .await;
+        match refreshed {
+            Ok(w) => self.watch = Some(w),
+            Err(e) => tracing::warn!("file watching stopped: {e}; changes apply on SIGHUP or restart"),
         }
     }
 
@@ -286,9 +323,7 @@ impl Reloader {
     async fn reload(&mut self, trigger: Option<&'static str>) -> Outcome {
         let forced = trigger.is_some();
         let by = trigger.map(|t| format!(" on {t}")).unwrap_or_default();
-        if let Some(w) = &mut self.watch {
-            w.refresh(&self.files);
-        }
+        self.refresh_watch().await;
         let job = LoadJob {
             path: self.path.clone(),
             files: self.files.clone(),
@@ -313,9 +348,7 @@ impl Reloader {
         }
         if let Some(files) = files.filter(|f| *f != self.files) {
             self.files = files;
-            if let Some(w) = &mut self.watch {
-                w.refresh(&self.files);
-            }
+            self.refresh_watch().await;
         }
         match result {
             Ok(loaded) => {

@@ -1,6 +1,6 @@
 //! Step 3: client authentication (RFC 6749 §2.3, RFC 7521/7523, RFC 8705 §2).
 //!
-//! One method per request (CHECKLIST TR-3): whatever the app sent that competes with the
+//! One method per request (RFC 6749 §2.3): whatever the app sent that competes with the
 //! configured method (`client_secret`, `Authorization: Basic`, `client_assertion(_type)`) is
 //! removed before tokenrelay's own credential goes in. Time and `jti` come in as arguments
 //! so the step is a pure function that tests can pin.
@@ -16,7 +16,7 @@ use crate::error::ProxyError;
 use crate::jose;
 use crate::keys::Credential;
 
-/// RFC 7523 §2.2 (CHECKLIST PKJ-1).
+/// RFC 7523 §2.2.
 pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
 /// Parameters tokenrelay reads or writes for client authentication: duplicates are refused.
@@ -42,7 +42,7 @@ pub struct Call<'a> {
     pub jti: String,
 }
 
-/// The `aud` claim (CHECKLIST PKJ-3): from config, never from the incoming request.
+/// The `aud` claim (RFC 7523 §3, draft-ietf-oauth-rfc7523bis §4): from config, never from the incoming request.
 pub fn audience(route: &RouteConfig, client: &ClientConfig, call: &Call<'_>) -> String {
     match &client.audience {
         Audience::Issuer => route.issuer.clone().unwrap_or_else(|| call.token_endpoint.to_string()),
@@ -64,7 +64,7 @@ pub fn apply(
         return Ok(Injected::default());
     };
     form.check_single(OWNED_PARAMS).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
-    // PKJ-2: a client_id the app sent must name the configured client.
+    // RFC 7521 §4.2: a client_id the app sent must name the configured client.
     if let Some(sent) = form.get("client_id").map_err(|e| ProxyError::BadRequest(e.to_string()))? {
         if sent != client.id {
             return Err(ProxyError::BadRequest(format!(
@@ -78,7 +78,7 @@ pub fn apply(
         form.set("client_id", &client.id);
         return Ok(injected);
     }
-    // TR-3: remove whatever competes with the credential tokenrelay injects.
+    // RFC 6749 §2.3: one method per request; remove whatever competes with ours.
     for name in ["client_secret", "client_assertion", "client_assertion_type"] {
         if form.remove(name) {
             injected.removed.push(name);
@@ -123,7 +123,7 @@ pub fn apply(
             injected.jti = Some(call.jti.clone());
         }
         (AuthMethod::TlsClientAuth | AuthMethod::SelfSignedTlsClientAuth, _) => {
-            // RFC 8705 §2: the certificate authenticates; client_id names the client (MT-2).
+            // RFC 8705 §2: the certificate authenticates; client_id names the client.
             form.set("client_id", &client.id);
         }
         (method, _) => {
@@ -144,7 +144,7 @@ fn set_assertion(form: &mut Form, client_id: &str, jwt: &str) {
     form.set("client_assertion", jwt);
 }
 
-/// Header and claims of a client assertion (RFC 7523 §3, CHECKLIST PKJ-2..5).
+/// Header and claims of a client assertion (RFC 7523 §3).
 fn assertion_parts(
     route: &RouteConfig,
     client: &ClientConfig,
@@ -204,16 +204,16 @@ mod tests {
         let mut form =
             Form::parse(b"grant_type=client_credentials&client_secret=x&client_assertion=old&client_assertion_type=t");
         let inj = apply(&r, &Credential::Key(key.clone()), &call(), &mut headers, &mut form).unwrap();
-        assert!(headers.get("authorization").is_none(), "TR-3: Basic removed");
-        assert_eq!(form.get("client_secret").unwrap(), None, "TR-3: client_secret removed");
-        assert_eq!(form.get("client_assertion_type").unwrap().as_deref(), Some(JWT_BEARER), "PKJ-1");
+        assert!(headers.get("authorization").is_none(), "RFC 6749 §2.3: Basic removed");
+        assert_eq!(form.get("client_secret").unwrap(), None, "RFC 6749 §2.3: client_secret removed");
+        assert_eq!(form.get("client_assertion_type").unwrap().as_deref(), Some(JWT_BEARER), "RFC 7523 §2.2");
         let jwt = form.get("client_assertion").unwrap().unwrap();
         let v = jose::verify(&jwt, Alg::ES256, VerifyKey::Jwk(key.public_jwk())).unwrap();
-        assert_eq!(v.claims["iss"], "app", "PKJ-2");
-        assert_eq!(v.claims["sub"], "app", "PKJ-2");
-        assert_eq!(v.claims["aud"], "https://as.example.com/", "PKJ-3: issuer as a single string");
-        assert_eq!(v.claims["exp"].as_u64().unwrap() - v.claims["iat"].as_u64().unwrap(), 60, "PKJ-4");
-        assert_eq!(v.header["kid"], key.thumbprint(), "PKJ-5");
+        assert_eq!(v.claims["iss"], "app", "RFC 7523 §3: iss = sub = client_id");
+        assert_eq!(v.claims["sub"], "app", "RFC 7523 §3: iss = sub = client_id");
+        assert_eq!(v.claims["aud"], "https://as.example.com/", "aud: the issuer as a single string");
+        assert_eq!(v.claims["exp"].as_u64().unwrap() - v.claims["iat"].as_u64().unwrap(), 60, "exp - iat = lifetime");
+        assert_eq!(v.header["kid"], key.thumbprint(), "kid = RFC 7638 thumbprint");
         assert_eq!(inj.jti.as_deref(), Some("jti-1"));
         assert_eq!(form.get("client_id").unwrap().as_deref(), Some("app"));
     }

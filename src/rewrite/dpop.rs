@@ -1,8 +1,8 @@
 //! Step 4: DPoP proofs (RFC 9449) and the per-origin nonce cache.
 //!
-//! A proof is made fresh for every attempt (CHECKLIST DP-1) with `htu` = the URL as the
-//! upstream sees it, never the proxy's own URL (DP-3). Nonces are remembered per upstream
-//! origin from every response, 200s included (DP-4).
+//! A proof is made fresh for every attempt (RFC 9449 §4.2) with `htu` = the URL as the
+//! upstream sees it, never the proxy's own URL (RFC 9449 §4.3). Nonces are remembered per
+//! upstream origin from every response, 200s included (RFC 9449 §8).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -36,7 +36,7 @@ impl std::fmt::Debug for ProofInput<'_> {
     }
 }
 
-/// Signs a DPoP proof JWT (RFC 9449 §4.2, CHECKLIST DP-2, DP-3).
+/// Signs a DPoP proof JWT (RFC 9449 §4.2).
 pub fn proof(key: &SigningKey, input: &ProofInput<'_>) -> Result<String, jose::JoseError> {
     let mut header = Map::new();
     header.insert("typ".into(), "dpop+jwt".into());
@@ -60,7 +60,7 @@ pub fn is_valid_nonce(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
 }
 
-/// The newest `DPoP-Nonce` seen per upstream origin (CHECKLIST DP-4). Survives reloads.
+/// The newest `DPoP-Nonce` seen per upstream origin (RFC 9449 §8). Survives reloads.
 #[derive(Debug, Default)]
 pub struct NonceCache {
     by_origin: Mutex<HashMap<String, String>>,
@@ -71,7 +71,7 @@ pub struct NonceCache {
 pub enum NonceHeader {
     Absent,
     Valid(String),
-    /// Malformed or repeated: ignored with a warning (DP-4).
+    /// Malformed or repeated: ignored with a warning (RFC 9449 §8: `1*NQCHAR`).
     Ignored(String),
 }
 
@@ -147,7 +147,7 @@ mod tests {
         let v = jose::verify(&jwt, Alg::ES256, VerifyKey::Jwk(key.public_jwk())).unwrap();
         assert_eq!(v.header["typ"], "dpop+jwt");
         assert_eq!(v.header["jwk"], Value::Object(key.public_jwk().clone()));
-        assert!(v.header["jwk"].get("d").is_none(), "DP-2: public members only");
+        assert!(v.header["jwk"].get("d").is_none(), "RFC 9449 §4.2: public members only");
         assert_eq!(v.claims["htm"], "POST");
         assert_eq!(v.claims["htu"], "https://as.example.com:8443/token");
         assert_eq!(v.claims["nonce"], "n-1");

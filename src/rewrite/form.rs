@@ -1,4 +1,4 @@
-//! Byte-exact `application/x-www-form-urlencoded` editing (CHECKLIST TR-1, TR-2, TR-4).
+//! Byte-exact `application/x-www-form-urlencoded` editing (RFC 6749 §3.2, Appendix B).
 //!
 //! A decode-then-re-encode round trip is lossy: `form_urlencoded::parse` replaces invalid
 //! UTF-8, and re-encoding changes `%20` into `+` or `~` into `%7E`. A PKCE `code_verifier`
@@ -92,7 +92,7 @@ impl Form {
     }
 
     /// The value of `name`, strictly decoded. Empty means absent (RFC 6749 §3.1);
-    /// more than one occurrence is an error (TR-2).
+    /// more than one occurrence is an error (RFC 6749 §3.1).
     pub fn get(&self, name: &str) -> Result<Option<String>, FormError> {
         let mut found = None;
         for pair in self.pairs.iter().filter(|p| p.name == name) {

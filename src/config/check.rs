@@ -1,0 +1,401 @@
+//! The checks that turn [`RawConfig`] into [`Config`]: every URL split, every duration
+//! parsed, every path resolved against the config file's folder, every combination of fields
+//! that cannot work refused with `file:line:column: key: message`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::raw::{self, RawClient, RawConfig, RawDpop, RawRoute};
+use super::*;
+use crate::jose::Alg;
+
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_LIFETIME: Duration = Duration::from_secs(60);
+
+/// Checks config `text` as if read from `path` (paths resolve against its folder).
+pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    let cx = Cx { text, path };
+    let raw: RawConfig = toml::from_str(text).map_err(|e| {
+        let (line, column) = e.span().map(|s| cx.line_col(s.start)).unwrap_or((1, 1));
+        ConfigError::Invalid {
+            path: path.display().to_string(),
+            line,
+            column,
+            key: String::new(),
+            message: e.message().trim_end().to_string(),
+        }
+    })?;
+    cx.check(raw)
+}
+
+struct Cx<'a> {
+    text: &'a str,
+    path: &'a Path,
+}
+
+impl Cx<'_> {
+    fn line_col(&self, offset: usize) -> (usize, usize) {
+        let before = &self.text[..offset.min(self.text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        (line, column)
+    }
+
+    fn err(&self, span: std::ops::Range<usize>, key: &str, message: impl Into<String>) -> ConfigError {
+        let (line, column) = self.line_col(span.start);
+        ConfigError::Invalid {
+            path: self.path.display().to_string(),
+            line,
+            column,
+            key: if key.is_empty() { String::new() } else { format!("{key}: ") },
+            message: message.into(),
+        }
+    }
+
+    fn dir(&self) -> PathBuf {
+        match self.path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        }
+    }
+
+    fn resolve(&self, p: &str) -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.dir().join(p)
+        }
+    }
+
+    fn addr(&self, s: &Spanned<String>, key: &str) -> Result<SocketAddr, ConfigError> {
+        let addr: SocketAddr = s.get_ref().parse().map_err(|_| {
+            self.err(s.span(), key, format!("{:?} is not an address like \"127.0.0.1:8787\"", s.get_ref()))
+        })?;
+        Ok(addr)
+    }
+
+    fn check(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let p = raw.proxy;
+        let listen = match &p.listen {
+            Some(s) => {
+                let addr = self.addr(s, "proxy.listen")?;
+                // RFC 9700 §4.13: plain-HTTP listeners on loopback only.
+                if !addr.ip().is_loopback() {
+                    return Err(self.err(
+                        s.span(),
+                        "proxy.listen",
+                        "a plain-HTTP signing proxy must listen on loopback (127.0.0.1 or [::1]); \
+                         anything that reaches it gets signed tokens",
+                    ));
+                }
+                addr
+            }
+            None => SocketAddr::from(([127, 0, 0, 1], 8787)),
+        };
+        let listen_tls = p.listen_tls.as_ref().map(|s| self.addr(s, "proxy.listen_tls")).transpose()?;
+        let forward = p.forward.as_ref().map(|s| self.addr(s, "proxy.forward")).transpose()?;
+        if let (Some(addr), Some(s)) = (forward, &p.forward) {
+            if !addr.ip().is_loopback() {
+                return Err(self.err(s.span(), "proxy.forward", "the forward proxy must listen on loopback"));
+            }
+        }
+        let demo_as = match &raw.demo_as {
+            Some(d) => Some(DemoAsConfig {
+                listen: self.addr(&d.get_ref().listen, "demo_as.listen")?,
+                dpop_nonce: d.get_ref().dpop_nonce,
+                tls: d.get_ref().tls,
+            }),
+            None => None,
+        };
+        let mut routes = Vec::new();
+        for (name, route) in raw.routes {
+            routes.push(self.route(&name, route)?);
+        }
+        for (i, a) in routes.iter().enumerate() {
+            if let Some(b) = routes[i + 1..].iter().find(|b| b.prefix == a.prefix) {
+                return Err(ConfigError::Invalid {
+                    path: self.path.display().to_string(),
+                    line: 1,
+                    column: 1,
+                    key: format!("routes.{}.prefix: ", b.name),
+                    message: format!("prefix {:?} is also used by route {:?}; prefixes must differ", a.prefix, a.name),
+                });
+            }
+        }
+        routes.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()).then(a.name.cmp(&b.name)));
+        Ok(Config {
+            path: self.path.to_path_buf(),
+            dir: self.dir(),
+            listen,
+            listen_tls,
+            forward,
+            unknown_hosts: p.unknown_hosts.unwrap_or_default(),
+            ca_cert: self.resolve(p.ca_cert.as_deref().unwrap_or("certs/ca.pem")),
+            ca_key: self.resolve(p.ca_key.as_deref().unwrap_or("certs/ca-key.pem")),
+            max_body: p.max_body.unwrap_or(DEFAULT_MAX_BODY),
+            allow_origins: p.allow_origins,
+            demo_as,
+            routes,
+        })
+    }
+
+    fn route(&self, name: &str, spanned: Spanned<RawRoute>) -> Result<RouteConfig, ConfigError> {
+        let span = spanned.span();
+        let r = spanned.into_inner();
+        let key = |k: &str| format!("routes.{name}.{k}");
+
+        let prefix = r.prefix.get_ref().trim_end_matches('/').to_string();
+        if !prefix.starts_with('/') || prefix.contains(['?', '#']) {
+            return Err(self.err(
+                r.prefix.span(),
+                &key("prefix"),
+                format!("{:?} must be a path that starts with '/', like \"/{name}\"", r.prefix.get_ref()),
+            ));
+        }
+        let upstream = self.upstream(&r.upstream, &key("upstream"))?;
+        let issuer = r.issuer.as_ref().map(|s| s.get_ref().clone());
+        let timeout = match &r.timeout {
+            Some(s) => self.duration(s, &key("timeout"))?,
+            None => DEFAULT_TIMEOUT,
+        };
+        let endpoints_configured = r.endpoints.is_some();
+        let endpoints = match r.endpoints {
+            Some(list) => {
+                if let Some(bad) = list.iter().find(|e| !e.starts_with('/')) {
+                    return Err(self.err(span, &key("endpoints"), format!("{bad:?} must be a path starting with '/'")));
+                }
+                list
+            }
+            None => vec!["/token".to_string()],
+        };
+        let hosts = match &r.hosts {
+            None => vec![HostEntry { host: upstream.host.clone(), port: None }],
+            Some(list) => list
+                .iter()
+                .map(|entry| {
+                    HostEntry::parse(entry).ok_or_else(|| {
+                        self.err(
+                            span.clone(),
+                            &key("hosts"),
+                            format!(
+                                "{entry:?} is not a host name, IP address or host:port like \"as.example.com:8443\""
+                            ),
+                        )
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        let client = r.client.map(|c| self.client(name, c, issuer.is_some())).transpose()?;
+        let dpop = r.dpop.map(|d| self.dpop(name, d)).transpose()?;
+        let mtls = r.mtls.map(|m| {
+            let m = m.into_inner();
+            MtlsConfig { cert: self.resolve(&m.cert), key: self.resolve(&m.key) }
+        });
+        if let Some(c) = &client {
+            if matches!(c.auth, AuthMethod::TlsClientAuth | AuthMethod::SelfSignedTlsClientAuth) && mtls.is_none() {
+                return Err(self.err(
+                    span,
+                    &key("client.auth"),
+                    format!(
+                        "\"{}\" needs a client certificate: add [routes.{name}.mtls] with cert and key",
+                        c.auth.as_str()
+                    ),
+                ));
+            }
+        }
+        let headers = self.headers(name, r.headers, span.clone())?;
+        let params = ParamRules { add: r.params.add, set: r.params.set, remove: r.params.remove };
+        Ok(RouteConfig {
+            name: name.to_string(),
+            prefix,
+            hosts,
+            upstream,
+            issuer,
+            trust: r.trust.iter().map(|t| self.resolve(t)).collect(),
+            timeout,
+            endpoints,
+            endpoints_configured,
+            client,
+            dpop,
+            mtls,
+            headers,
+            params,
+        })
+    }
+
+    fn upstream(&self, s: &Spanned<String>, key: &str) -> Result<Upstream, ConfigError> {
+        let bad = |why: &str| self.err(s.span(), key, format!("{:?}: {why}", s.get_ref()));
+        let uri: http::Uri = s.get_ref().parse().map_err(|_| bad("not a URL like \"https://as.example.com\""))?;
+        let scheme = uri.scheme_str().map(str::to_ascii_lowercase).ok_or_else(|| bad("missing https://"))?;
+        let host = uri.host().ok_or_else(|| bad("missing host"))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+        let port = match (uri.port_u16(), scheme.as_str()) {
+            (Some(p), _) => p,
+            (None, "https") => 443,
+            (None, "http") => 80,
+            _ => return Err(bad("scheme must be https (or http for a loopback upstream)")),
+        };
+        if scheme == "http" && !is_loopback_host(&host) {
+            return Err(bad(
+                "plain http is allowed only for loopback upstreams; use https (tokens and assertions must not cross a network in clear)",
+            ));
+        }
+        if uri.query().is_some() {
+            return Err(bad("must not have a query string"));
+        }
+        let base_path = uri.path().trim_end_matches('/').to_string();
+        Ok(Upstream { scheme, host, port, base_path })
+    }
+
+    fn duration(&self, s: &Spanned<String>, key: &str) -> Result<Duration, ConfigError> {
+        humantime::parse_duration(s.get_ref()).map_err(|e| {
+            self.err(s.span(), key, format!("{:?} is not a duration like \"10s\" or \"500ms\": {e}", s.get_ref()))
+        })
+    }
+
+    fn alg(&self, s: &Spanned<String>, key: &str) -> Result<Alg, ConfigError> {
+        Alg::parse(s.get_ref()).ok_or_else(|| {
+            self.err(s.span(), key, format!("unknown alg {:?}; use ES256, ES384, PS256, RS256 or EdDSA", s.get_ref()))
+        })
+    }
+
+    fn client(&self, route: &str, spanned: Spanned<RawClient>, has_issuer: bool) -> Result<ClientConfig, ConfigError> {
+        let span = spanned.span();
+        let c = spanned.into_inner();
+        let key = |k: &str| format!("routes.{route}.client.{k}");
+        let auth = c.auth;
+        let default_alg = if auth == AuthMethod::ClientSecretJwt { Alg::HS256 } else { Alg::ES256 };
+        let alg = match &c.alg {
+            Some(s) => self.alg(s, &key("alg"))?,
+            None => default_alg,
+        };
+        let needs_key = auth == AuthMethod::PrivateKeyJwt;
+        let needs_secret =
+            matches!(auth, AuthMethod::ClientSecretBasic | AuthMethod::ClientSecretPost | AuthMethod::ClientSecretJwt);
+        if needs_key && c.key.is_none() {
+            return Err(self.err(
+                span,
+                &key("key"),
+                "auth = \"private_key_jwt\" needs key = \"certs/client.pem\" (run `tokenrelay init` to create one)",
+            ));
+        }
+        if needs_key && alg == Alg::HS256 {
+            return Err(self.err(
+                span,
+                &key("alg"),
+                "private_key_jwt needs an asymmetric alg (ES256, ES384, PS256, RS256, EdDSA)",
+            ));
+        }
+        if auth == AuthMethod::ClientSecretJwt && alg != Alg::HS256 {
+            return Err(self.err(span, &key("alg"), "client_secret_jwt signs with HS256"));
+        }
+        let secret = match (c.secret, c.secret_env) {
+            (Some(_), Some(_)) => {
+                return Err(self.err(span, &key("secret"), "set either secret or secret_env, not both"));
+            }
+            (Some(s), None) => Some(SecretSource::Inline(crate::redact::Secret::new(s))),
+            (None, Some(var)) => Some(SecretSource::Env(var)),
+            (None, None) => None,
+        };
+        if needs_secret && secret.is_none() {
+            return Err(self.err(
+                span,
+                &key("secret"),
+                format!("auth = \"{}\" needs secret = \"...\" or secret_env = \"VAR\"", auth.as_str()),
+            ));
+        }
+        let audience = match c.audience.as_deref() {
+            None if has_issuer => Audience::Issuer,
+            None => Audience::TokenEndpoint,
+            Some("issuer") if !has_issuer => {
+                return Err(self.err(
+                    span,
+                    &key("audience"),
+                    "audience = \"issuer\" needs issuer = \"...\" on the route",
+                ));
+            }
+            Some("issuer") => Audience::Issuer,
+            Some("token_endpoint") => Audience::TokenEndpoint,
+            Some("endpoint") => Audience::Endpoint,
+            Some(url) if url.starts_with("https://") || url.starts_with("http://") => {
+                Audience::Literal(url.to_string())
+            }
+            Some(other) => {
+                return Err(self.err(
+                    span,
+                    &key("audience"),
+                    format!("{other:?}: use issuer, token_endpoint, endpoint or a URL"),
+                ));
+            }
+        };
+        let lifetime = match &c.lifetime {
+            Some(s) => self.duration(s, &key("lifetime"))?,
+            None => DEFAULT_LIFETIME,
+        };
+        Ok(ClientConfig {
+            id: c.id,
+            auth,
+            key: c.key.as_deref().map(|k| self.resolve(k)),
+            create: c.create,
+            secret,
+            alg,
+            audience,
+            lifetime,
+            kid: c.kid,
+            typ: c.typ,
+        })
+    }
+
+    fn dpop(&self, route: &str, spanned: Spanned<RawDpop>) -> Result<DpopConfig, ConfigError> {
+        let d = spanned.into_inner();
+        let alg = match &d.alg {
+            Some(s) => self.alg(s, &format!("routes.{route}.dpop.alg"))?,
+            None => Alg::ES256,
+        };
+        if alg == Alg::HS256 {
+            let span = d.alg.as_ref().map(Spanned::span).unwrap_or(0..0);
+            return Err(self.err(
+                span,
+                &format!("routes.{route}.dpop.alg"),
+                "DPoP needs an asymmetric alg (RFC 9449 §4.2)",
+            ));
+        }
+        Ok(DpopConfig {
+            key: self.resolve(&d.key),
+            alg,
+            create: d.create,
+            upgrade_bearer: d.upgrade_bearer.unwrap_or(true),
+            require_bound: d.require_bound,
+        })
+    }
+
+    fn headers(
+        &self,
+        route: &str,
+        h: raw::RawHeaders,
+        span: std::ops::Range<usize>,
+    ) -> Result<HeaderRules, ConfigError> {
+        let key = format!("routes.{route}.headers");
+        let mut rules = HeaderRules::default();
+        for (name, value) in h.set {
+            let n = http::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| self.err(span.clone(), &key, format!("{name:?} is not a valid header name")))?;
+            let v = http::HeaderValue::from_str(&value)
+                .map_err(|_| self.err(span.clone(), &key, format!("value of {name:?} is not a valid header value")))?;
+            // Configured values may be API keys: keep them out of any Debug print.
+            let mut v = v;
+            v.set_sensitive(true);
+            rules.set.push((n, v));
+        }
+        for name in h.remove {
+            let n = http::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| self.err(span.clone(), &key, format!("{name:?} is not a valid header name")))?;
+            rules.remove.push(n);
+        }
+        Ok(rules)
+    }
+}

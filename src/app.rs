@@ -23,7 +23,7 @@ pub enum StartError {
     #[error(transparent)]
     Load(#[from] LoadError),
     #[error("the demo AS: {0}")]
-    DemoAs(String),
+    DemoAs(#[from] crate::demo_as::SpawnError),
     #[error("loading the config stopped unexpectedly: {0}")]
     Internal(String),
     #[error("cannot listen on {addr} ({key}): {source} (is another tokenrelay running? change {key} in proxy.toml)")]
@@ -140,8 +140,7 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut tasks = Vec::new();
     if let Some((l, _)) = demo {
-        let (issuer, task) =
-            crate::demo_as::spawn(l, &config, snapshot_rx.clone(), shutdown_rx.clone()).map_err(StartError::DemoAs)?;
+        let (issuer, task) = crate::demo_as::spawn(l, &config, snapshot_rx.clone(), shutdown_rx.clone())?;
         tracing::info!(%issuer, "demo AS listening");
         tasks.push(task);
     }

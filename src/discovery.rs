@@ -138,15 +138,16 @@ impl DiscoveryError {
 /// Well-known URLs for `issuer`: RFC 8414 §3.1 inserts the suffix before the issuer's path;
 /// OIDC Discovery appends it.
 pub fn well_known_urls(issuer: &str) -> [String; 2] {
-    let issuer = issuer.trim_end_matches('/');
-    let (origin, path) = match issuer.find("://").and_then(|i| issuer[i + 3..].find('/').map(|j| i + 3 + j)) {
-        Some(split) => (&issuer[..split], &issuer[split..]),
-        None => (issuer, ""),
+    let trimmed = issuer.trim_end_matches('/');
+    let rfc8414 = match url::Url::parse(issuer) {
+        Ok(u) if u.has_host() => format!(
+            "{}/.well-known/oauth-authorization-server{}",
+            u.origin().ascii_serialization(),
+            u.path().trim_end_matches('/')
+        ),
+        _ => format!("{trimmed}/.well-known/oauth-authorization-server"),
     };
-    [
-        format!("{origin}/.well-known/oauth-authorization-server{path}"),
-        format!("{issuer}/.well-known/openid-configuration"),
-    ]
+    [rfc8414, format!("{trimmed}/.well-known/openid-configuration")]
 }
 
 /// Fetches and checks `issuer`'s metadata: the RFC 8414 URL first, then the OIDC one, each

@@ -229,26 +229,27 @@ impl Cx<'_> {
 
     fn upstream(&self, s: &Spanned<String>, key: &str) -> Result<Upstream, ConfigError> {
         let bad = |why: &str| self.err(s.span(), key, format!("{:?}: {why}", s.get_ref()));
-        let uri: http::Uri = s.get_ref().parse().map_err(|_| bad("not a URL like \"https://as.example.com\""))?;
-        let scheme = uri.scheme_str().map(str::to_ascii_lowercase).ok_or_else(|| bad("missing https://"))?;
-        let host = uri.host().ok_or_else(|| bad("missing host"))?;
-        let host = host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
-        let port = match (uri.port_u16(), scheme.as_str()) {
-            (Some(p), _) => p,
-            (None, "https") => 443,
-            (None, "http") => 80,
-            _ => return Err(bad("scheme must be https (or http for a loopback upstream)")),
-        };
-        if scheme == "http" && !is_loopback_host(&host) {
+        let url = url::Url::parse(s.get_ref())
+            .map_err(|e| bad(&format!("not a URL like \"https://as.example.com\" ({e})")))?;
+        if !matches!(url.scheme(), "https" | "http") {
+            return Err(bad("scheme must be https (or http for a loopback upstream)"));
+        }
+        let upstream = Upstream::parse(&url).ok_or_else(|| bad("missing host"))?;
+        if upstream.scheme == "http" && !is_loopback_host(&upstream.host) {
             return Err(bad(
                 "plain http is allowed only for loopback upstreams; use https (tokens and assertions must not cross a network in clear)",
             ));
         }
-        if uri.query().is_some() {
+        if url.query().is_some() {
             return Err(bad("must not have a query string"));
         }
-        let base_path = uri.path().trim_end_matches('/').to_string();
-        Ok(Upstream { scheme, host, port, base_path })
+        if url.fragment().is_some() {
+            return Err(bad("must not have a #fragment"));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(bad("must not carry user:password@ (credentials go in [routes.NAME.client])"));
+        }
+        Ok(upstream)
     }
 
     fn duration(&self, s: &Spanned<String>, key: &str) -> Result<Duration, ConfigError> {

@@ -58,31 +58,44 @@ pub struct DemoAsConfig {
     pub tls: bool,
 }
 
-/// `scheme://host:port/base` of a route's upstream, split once.
+/// `scheme://host:port/base` of a route's upstream, parsed once (by `url::Url`, WHATWG rules).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upstream {
     pub scheme: String,
+    /// Lowercase; IPv6 without brackets.
     pub host: String,
     pub port: u16,
+    /// The path below which the route's endpoints live, without a trailing `/`.
     pub base_path: String,
+    /// Origin as the AS sees it: lowercase scheme and host, default port omitted
+    /// (RFC 6454 §6.1, RFC 9449 §4.3 normalization).
+    origin: String,
 }
 
 impl Upstream {
-    /// Origin as the AS sees it: lowercase scheme and host, default port omitted
-    /// (RFC 9449 §4.3 / RFC 3986 §6.2.3 normalization).
-    pub fn origin(&self) -> String {
-        let default = matches!((self.scheme.as_str(), self.port), ("https", 443) | ("http", 80));
-        let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
-        if default {
-            format!("{}://{}", self.scheme, host)
-        } else {
-            format!("{}://{}:{}", self.scheme, host, self.port)
-        }
+    /// Splits `url`; `None` when it is not an absolute URL with a host.
+    pub fn parse(url: &url::Url) -> Option<Upstream> {
+        let host = match url.host()? {
+            url::Host::Domain(d) => d.to_string(),
+            url::Host::Ipv4(ip) => ip.to_string(),
+            url::Host::Ipv6(ip) => ip.to_string(),
+        };
+        Some(Upstream {
+            scheme: url.scheme().to_string(),
+            host,
+            port: url.port_or_known_default()?,
+            base_path: url.path().trim_end_matches('/').to_string(),
+            origin: url.origin().ascii_serialization(),
+        })
+    }
+
+    pub fn origin(&self) -> &str {
+        &self.origin
     }
 
     /// Full URL of `path` (which starts with `/`) at the upstream.
     pub fn url(&self, path: &str) -> String {
-        format!("{}{}{}", self.origin(), self.base_path, path)
+        format!("{}{}{}", self.origin, self.base_path, path)
     }
 }
 
@@ -235,6 +248,22 @@ key = "certs/client.pem"
         let err = parse_str(&MIN.replace("https://AS.example.com:8443/oauth2/", "http://as.example.com")).unwrap_err();
         assert!(err.to_string().contains("loopback"), "{err}");
         assert!(parse_str(&MIN.replace("https://AS.example.com:8443/oauth2/", "http://127.0.0.1:9")).is_ok());
+    }
+
+    #[test]
+    fn upstream_with_credentials_or_fragment_is_refused() {
+        for (bad, why) in [
+            ("https://user:pw@as.example.com", "user:password@"),
+            ("https://as.example.com/#x", "#fragment"),
+            ("https://as.example.com/?q=1", "query"),
+            ("ftp://as.example.com", "scheme"),
+        ] {
+            let err = parse_str(&MIN.replace("https://AS.example.com:8443/oauth2/", bad)).unwrap_err().to_string();
+            assert!(err.contains("routes.demo.upstream") && err.contains(why), "{bad}: {err}");
+        }
+        let ipv6 = parse_str(&MIN.replace("https://AS.example.com:8443/oauth2/", "http://[::1]:9443/x")).unwrap();
+        assert_eq!(ipv6.routes[0].upstream.host, "::1");
+        assert_eq!(ipv6.routes[0].upstream.url("/token"), "http://[::1]:9443/x/token");
     }
 
     #[test]

@@ -315,6 +315,15 @@ impl crate::server::Handler for DemoAs {
     }
 }
 
+/// Why the demo AS could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("its listener has no address: {0}")]
+    Addr(#[source] std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsSetupError),
+}
+
 /// Serves the demo AS on `listener` until shutdown: plain HTTP, or HTTPS requesting (not
 /// requiring) a client certificate when `[demo_as] tls = true`. Returns the issuer.
 pub fn spawn(
@@ -322,8 +331,8 @@ pub fn spawn(
     config: &crate::config::Config,
     snapshot: watch::Receiver<Arc<Snapshot>>,
     shutdown: watch::Receiver<bool>,
-) -> Result<(String, tokio::task::JoinHandle<()>), String> {
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+) -> Result<(String, tokio::task::JoinHandle<()>), SpawnError> {
+    let addr = listener.local_addr().map_err(SpawnError::Addr)?;
     let settings =
         config.demo_as.clone().unwrap_or(crate::config::DemoAsConfig { listen: addr, dpop_nonce: false, tls: false });
     if !settings.tls {

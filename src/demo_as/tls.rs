@@ -58,31 +58,43 @@ impl rustls::server::danger::ClientCertVerifier for AnyClientCert {
     }
 }
 
+/// Why the demo AS cannot serve HTTPS.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsSetupError {
+    #[error("demo AS CA {}: {source} (run `tokenrelay init` to create it)", path.display())]
+    ReadCa { path: std::path::PathBuf, source: std::io::Error },
+    #[error("cannot issue the demo AS's server certificate: {0}")]
+    Leaf(#[source] crate::pki::PkiError),
+    #[error("the demo AS's server certificate does not load: {0}")]
+    Pem(#[source] rustls::pki_types::pem::Error),
+    #[error("demo AS TLS settings: {0}")]
+    Rustls(#[source] rustls::Error),
+}
+
 /// The server configuration for `[demo_as] tls = true`: a fresh leaf for `localhost`,
 /// `127.0.0.1` and `::1` issued by the demo AS CA (`certs/demo-as-ca.pem`), HTTP/1.1 over
 /// ALPN, and [`AnyClientCert`] so RFC 8705 clients can present their certificate.
-pub(super) fn server_config(config: &crate::config::Config) -> Result<Arc<rustls::ServerConfig>, String> {
+pub(super) fn server_config(config: &crate::config::Config) -> Result<Arc<rustls::ServerConfig>, TlsSetupError> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let (cert, key) = crate::provision::demo_as_ca_paths(config);
-    let read = |p: &std::path::Path| std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()));
+    let read = |path: &std::path::Path| {
+        std::fs::read_to_string(path).map_err(|source| TlsSetupError::ReadCa { path: path.to_path_buf(), source })
+    };
     let ca = crate::pki::Minted { cert_pem: read(&cert)?, key_pem: read(&key)? };
     let leaf = crate::pki::issue_leaf(&ca, &["localhost", "127.0.0.1", "::1"], crate::pki::LeafUse::Server, 30)
-        .map_err(|e| e.to_string())?;
-    use rustls::pki_types::pem::{self, PemObject as _};
-    let chain: Vec<rustls::pki_types::CertificateDer<'static>> =
-        rustls::pki_types::CertificateDer::pem_slice_iter(leaf.cert_pem.as_bytes())
-            .collect::<Result<_, _>>()
-            .map_err(|e| e.to_string())?;
-    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).map_err(|e| match e {
-        pem::Error::NoItemsFound => "generated leaf has no key".to_string(),
-        e => e.to_string(),
-    })?;
+        .map_err(TlsSetupError::Leaf)?;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(leaf.cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(TlsSetupError::Pem)?;
+    let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).map_err(TlsSetupError::Pem)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .map_err(TlsSetupError::Rustls)?
         .with_client_cert_verifier(Arc::new(AnyClientCert(provider)))
         .with_single_cert(chain, key)
-        .map_err(|e| e.to_string())?;
+        .map_err(TlsSetupError::Rustls)?;
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(tls))
 }

@@ -52,14 +52,9 @@ fn is_token_or_par(url: &str, meta: Option<&Metadata>) -> bool {
 
 /// Normalized origin of an absolute URL: lowercase scheme and host, default port omitted.
 pub fn origin_of(url: &str) -> String {
-    let Ok(uri) = url.parse::<http::Uri>() else {
-        return url.to_string();
-    };
-    let scheme = uri.scheme_str().unwrap_or("https").to_ascii_lowercase();
-    let host = uri.host().unwrap_or_default().to_ascii_lowercase();
-    match (scheme.as_str(), uri.port_u16()) {
-        ("https", Some(443)) | ("http", Some(80)) | (_, None) => format!("{scheme}://{host}"),
-        (_, Some(port)) => format!("{scheme}://{host}:{port}"),
+    match url::Url::parse(url) {
+        Ok(u) if u.has_host() => u.origin().ascii_serialization(),
+        _ => url.to_string(),
     }
 }
 

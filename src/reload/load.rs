@@ -33,11 +33,26 @@ pub(super) struct LoadJob {
     pub(super) loaded_keys: Vec<PathBuf>,
 }
 
+/// Why a reload was refused (the last good config keeps serving).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Load(#[from] crate::snapshot::LoadError),
+    /// An editor saving in place truncates first; an empty config would be valid (no routes)
+    /// and would turn every request into a 404, so it is never applied.
+    #[error("{}: the file is empty (a save in progress?); to really run without routes, leave a comment in it", path.display())]
+    Empty { path: PathBuf },
+    #[error("{}: the config files kept changing while being read", path.display())]
+    Unsettled { path: PathBuf },
+    #[error("loading the config panicked or was cancelled: {0}")]
+    Internal(String),
+}
+
 pub(super) enum Loaded {
     Unchanged,
     Done {
         /// The new snapshot and the listener settings it asks for.
-        result: Result<Box<(Snapshot, Listeners)>, String>,
+        result: Result<Box<(Snapshot, Listeners)>, ReloadError>,
         /// The hashes the load saw (`None` when it never got a stable read).
         read: Option<Fingerprint>,
         /// The files the new config names, when it parsed.
@@ -53,14 +68,8 @@ impl LoadJob {
             if self.last.as_ref() == Some(&before) {
                 return Loaded::Unchanged;
             }
-            // An editor saving in place truncates first; an empty config would be valid
-            // (no routes) and would turn every request into a 404, so it is never applied.
             if std::fs::metadata(&self.path).is_ok_and(|m| m.len() == 0) {
-                let error = format!(
-                    "{}: the file is empty (a save in progress?); to really run without routes, \
-                     leave a comment in it",
-                    self.path.display()
-                );
+                let error = ReloadError::Empty { path: self.path.clone() };
                 return Loaded::Done { result: Err(error), read: Some(before), files: None };
             }
             // THE validation `run` and `check` use.
@@ -79,12 +88,11 @@ impl LoadJob {
                     let listeners = Listeners::read(&s.config);
                     Box::new((s, listeners))
                 });
-                return Loaded::Done { result: result.map_err(|e| e.to_string()), read: Some(before), files };
+                return Loaded::Done { result: result.map_err(ReloadError::from), read: Some(before), files };
             }
             std::thread::sleep(self.settle);
         }
         // Still changing: refuse; the writes' own events bring another reload.
-        let error = format!("{}: the config files kept changing while being read", self.path.display());
-        Loaded::Done { result: Err(error), read: None, files }
+        Loaded::Done { result: Err(ReloadError::Unsettled { path: self.path.clone() }), read: None, files }
     }
 }

@@ -52,6 +52,7 @@ pub use crate::status::{ReloadStats, ReloadStatus};
 use diff::{describe_changes, Listeners};
 pub use files::{config_hash, named_files};
 use files::{fingerprint, Fingerprint, Watch};
+pub use load::ReloadError;
 use load::{loaded_key_files, LoadJob, Loaded};
 
 /// Default quiet period after the last file event before reloading. Editors and atomic
@@ -332,7 +333,7 @@ impl Reloader {
             loaded_keys: loaded_key_files(&self.snapshot.borrow().config),
         };
         let loaded = tokio::task::spawn_blocking(move || job.run()).await.unwrap_or_else(|e| Loaded::Done {
-            result: Err(format!("loading the config panicked or was cancelled: {e}")),
+            result: Err(ReloadError::Internal(e.to_string())),
             read: None,
             files: None,
         });
@@ -387,7 +388,8 @@ impl Reloader {
         Outcome::Applied { version, changes }
     }
 
-    fn refuse(&mut self, error: String, by: &str) -> Outcome {
+    fn refuse(&mut self, error: ReloadError, by: &str) -> Outcome {
+        let error = error.to_string();
         let s = self.status.failed(error.clone());
         tracing::error!(
             version = s.version,

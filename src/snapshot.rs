@@ -47,6 +47,37 @@ pub enum BuildError {
     Route { route: String, message: String },
 }
 
+/// Where a signed endpoint's URL came from (what `tokenrelay check` shows).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndpointSource {
+    /// `endpoints` in the config.
+    Config,
+    /// `/token`, when neither config nor metadata names endpoints.
+    Default,
+    /// The AS metadata member that lists it.
+    Metadata(&'static str),
+    /// An RFC 8705 §5 `mtls_endpoint_aliases` entry.
+    Alias,
+}
+
+impl std::fmt::Display for EndpointSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EndpointSource::Config => f.write_str("config"),
+            EndpointSource::Default => f.write_str("default"),
+            EndpointSource::Metadata(member) => write!(f, "metadata {member}"),
+            EndpointSource::Alias => f.write_str("mtls alias"),
+        }
+    }
+}
+
+/// One endpoint a route authenticates the client on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedEndpoint {
+    pub url: String,
+    pub source: EndpointSource,
+}
+
 /// One route, ready to serve.
 pub struct Route {
     pub cfg: RouteConfig,
@@ -57,6 +88,8 @@ pub struct Route {
     pub cert_thumbprint: Option<String>,
     /// The mTLS leaf certificate (DER), for `jwks` and the demo AS.
     pub cert_der: Option<Vec<u8>>,
+    /// `x5t#S256` of `client.cert`, sent in the assertion header (RFC 7515 §4.1.8).
+    pub assertion_x5t: Option<String>,
     /// AS metadata discovery, when the route names an `issuer` (see [`crate::discovery`]).
     pub discovery: Option<Arc<crate::discovery::Discovery>>,
 }
@@ -87,6 +120,44 @@ impl Route {
             Some(d) => d.current(self.cfg.timeout).await,
             None => Ok(None),
         }
+    }
+
+    /// The endpoints this route authenticates the client on, as upstream URLs, and where each
+    /// came from: the configured `endpoints`; else, when metadata is in use, every
+    /// client-authenticated endpoint it lists (token, PAR, introspection, revocation, device
+    /// authorization, CIBA); else `/token`. Plus their RFC 8705 §5 mTLS aliases when the
+    /// route presents a certificate (https aliases only: a certificate-bound call never goes
+    /// out in clear).
+    pub fn signed_endpoints(&self, meta: Option<&crate::discovery::Metadata>) -> Vec<SignedEndpoint> {
+        let cfg = &self.cfg;
+        let mut out: Vec<SignedEndpoint> = match meta {
+            Some(meta) if !cfg.endpoints_configured => meta
+                .client_auth_endpoints()
+                .into_iter()
+                .map(|(member, url)| SignedEndpoint { url: url.to_string(), source: EndpointSource::Metadata(member) })
+                .collect(),
+            _ => {
+                let source = if cfg.endpoints_configured { EndpointSource::Config } else { EndpointSource::Default };
+                cfg.endpoints.iter().map(|e| SignedEndpoint { url: cfg.upstream.url(e), source }).collect()
+            }
+        };
+        if let (Some(meta), Some(_)) = (meta, &cfg.mtls) {
+            let aliases: Vec<SignedEndpoint> = out
+                .iter()
+                .filter_map(|e| meta.mtls_alias(&e.url))
+                .filter(|alias| alias.starts_with("https://"))
+                .map(|alias| SignedEndpoint { url: alias.to_string(), source: EndpointSource::Alias })
+                .collect();
+            out.extend(aliases);
+        }
+        out
+    }
+
+    /// The mTLS alias to call instead of `url` (RFC 8705 §5), when the route presents a
+    /// certificate and the metadata has an https alias for it.
+    pub fn mtls_alias<'m>(&self, url: &str, meta: Option<&'m crate::discovery::Metadata>) -> Option<&'m str> {
+        self.cfg.mtls.as_ref()?;
+        meta?.mtls_alias(url).filter(|alias| alias.starts_with("https://"))
     }
 
     /// Does this route sign requests (so must never forward them unsigned)?
@@ -189,6 +260,13 @@ impl Snapshot {
             let cert_thumbprint = cert_der.as_deref().map(crate::jose::sha256_b64url);
             let tls = upstream::tls_config(&rc.trust, identity.map(|id| (id.chain(), id.key)))
                 .map_err(|e| BuildError::Route { route: name.into(), message: e.to_string() })?;
+            let assertion_x5t = match (&rc.client, &credential) {
+                (Some(c), Credential::Key(key)) => match &c.cert {
+                    Some(path) => Some(assertion_cert_thumbprint(name, path, key)?),
+                    None => None,
+                },
+                _ => None,
+            };
             let client = upstream::client(tls);
             let mut route = Route {
                 cfg: rc.clone(),
@@ -197,6 +275,7 @@ impl Snapshot {
                 client: client.clone(),
                 cert_thumbprint,
                 cert_der,
+                assertion_x5t,
                 discovery: None,
             };
             route.discovery = rc.issuer.as_ref().map(|issuer| {
@@ -239,6 +318,21 @@ impl Snapshot {
     pub fn prefixes(&self) -> Vec<String> {
         self.routes.iter().map(|r| r.cfg.prefix.clone()).collect()
     }
+}
+
+/// Reads `client.cert`, checks it holds `key`'s public key, and returns its `x5t#S256`.
+fn assertion_cert_thumbprint(route: &str, path: &std::path::Path, key: &SigningKey) -> Result<String, BuildError> {
+    use rustls::pki_types::pem::PemObject as _;
+    let at = KeyRef { route, field: "client.cert", path };
+    let bytes = keys::read(&at)?;
+    let der = rustls::pki_types::CertificateDer::from_pem_slice(&bytes)
+        .map_err(|e| at.error(format!("not a PEM certificate: {e}")))?;
+    let public =
+        crate::pki::public_jwk_of_cert(&der).ok_or_else(|| at.error("cannot read the certificate's public key"))?;
+    if crate::jose::thumbprint(&public) != key.thumbprint() {
+        return Err(at.error("the certificate does not hold client.key's public key (different key pair)").into());
+    }
+    Ok(crate::jose::sha256_b64url(&der))
 }
 
 fn resolve_secret(route: &str, source: Option<&SecretSource>) -> Result<Secret, BuildError> {

@@ -7,6 +7,7 @@ mod common;
 use std::sync::Arc;
 
 use common::proxy::{edit, write_key, Builder, TestProxy};
+use common::tls_upstream::TlsRecorder;
 use common::upstream::{Recorder, Reply, Seen};
 use common::{jwt, pki};
 use tokenrelay::jose::{self, Alg, SigningKey, VerifyKey};
@@ -235,29 +236,38 @@ key = "dpop.pem"
 }
 
 /// RFC 8705 §5: a route that presents a certificate uses the AS's `mtls_endpoint_aliases`;
-/// the request, `htu` and `aud = "token_endpoint"` follow the alias.
+/// the request, `htu` and `aud = "token_endpoint"` follow the alias. Aliases are used over
+/// https only: a plain-http alias (here: the PAR one) is ignored.
 #[tokio::test]
 async fn mtls_endpoint_alias_is_used_and_htu_and_aud_follow_it() {
-    let up = Recorder::start(|seen, _| {
+    let dir = tempfile::tempdir().unwrap();
+    let up = TlsRecorder::start(dir.path(), "as-ca.pem", |seen, _| {
         if seen.path.starts_with("/.well-known/oauth-authorization-server") {
-            let origin = format!("http://{}", seen.header("host").unwrap());
+            let host = seen.authority.clone().or_else(|| seen.header("host")).unwrap();
+            let origin = format!("https://{host}");
             return Reply::json(
                 200,
                 serde_json::json!({
                     "issuer": origin,
                     "token_endpoint": format!("{origin}/token"),
-                    "mtls_endpoint_aliases": { "token_endpoint": format!("{origin}/mtls/token") },
+                    "pushed_authorization_request_endpoint": format!("{origin}/par"),
+                    "mtls_endpoint_aliases": {
+                        "token_endpoint": format!("{origin}/mtls/token"),
+                        "pushed_authorization_request_endpoint": format!("http://{host}/mtls/par"),
+                    },
                 }),
             );
         }
-        Reply::json(200, serde_json::json!({"access_token": "t", "token_type": "DPoP"}))
+        Reply::json(200, serde_json::json!({"access_token": "t", "token_type": "DPoP", "request_uri": "urn:x"}))
     })
     .await;
-    let origin = up.url();
-    let client = format!("issuer = \"{origin}\"\n[routes.as.client]\naudience = \"token_endpoint\"\n");
+    let origin = format!("https://127.0.0.1:{}", up.port());
+    let client =
+        format!("issuer = \"{origin}\"\ntrust = [\"as-ca.pem\"]\n[routes.as.client]\naudience = \"token_endpoint\"\n");
     let config = edit(&config(&origin, ""), "[routes.as.client]\n", &client)
         + "[routes.as.mtls]\ncert = \"app-cert.pem\"\nkey = \"app-key.pem\"\n";
     let (builder, dpop) = with_keys(config);
+    std::fs::copy(&up.ca_path, builder.dir().join("as-ca.pem")).unwrap();
     pki::self_signed_client("app-1").write(builder.dir(), "app");
     let proxy = builder.start().await;
     let (status, body) = proxy.post_form("/as/token", "grant_type=client_credentials").await;
@@ -271,6 +281,12 @@ async fn mtls_endpoint_alias_is_used_and_htu_and_aud_follow_it() {
     assert_eq!(v.claims["htu"], format!("{origin}/mtls/token"), "htu follows the alias");
     let assertion = jwt::claims(&token_req.param("client_assertion").unwrap());
     assert_eq!(assertion["aud"], format!("{origin}/mtls/token"), "aud = the token endpoint as used");
+    // The PAR alias is plain http: not used; the request goes to the published endpoint, signed.
+    let (status, body) = proxy.post_form("/as/par", "response_type=code&client_id=app-1").await;
+    assert_eq!(status, 200, "{body}");
+    let par = up.seen().into_iter().filter(|s| s.method == "POST").nth(1).unwrap();
+    assert_eq!(par.path, "/par", "an http alias is never used");
+    assert!(par.param("client_assertion").is_some(), "PAR is signed");
     // Discovery happens once per config version.
     proxy.post_form("/as/token", "grant_type=client_credentials").await;
     assert_eq!(up.seen().iter().filter(|s| s.method == "GET").count(), 1);

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::raw::{self, RawClient, RawConfig, RawDpop, RawRoute};
+use super::raw::{self, Preset, RawClient, RawConfig, RawDpop, RawRoute};
 use super::*;
 use crate::jose::Alg;
 
@@ -156,8 +156,20 @@ impl Cx<'_> {
                 format!("{:?} must be a path that starts with '/', like \"/{name}\"", r.prefix.get_ref()),
             ));
         }
-        let upstream = self.upstream(&r.upstream, &key("upstream"))?;
         let issuer = r.issuer.as_ref().map(|s| s.get_ref().clone());
+        let upstream = match (&r.upstream, &r.issuer) {
+            (Some(u), _) => self.upstream(u, &key("upstream"))?,
+            // An issuer alone is enough: its origin is the upstream, endpoints come from metadata.
+            (None, Some(i)) => self.upstream(i, &key("issuer"))?.origin_only(),
+            (None, None) => {
+                return Err(self.err(
+                    span,
+                    &key("upstream"),
+                    "a route needs upstream = \"https://as.example.com\" or issuer = \"https://as.example.com\"",
+                ))
+            }
+        };
+        let preset = r.preset;
         let timeout = match &r.timeout {
             Some(s) => self.duration(s, &key("timeout"))?,
             None => DEFAULT_TIMEOUT,
@@ -189,8 +201,8 @@ impl Cx<'_> {
                 })
                 .collect::<Result<_, _>>()?,
         };
-        let client = r.client.map(|c| self.client(name, c, issuer.is_some())).transpose()?;
-        let dpop = r.dpop.map(|d| self.dpop(name, d)).transpose()?;
+        let client = r.client.map(|c| self.client(name, c, issuer.is_some(), preset)).transpose()?;
+        let mut dpop = r.dpop.map(|d| self.dpop(name, d)).transpose()?;
         let mtls = r.mtls.map(|m| {
             let m = m.into_inner();
             MtlsConfig { cert: self.resolve(&m.cert), key: self.resolve(&m.key) }
@@ -207,6 +219,28 @@ impl Cx<'_> {
                 ));
             }
         }
+        if preset == Some(Preset::Fapi2) {
+            // FAPI 2.0 Security Profile §5.3.2.1: sender-constrained tokens (DPoP or mTLS).
+            if dpop.is_none() && mtls.is_none() {
+                return Err(self.err(
+                    span,
+                    &key("preset"),
+                    format!(
+                        "preset = \"fapi2\" needs sender-constrained tokens (FAPI 2.0 §5.3.2.1): add [routes.{name}.dpop] or [routes.{name}.mtls]"
+                    ),
+                ));
+            }
+            if let Some(d) = &mut dpop {
+                d.require_bound = true;
+            }
+        }
+        if r.rewrite_metadata && issuer.is_none() {
+            return Err(self.err(
+                span,
+                &key("rewrite_metadata"),
+                "rewrite_metadata needs issuer = \"...\" on the route (the metadata comes from the issuer)",
+            ));
+        }
         let headers = self.headers(name, r.headers, span.clone())?;
         let params = ParamRules { add: r.params.add, set: r.params.set, remove: r.params.remove };
         Ok(RouteConfig {
@@ -215,6 +249,8 @@ impl Cx<'_> {
             hosts,
             upstream,
             issuer,
+            preset,
+            rewrite_metadata: r.rewrite_metadata,
             trust: r.trust.iter().map(|t| self.resolve(t)).collect(),
             timeout,
             endpoints,
@@ -264,16 +300,41 @@ impl Cx<'_> {
         })
     }
 
-    fn client(&self, route: &str, spanned: Spanned<RawClient>, has_issuer: bool) -> Result<ClientConfig, ConfigError> {
+    fn client(
+        &self,
+        route: &str,
+        spanned: Spanned<RawClient>,
+        has_issuer: bool,
+        preset: Option<Preset>,
+    ) -> Result<ClientConfig, ConfigError> {
         let span = spanned.span();
         let c = spanned.into_inner();
         let key = |k: &str| format!("routes.{route}.client.{k}");
         let auth = c.auth;
-        let default_alg = if auth == AuthMethod::ClientSecretJwt { Alg::HS256 } else { Alg::ES256 };
+        let default_alg = match (auth, preset) {
+            (AuthMethod::ClientSecretJwt, _) => Alg::HS256,
+            (_, Some(p)) => p.default_alg(),
+            (_, None) => Alg::ES256,
+        };
         let alg = match &c.alg {
             Some(s) => self.alg(s, &key("alg"))?,
             None => default_alg,
         };
+        if let Some(p) = preset.filter(|p| auth == AuthMethod::PrivateKeyJwt && !p.allows(alg)) {
+            return Err(self.err(
+                span,
+                &key("alg"),
+                format!("preset = \"{}\" allows {}, not {alg}", p.as_str(), p.allowed_algs()),
+            ));
+        }
+        if preset == Some(Preset::Entra) && auth == AuthMethod::PrivateKeyJwt && c.cert.is_none() {
+            return Err(self.err(
+                span,
+                &key("cert"),
+                "preset = \"entra\" needs cert = \"certs/client-cert.pem\": Entra identifies the key by the \
+                 certificate's x5t#S256 thumbprint (the certificate you uploaded to the app registration)",
+            ));
+        }
         let needs_key = auth == AuthMethod::PrivateKeyJwt;
         let needs_secret =
             matches!(auth, AuthMethod::ClientSecretBasic | AuthMethod::ClientSecretPost | AuthMethod::ClientSecretJwt);
@@ -310,8 +371,21 @@ impl Cx<'_> {
             ));
         }
         let audience = match c.audience.as_deref() {
-            None if has_issuer => Audience::Issuer,
-            None => Audience::TokenEndpoint,
+            None => match preset.map(Preset::audience) {
+                Some(Audience::Issuer) if !has_issuer => {
+                    return Err(self.err(
+                        span,
+                        &key("audience"),
+                        format!(
+                            "preset = \"{}\" sends aud = the issuer: add issuer = \"...\" to the route (or set audience)",
+                            preset.map_or("", Preset::as_str)
+                        ),
+                    ));
+                }
+                Some(a) => a,
+                None if has_issuer => Audience::Issuer,
+                None => Audience::TokenEndpoint,
+            },
             Some("issuer") if !has_issuer => {
                 return Err(self.err(
                     span,
@@ -347,7 +421,9 @@ impl Cx<'_> {
             audience,
             lifetime,
             kid: c.kid,
-            typ: c.typ,
+            typ: c.typ.or_else(|| preset.and_then(Preset::typ).map(str::to_string)),
+            cert: c.cert.as_deref().map(|p| self.resolve(p)),
+            nbf: preset == Some(Preset::Entra),
         })
     }
 

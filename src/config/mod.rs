@@ -18,7 +18,7 @@ use std::time::Duration;
 use crate::jose::Alg;
 pub use check::parse;
 pub use host::{is_loopback_host, HostEntry};
-pub use raw::{AuthMethod, UnknownHosts};
+pub use raw::{AuthMethod, Preset, UnknownHosts};
 
 /// Default body limit: token requests are small; 64 KiB leaves room for big assertions.
 pub const DEFAULT_MAX_BODY: usize = 64 * 1024;
@@ -97,6 +97,54 @@ impl Upstream {
     pub fn url(&self, path: &str) -> String {
         format!("{}{}{}", self.origin, self.base_path, path)
     }
+
+    /// The same origin with no base path (an issuer-only route's upstream).
+    pub fn origin_only(mut self) -> Upstream {
+        self.base_path.clear();
+        self
+    }
+}
+
+impl Preset {
+    /// What the vendor documents for `aud` (README "Presets").
+    pub fn audience(self) -> Audience {
+        match self {
+            Preset::Keycloak | Preset::Auth0 | Preset::Fapi2 => Audience::Issuer,
+            Preset::Okta => Audience::Endpoint,
+            Preset::Entra => Audience::TokenEndpoint,
+        }
+    }
+
+    pub fn default_alg(self) -> Alg {
+        match self {
+            Preset::Keycloak | Preset::Okta | Preset::Auth0 => Alg::RS256,
+            Preset::Entra | Preset::Fapi2 => Alg::PS256,
+        }
+    }
+
+    /// Assertion algorithms the vendor accepts (of those tokenrelay signs with).
+    pub fn allows(self, alg: Alg) -> bool {
+        match self {
+            Preset::Keycloak => alg != Alg::HS256,
+            Preset::Okta => matches!(alg, Alg::RS256 | Alg::ES256 | Alg::ES384),
+            Preset::Entra => matches!(alg, Alg::RS256 | Alg::PS256),
+            Preset::Auth0 => matches!(alg, Alg::RS256 | Alg::PS256),
+            // FAPI 2.0 Security Profile §5.4.1: PS256, ES256 or EdDSA (Ed25519).
+            Preset::Fapi2 => matches!(alg, Alg::PS256 | Alg::ES256 | Alg::EdDSA),
+        }
+    }
+
+    pub fn allowed_algs(self) -> String {
+        Alg::ASYMMETRIC.iter().filter(|a| self.allows(**a)).map(|a| a.as_str()).collect::<Vec<_>>().join(", ")
+    }
+
+    /// The assertion's `typ` header, when the vendor documents one.
+    pub fn typ(self) -> Option<&'static str> {
+        match self {
+            Preset::Entra => Some("JWT"),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,6 +155,10 @@ pub struct RouteConfig {
     pub hosts: Vec<HostEntry>,
     pub upstream: Upstream,
     pub issuer: Option<String>,
+    /// Vendor defaults applied to the client settings (already folded in).
+    pub preset: Option<Preset>,
+    /// Serve the AS's metadata with the client-authenticated endpoints pointing at tokenrelay.
+    pub rewrite_metadata: bool,
     pub trust: Vec<PathBuf>,
     pub timeout: Duration,
     pub endpoints: Vec<String>,
@@ -153,6 +205,10 @@ pub struct ClientConfig {
     pub lifetime: Duration,
     pub kid: Option<String>,
     pub typ: Option<String>,
+    /// The certificate of `key`: its SHA-256 thumbprint goes in the `x5t#S256` header.
+    pub cert: Option<PathBuf>,
+    /// Send `nbf` (= `iat`) in the assertion (Entra requires it).
+    pub nbf: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -61,8 +61,15 @@ pub struct RawDemoAs {
 pub struct RawRoute {
     pub prefix: Spanned<String>,
     pub hosts: Option<Vec<String>>,
-    pub upstream: Spanned<String>,
+    /// Optional when `issuer` is set: then the issuer's origin.
+    pub upstream: Option<Spanned<String>>,
     pub issuer: Option<Spanned<String>>,
+    /// Vendor defaults for the client assertion (see [`Preset`]).
+    pub preset: Option<Preset>,
+    /// Answer `<prefix>/.well-known/openid-configuration` with the AS's metadata pointing
+    /// the client-authenticated endpoints at tokenrelay.
+    #[serde(default)]
+    pub rewrite_metadata: bool,
     #[serde(default)]
     pub trust: Vec<String>,
     pub timeout: Option<Spanned<String>>,
@@ -74,6 +81,29 @@ pub struct RawRoute {
     pub headers: RawHeaders,
     #[serde(default)]
     pub params: RawParams,
+}
+
+/// Vendor defaults for a route's client assertion; explicit fields override them.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Preset {
+    Keycloak,
+    Okta,
+    Entra,
+    Auth0,
+    Fapi2,
+}
+
+impl Preset {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Preset::Keycloak => "keycloak",
+            Preset::Okta => "okta",
+            Preset::Entra => "entra",
+            Preset::Auth0 => "auth0",
+            Preset::Fapi2 => "fapi2",
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -108,6 +138,8 @@ pub struct RawClient {
     pub id: String,
     pub auth: AuthMethod,
     pub key: Option<String>,
+    /// The certificate of `key` (PEM), for presets whose assertions carry `x5t#S256`.
+    pub cert: Option<String>,
     pub secret: Option<String>,
     pub secret_env: Option<String>,
     pub alg: Option<Spanned<String>>,

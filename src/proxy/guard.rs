@@ -11,6 +11,7 @@ use http::header::{self, HeaderMap};
 use crate::config::host::split_host_port;
 use crate::config::is_loopback_host;
 use crate::error::ProxyError;
+use crate::snapshot::SignedEndpoint;
 
 /// Refuses a foreign `Host` (DNS rebinding), a foreign `Origin` and `Sec-Fetch-Site: cross-site`.
 pub(super) fn check_exposure(headers: &HeaderMap, uri: &http::Uri, allow_origins: &[String]) -> Result<(), ProxyError> {
@@ -57,13 +58,25 @@ pub(super) fn is_form(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"))
 }
 
-/// A path reduced to what a lenient server may treat as the same resource: percent-decoded,
-/// lowercased, empty and `.` segments dropped, `..` applied, no trailing slash.
-fn loose_path(path: &str) -> String {
-    let decoded = percent_encoding::percent_decode_str(path).decode_utf8_lossy().to_ascii_lowercase();
+/// A path reduced to what a lenient server may treat as the same resource. Deliberately
+/// looser than RFC 3986 §6.2.2, because real servers are: percent-decoded until nothing
+/// changes (`%252f`), backslashes as slashes, `;` path parameters, surrounding whitespace and
+/// control characters (`%20`, `%09`, `%00`) and empty and `.` segments dropped, `..` applied,
+/// a `.ext` suffix on the last segment dropped, lowercased.
+pub fn loose_path(path: &str) -> String {
+    let mut decoded = path.to_string();
+    for _ in 0..8 {
+        let next = percent_encoding::percent_decode_str(&decoded).decode_utf8_lossy().into_owned();
+        if next == decoded {
+            break;
+        }
+        decoded = next;
+    }
+    let decoded = decoded.replace('\\', "/").to_lowercase();
     let mut out: Vec<&str> = Vec::new();
     for seg in decoded.split('/') {
-        match seg {
+        let seg = seg.split(';').next().unwrap_or_default();
+        match seg.trim_matches(|c: char| c.is_whitespace() || c.is_control()) {
             "" | "." => {}
             ".." => {
                 out.pop();
@@ -71,29 +84,47 @@ fn loose_path(path: &str) -> String {
             s => out.push(s),
         }
     }
-    format!("/{}", out.join("/"))
+    let mut joined = format!("/{}", out.join("/"));
+    if let Some((stem, _ext)) = joined.rsplit_once('.').filter(|(stem, ext)| !stem.ends_with('/') && !ext.contains('/'))
+    {
+        joined = stem.to_string();
+    }
+    joined
 }
 
-/// Fail closed on path spellings: a request that is not exactly a client-authenticated
-/// endpoint, but that a server normalizing paths would route to one (`/./token`, `//token`,
-/// `/%74oken`, `/Token`, `/token/`), is refused instead of being relayed unsigned.
-pub(super) fn check_endpoint_spelling(rest: &str, endpoints: &[String]) -> Result<(), ProxyError> {
-    if endpoints.iter().any(|e| e == rest) {
+/// Fail closed on path spellings: a request to `url` that is not exactly a signed endpoint,
+/// but whose loose form ([`loose_path`]) is one on the same origin (`/./token`, `//token`,
+/// `/%74oken`, `/Token`, `/token/`, `/token;x`, `/b/../token`, `/token.json`), is refused
+/// with the spelling to use instead of being relayed unsigned.
+pub(super) fn check_spelling(url: &str, signed: &[SignedEndpoint]) -> Result<(), ProxyError> {
+    let Some((origin, path)) = split_origin(url) else {
         return Ok(());
-    }
-    let loose = loose_path(rest);
-    match endpoints.iter().find(|e| loose_path(e) == loose) {
+    };
+    let loose = loose_path(path);
+    let hit = signed.iter().find(|e| split_origin(&e.url).is_some_and(|(o, p)| o == origin && loose_path(p) == loose));
+    match hit {
         Some(e) => Err(ProxyError::BadRequest(format!(
-            "path {rest:?} is an unusual spelling of the client-authenticated endpoint {e:?}; send it as {e:?}"
+            "path {path:?} is an unusual spelling of the client-authenticated endpoint {}; send it as {:?}",
+            e.url,
+            split_origin(&e.url).map_or("", |(_, p)| p)
         ))),
         None => Ok(()),
     }
+}
+
+/// `("https://as:8443", "/path?q")` from an absolute URL, without parsing (the path is kept
+/// exactly as sent, which a URL parser would normalize).
+fn split_origin(url: &str) -> Option<(&str, &str)> {
+    let after_scheme = url.find("://")? + 3;
+    let path_start = url[after_scheme..].find('/').map_or(url.len(), |i| after_scheme + i);
+    Some((&url[..path_start], url[path_start..].split(['?', '#']).next().unwrap_or_default()))
 }
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::snapshot::EndpointSource;
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -120,13 +151,38 @@ mod tests {
         assert!(check_exposure(&cross, &uri, &[]).is_err());
     }
 
+    fn signed(urls: &[&str]) -> Vec<SignedEndpoint> {
+        urls.iter().map(|u| SignedEndpoint { url: u.to_string(), source: EndpointSource::Config }).collect()
+    }
+
     #[test]
     fn unusual_spellings_of_signed_endpoints_are_refused() {
-        let eps = vec!["/token".to_string()];
-        assert!(check_endpoint_spelling("/token", &eps).is_ok());
-        assert!(check_endpoint_spelling("/resource", &eps).is_ok());
-        for bad in ["/./token", "/x/../token", "//token", "/%74oken", "/Token", "/token/"] {
-            assert!(check_endpoint_spelling(bad, &eps).is_err(), "{bad}");
+        let eps = signed(&["https://as.example/oauth2/token"]);
+        assert!(check_spelling("https://as.example/oauth2/resource", &eps).is_ok());
+        assert!(check_spelling("https://other.example/oauth2/Token", &eps).is_ok(), "another origin");
+        for bad in [
+            "/oauth2/./token",
+            "/oauth2/x/../token",
+            "/oauth2//token",
+            "/oauth2/%74oken",
+            "/oauth2/%2574oken",
+            "/oauth2/Token",
+            "/oauth2/token/",
+            "/oauth2/token;x=1",
+            "/oauth2/token%3Bx",
+            "/oauth2/token%20",
+            "/oauth2/token%09",
+            "/oauth2/token%00",
+            "/oauth2/token.json",
+            "/oauth2\\token",
+            "/oauth2%252ftoken",
+            "/oauth2/../oauth2/token",
+            "/oauth2/b/%2e%2e/token",
+            "/oauth2/b/x/../../token",
+        ] {
+            let url = format!("https://as.example{bad}");
+            let err = check_spelling(&url, &eps).err().unwrap_or_else(|| panic!("{bad} passed"));
+            assert!(err.to_string().contains("\"/oauth2/token\""), "{err}");
         }
     }
 }

@@ -33,7 +33,7 @@ use crate::rewrite::form::Form;
 use crate::rewrite::{headers as header_rules, hop, params};
 use crate::snapshot::{Route, Snapshot};
 use crate::status::{self, ReloadStatus};
-use guard::{check_endpoint_spelling, check_exposure, check_origin};
+use guard::{check_exposure, check_origin};
 use signing::{Outgoing, Payload};
 use target::resolve_target;
 
@@ -173,9 +173,6 @@ async fn relay(
         }
     };
     outcome.route = route.cfg.name.clone();
-    if route.signs() {
-        check_endpoint_spelling(rest, &route.cfg.endpoints)?;
-    }
     // RFC 9112 §6.1: Content-Length with Transfer-Encoding is a smuggling vector.
     if parts.headers.contains_key(header::CONTENT_LENGTH) && parts.headers.contains_key(header::TRANSFER_ENCODING) {
         return Err(ProxyError::BadRequest("both Content-Length and Transfer-Encoding sent (RFC 9112 §6.1)".into()));
@@ -199,8 +196,7 @@ async fn relay(
     headers.remove(header::CONTENT_LENGTH);
     header_rules::apply(&route.cfg.headers, &mut headers);
 
-    let is_auth_endpoint = route.cfg.endpoints.iter().any(|e| e == rest) || target.discovered_auth_endpoint;
-    let exchange = if is_auth_endpoint {
+    let exchange = if target.auth_endpoint {
         Exchange::token(route, &parts.method, &headers, &body)?
     } else {
         Exchange::resource(route, &headers)

@@ -74,8 +74,13 @@ pub(super) async fn exchange(
         let body = match &payload {
             Payload::Token(form) => {
                 let mut form = form.clone();
-                let call =
-                    Call { endpoint_url: &target.url, token_endpoint: &target.token_endpoint, now, jti: new_jti() };
+                let call = Call {
+                    endpoint_url: &target.url,
+                    token_endpoint: &target.token_endpoint,
+                    now,
+                    jti: new_jti(),
+                    x5t_s256: route.assertion_x5t.as_deref(),
+                };
                 outcome.injected = client_auth::apply(&route.cfg, &route.credential, &call, &mut headers, &mut form)?;
                 Bytes::from(form.encode())
             }

@@ -15,8 +15,8 @@ pub struct Target {
     pub origin: String,
     /// The token endpoint URL as used (mTLS alias when the route presents a certificate).
     pub token_endpoint: String,
-    /// Discovery lists this URL as client-authenticated (when `endpoints` is not configured).
-    pub discovered_auth_endpoint: bool,
+    /// The route authenticates the client here (see `Route::signed_endpoints`).
+    pub auth_endpoint: bool,
     /// A DPoP proof belongs on this request: token and PAR endpoints (RFC 9449 §5, §7),
     /// not introspection, revocation, device or CIBA endpoints.
     pub wants_proof: bool,
@@ -59,40 +59,39 @@ pub fn origin_of(url: &str) -> String {
 }
 
 /// Resolves the upstream URL for `rest`: the route's upstream, or the RFC 8705 §5 mTLS
-/// alias when the route presents a certificate and the AS metadata has one (RFC 8705 §5:
-/// `htu` and `aud` follow the URL actually used). Metadata comes from the route's background
-/// discovery; an issuer mismatch (RFC 8414 §3.3) refuses the request before anything is sent.
+/// alias when the route presents a certificate and the AS metadata has one (`htu` and `aud`
+/// follow the URL actually used). Metadata comes from the route's background discovery; an
+/// issuer mismatch (RFC 8414 §3.3) refuses the request before anything is sent. On a route
+/// that signs, a path that is not exactly a signed endpoint but that a lenient server would
+/// treat as one is refused (see [`super::guard::check_spelling`]).
 pub(super) async fn resolve_target(route: &Route, rest: &str, query: Option<&str>) -> Result<Target, ProxyError> {
     let meta = route
         .metadata()
         .await
         .map_err(|e| ProxyError::Upstream(format!("route {:?} refuses to relay: AS discovery: {e}", route.cfg.name)))?;
+    let meta = meta.as_deref();
     let mut url = route.cfg.upstream.url(rest);
-    let mut token_endpoint = route.cfg.token_endpoint_url();
-    let mut discovered_auth_endpoint = false;
-    if let Some(meta) = &meta {
-        if !route.cfg.endpoints_configured {
-            discovered_auth_endpoint = meta.client_auth_endpoints().iter().any(|(_, u)| *u == url);
-            if let Some(t) = &meta.token_endpoint {
-                token_endpoint = t.clone();
-            }
-        }
-        if route.cfg.mtls.is_some() {
-            if let Some(alias) = meta.mtls_alias(&token_endpoint) {
-                token_endpoint = alias.to_string();
-            }
-            if let Some(alias) = meta.mtls_alias(&url) {
-                discovered_auth_endpoint = discovered_auth_endpoint || !route.cfg.endpoints_configured;
-                url = alias.to_string();
-            }
-        }
+    let signed = route.signed_endpoints(meta);
+    let auth_endpoint = signed.iter().any(|e| e.url == url);
+    if !auth_endpoint && route.signs() {
+        super::guard::check_spelling(&url, &signed)?;
     }
-    let wants_proof = is_token_or_par(&url, meta.as_deref());
+    let mut token_endpoint = match meta.and_then(|m| m.token_endpoint.clone()) {
+        Some(t) if !route.cfg.endpoints_configured => t,
+        _ => route.cfg.token_endpoint_url(),
+    };
+    if let Some(alias) = route.mtls_alias(&token_endpoint, meta) {
+        token_endpoint = alias.to_string();
+    }
+    if let Some(alias) = route.mtls_alias(&url, meta) {
+        url = alias.to_string();
+    }
+    let wants_proof = is_token_or_par(&url, meta);
     let full = match query {
         Some(q) => format!("{url}?{q}"),
         None => url.clone(),
     };
-    Ok(Target { origin: origin_of(&url), full, url, token_endpoint, discovered_auth_endpoint, wants_proof })
+    Ok(Target { origin: origin_of(&url), full, url, token_endpoint, auth_endpoint, wants_proof })
 }
 
 #[cfg(test)]

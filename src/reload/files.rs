@@ -34,6 +34,7 @@ pub fn named_files(c: &Config) -> Vec<PathBuf> {
     let mut files = vec![c.path.clone()];
     for r in &c.routes {
         files.extend(r.client.as_ref().and_then(|cl| cl.key.clone()));
+        files.extend(r.client.as_ref().and_then(|cl| cl.cert.clone()));
         files.extend(r.dpop.as_ref().map(|d| d.key.clone()));
         if let Some(m) = &r.mtls {
             files.push(m.cert.clone());

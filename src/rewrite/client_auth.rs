@@ -40,6 +40,8 @@ pub struct Call<'a> {
     pub token_endpoint: &'a str,
     pub now: u64,
     pub jti: String,
+    /// `x5t#S256` of `client.cert` (RFC 7515 §4.1.8), when configured.
+    pub x5t_s256: Option<&'a str>,
 }
 
 /// The `aud` claim (RFC 7523 §3, draft-ietf-oauth-rfc7523bis §4): from config, never from the incoming request.
@@ -158,11 +160,17 @@ fn assertion_parts(
     if let Some(typ) = &client.typ {
         header.insert("typ".into(), typ.clone().into());
     }
+    if let Some(x5t) = call.x5t_s256 {
+        header.insert("x5t#S256".into(), x5t.into());
+    }
     let mut claims = Map::new();
     claims.insert("iss".into(), client.id.clone().into());
     claims.insert("sub".into(), client.id.clone().into());
     claims.insert("aud".into(), audience(route, client, call).into());
     claims.insert("iat".into(), call.now.into());
+    if client.nbf {
+        claims.insert("nbf".into(), call.now.into());
+    }
     claims.insert("exp".into(), (call.now + client.lifetime.as_secs()).into());
     claims.insert("jti".into(), call.jti.clone().into());
     (header, claims)
@@ -192,6 +200,7 @@ mod tests {
             token_endpoint: "https://as.example.com/token",
             now: 1_700_000_000,
             jti: "jti-1".into(),
+            x5t_s256: None,
         }
     }
 

@@ -189,7 +189,7 @@ impl crate::server::Handler for Shared {
         req: http::Request<hyper::body::Incoming>,
         conn: crate::server::Conn,
     ) -> http::Response<crate::body::Body> {
-        crate::proxy::handle(self, req, conn.peer).await
+        crate::proxy::handle(self, req, conn).await
     }
 }
 

@@ -53,6 +53,11 @@ pub struct Metadata {
     pub token_endpoint_auth_signing_alg_values_supported: Vec<String>,
     #[serde(default)]
     pub dpop_signing_alg_values_supported: Vec<String>,
+    #[serde(default)]
+    pub token_endpoint_auth_methods_supported: Vec<String>,
+    /// The whole document as published (for `rewrite_metadata`).
+    #[serde(skip)]
+    pub document: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Metadata {
@@ -78,10 +83,14 @@ impl Metadata {
         self.mtls_endpoint_aliases.get(name).map(String::as_str)
     }
 
-    /// Configured algorithms the AS does not advertise (RFC 8414 §2, RFC 9449 §5.1), as
-    /// warnings naming the config key.
-    pub fn unsupported_algs(&self, expect: &Expect) -> Vec<String> {
+    /// Configured algorithms and methods the AS does not advertise (RFC 8414 §2, RFC 9449
+    /// §5.1), as warnings naming the config key.
+    pub fn unsupported(&self, expect: &Expect) -> Vec<String> {
         let mut out = Vec::new();
+        let methods = &self.token_endpoint_auth_methods_supported;
+        if let Some(m) = expect.auth_method.filter(|m| !methods.is_empty() && !methods.iter().any(|s| s == m)) {
+            out.push(format!("client.auth {m} is not in the AS's token_endpoint_auth_methods_supported {methods:?}"));
+        }
         let supported = &self.token_endpoint_auth_signing_alg_values_supported;
         if let Some(alg) =
             expect.client_alg.filter(|a| !supported.is_empty() && !supported.iter().any(|s| s == a.as_str()))
@@ -103,6 +112,7 @@ impl Metadata {
 /// What a route will sign with, checked against what the AS advertises.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Expect {
+    pub auth_method: Option<&'static str>,
     pub client_alg: Option<Alg>,
     pub dpop_alg: Option<Alg>,
 }
@@ -196,8 +206,15 @@ async fn fetch_one(client: &HttpClient, url: &str, timeout: Duration, route: &st
         .map_err(|_| timed_out())?
         .map_err(|e| DiscoveryError::NotMetadata { url: url.to_string(), reason: format!("reading it failed: {e}") })?
         .to_bytes();
-    serde_json::from_slice(&body)
-        .map_err(|e| DiscoveryError::NotMetadata { url: url.to_string(), reason: format!("not JSON metadata: {e}") })
+    let not_metadata = |e: serde_json::Error| DiscoveryError::NotMetadata {
+        url: url.to_string(),
+        reason: format!("not JSON metadata: {e}"),
+    };
+    let document: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&body).map_err(not_metadata)?;
+    let mut meta: Metadata =
+        serde_json::from_value(serde_json::Value::Object(document.clone())).map_err(not_metadata)?;
+    meta.document = document;
+    Ok(meta)
 }
 
 /// Where a route's discovery stands.
@@ -210,6 +227,9 @@ pub enum State {
     Failed(Arc<DiscoveryError>),
 }
 
+/// Warnings about found metadata, as one route sees it.
+pub type MetadataCheck = Arc<dyn Fn(&Metadata) -> Vec<String> + Send + Sync>;
+
 /// What a background attempt needs: everything is owned, so the task outlives no borrow.
 #[derive(Clone)]
 pub struct Job {
@@ -217,7 +237,9 @@ pub struct Job {
     pub issuer: String,
     pub client: HttpClient,
     pub timeout: Duration,
-    pub expect: Expect,
+    /// Warnings about found metadata (unadvertised algorithms, endpoints a rewrite cannot
+    /// point at tokenrelay), logged once when it is found.
+    pub check: MetadataCheck,
 }
 
 /// One route's discovery: the background task's latest result, shared with requests.
@@ -285,7 +307,7 @@ async fn run(discovery: Weak<Discovery>, job: Job) {
                 } else {
                     tracing::debug!(route = %job.route, issuer = %job.issuer, "AS metadata discovered");
                 }
-                for warning in meta.unsupported_algs(&job.expect) {
+                for warning in (job.check)(&meta) {
                     tracing::warn!(route = %job.route, "{warning}");
                 }
                 d.state.send_replace(State::Found(Arc::new(meta)));
@@ -358,10 +380,13 @@ mod tests {
                 "dpop_signing_alg_values_supported":["ES256"]}"#,
         )
         .unwrap();
-        let warnings = meta.unsupported_algs(&Expect { client_alg: Some(Alg::EdDSA), dpop_alg: Some(Alg::ES256) });
+        let warnings =
+            meta.unsupported(&Expect { auth_method: None, client_alg: Some(Alg::EdDSA), dpop_alg: Some(Alg::ES256) });
         assert_eq!(warnings.len(), 1, "{warnings:?}");
         assert!(warnings[0].contains("client.alg EdDSA"), "{warnings:?}");
         let none = Metadata { issuer: "https://as".into(), ..Default::default() };
-        assert!(none.unsupported_algs(&Expect { client_alg: Some(Alg::EdDSA), dpop_alg: None }).is_empty());
+        assert!(none
+            .unsupported(&Expect { auth_method: None, client_alg: Some(Alg::EdDSA), dpop_alg: None })
+            .is_empty());
     }
 }

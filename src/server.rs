@@ -37,12 +37,14 @@ pub struct Conn {
     /// The client certificate (leaf, DER) presented in the TLS handshake, if any: the demo
     /// AS checks it for RFC 8705 client authentication.
     pub peer_cert: Option<Arc<[u8]>>,
+    /// The connection is TLS (the app used an `https://` URL).
+    pub tls: bool,
 }
 
 impl Conn {
     /// A plain-TCP connection from `peer`.
     pub fn plain(peer: SocketAddr) -> Conn {
-        Conn { peer, peer_cert: None }
+        Conn { peer, peer_cert: None, tls: false }
     }
 }
 
@@ -158,7 +160,8 @@ async fn serve_with<H: Handler>(
                     };
                     let peer_cert =
                         tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| Arc::from(c.as_ref()));
-                    let conn = builder.serve_connection(TokioIo::new(tls), service(handler, Conn { peer, peer_cert }));
+                    let conn = builder
+                        .serve_connection(TokioIo::new(tls), service(handler, Conn { peer, peer_cert, tls: true }));
                     watcher.watch(conn.into_owned()).await
                 }
             };

@@ -101,6 +101,13 @@ impl std::fmt::Debug for Route {
 }
 
 impl Route {
+    /// Warnings about `meta` for this route: what it signs with but the AS does not
+    /// advertise, and (with `rewrite_metadata`) endpoints on another origin than the upstream,
+    /// which the rewritten document leaves as published.
+    pub fn metadata_warnings(&self, meta: &crate::discovery::Metadata) -> Vec<String> {
+        metadata_warnings(&self.cfg, &self.expect(), meta)
+    }
+
     /// What this route signs with, for checking against the AS's advertised algorithms.
     pub fn expect(&self) -> crate::discovery::Expect {
         let client_alg = match (&self.cfg.client, &self.credential) {
@@ -108,7 +115,11 @@ impl Route {
             (Some(c), Credential::Secret(_)) if c.auth == AuthMethod::ClientSecretJwt => Some(c.alg),
             _ => None,
         };
-        crate::discovery::Expect { client_alg, dpop_alg: self.dpop_key.as_ref().map(|k| k.alg()) }
+        crate::discovery::Expect {
+            auth_method: self.cfg.client.as_ref().map(|c| c.auth.as_str()),
+            client_alg,
+            dpop_alg: self.dpop_key.as_ref().map(|k| k.alg()),
+        }
     }
 
     /// The AS metadata to use for this request (see [`crate::discovery`]): `Ok(None)` when the
@@ -284,7 +295,10 @@ impl Snapshot {
                     issuer: issuer.clone(),
                     client,
                     timeout: rc.timeout,
-                    expect: route.expect(),
+                    check: {
+                        let (cfg, expect) = (rc.clone(), route.expect());
+                        Arc::new(move |meta| metadata_warnings(&cfg, &expect, meta))
+                    },
                 })
             });
             routes.push(Arc::new(route));
@@ -318,6 +332,25 @@ impl Snapshot {
     pub fn prefixes(&self) -> Vec<String> {
         self.routes.iter().map(|r| r.cfg.prefix.clone()).collect()
     }
+}
+
+fn metadata_warnings(
+    cfg: &RouteConfig,
+    expect: &crate::discovery::Expect,
+    meta: &crate::discovery::Metadata,
+) -> Vec<String> {
+    let mut out = meta.unsupported(expect);
+    if cfg.rewrite_metadata {
+        for (member, url) in meta.client_auth_endpoints() {
+            if cfg.proxy_path(url).is_none() {
+                out.push(format!(
+                    "rewrite_metadata: {member} {url} is outside the upstream {}; the rewritten metadata leaves it as published (tokenrelay does not sign it)",
+                    cfg.upstream.url("")
+                ));
+            }
+        }
+    }
+    out
 }
 
 /// Reads `client.cert`, checks it holds `key`'s public key, and returns its `x5t#S256`.

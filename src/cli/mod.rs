@@ -37,6 +37,9 @@ pub enum Command {
         /// Skip fetching AS metadata (RFC 8414 / OIDC discovery) for routes with an issuer.
         #[arg(long)]
         offline: bool,
+        /// Print the result as one JSON document (for scripts).
+        #[arg(long)]
+        json: bool,
     },
     /// Print the public JWKS to register at the AS (JSON on stdout).
     Jwks {
@@ -62,7 +65,7 @@ pub fn main() -> ExitCode {
     init_tracing();
     let result = match cli.command.unwrap_or(Command::Run) {
         Command::Run => run(&cli.config),
-        Command::Check { offline } => check(&cli.config, offline),
+        Command::Check { offline, json } => check(&cli.config, offline, json),
         Command::Jwks { route } => jwks(&cli.config, route.as_deref()),
         Command::Init { force } => init(&cli.config, force),
         Command::Ca => ca::run(&cli.config),
@@ -124,65 +127,143 @@ async fn wait_for_stop() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-fn check(config: &Path, offline: bool) -> anyhow::Result<()> {
+fn check(config: &Path, offline: bool, as_json: bool) -> anyhow::Result<()> {
     let snapshot = crate::snapshot::load(config, BuildOptions::default())?;
-    let c = &snapshot.config;
-    println!("config {} is valid", c.path.display());
-    println!("listen http://{}", c.listen);
-    if let Some(d) = &c.demo_as {
-        println!("demo AS http://{}", d.listen);
-    }
     let discovered = if offline { Vec::new() } else { runtime()?.block_on(discover_all(&snapshot)) };
-    let mut warnings = snapshot.warnings.clone();
-    let mut mismatches = Vec::new();
-    for r in &snapshot.routes {
-        let cfg = &r.cfg;
-        let auth = cfg
-            .client
-            .as_ref()
-            .map(|c| format!("{} as {:?}", c.auth.as_str(), c.id))
-            .unwrap_or_else(|| "no client auth".into());
-        println!("route {:?}: {} -> {} ({auth})", cfg.name, cfg.prefix, cfg.upstream.url(""));
-        println!("  client-authenticated endpoints: {}", cfg.endpoints.join(", "));
-        if let Credential::Key(k) = &r.credential {
-            println!("  client key: {} kid {}", k.alg(), k.thumbprint());
-        }
-        if let Some(k) = &r.dpop_key {
-            println!("  dpop key: {} jkt {}", k.alg(), k.thumbprint());
-        }
-        if let Some(t) = &r.cert_thumbprint {
-            println!("  mtls cert x5t#S256 {t}");
-        }
-        let Some(issuer) = &cfg.issuer else { continue };
-        match discovered.iter().find(|(name, _)| *name == cfg.name).map(|(_, result)| result) {
-            None => println!("  issuer {issuer} (metadata not fetched: --offline)"),
-            Some(Ok(meta)) => {
-                println!("  issuer {issuer}: metadata found");
-                if let Some(t) = &meta.token_endpoint {
-                    println!("  metadata token_endpoint {t}");
-                }
-                warnings.extend(meta.unsupported_algs(&r.expect()).into_iter().map(|w| format!("route {:?}: {w}", cfg.name)));
-            }
-            Some(Err(e)) if e.is_mismatch() => mismatches.push(format!("route {:?}: {e}", cfg.name)),
-            Some(Err(e)) => warnings.push(format!(
-                "route {:?}: AS metadata unavailable ({e}); the proxy will use the configured endpoints and retry discovery in the background",
-                cfg.name
-            )),
-        }
+    let report = check_report(&snapshot, &discovered, offline);
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_check(&report);
     }
-    for w in &warnings {
-        println!("warning: {w}");
-    }
+    let mismatches: Vec<&str> = report["errors"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
     if !mismatches.is_empty() {
         anyhow::bail!("{}", mismatches.join("\n"));
     }
     Ok(())
 }
 
+type Discovered = Vec<(String, Result<crate::discovery::Metadata, crate::discovery::DiscoveryError>)>;
+
+/// What `check` found, as the JSON `--json` prints (the text output is rendered from it).
+fn check_report(snapshot: &crate::snapshot::Snapshot, discovered: &Discovered, offline: bool) -> Value {
+    let c = &snapshot.config;
+    let mut warnings: Vec<String> = snapshot.warnings.clone();
+    let mut errors = Vec::new();
+    let mut routes = Vec::new();
+    for r in &snapshot.routes {
+        let cfg = &r.cfg;
+        let found = discovered.iter().find(|(name, _)| *name == cfg.name).map(|(_, result)| result);
+        let meta = match found {
+            Some(Ok(meta)) => Some(meta),
+            Some(Err(e)) if e.is_mismatch() => {
+                errors.push(format!("route {:?}: {e}", cfg.name));
+                None
+            }
+            Some(Err(e)) => {
+                warnings.push(format!(
+                    "route {:?}: AS metadata unavailable ({e}); the proxy will use the configured endpoints and retry discovery in the background",
+                    cfg.name
+                ));
+                None
+            }
+            None => None,
+        };
+        if let Some(meta) = meta {
+            warnings.extend(r.metadata_warnings(meta).into_iter().map(|w| format!("route {:?}: {w}", cfg.name)));
+        }
+        let metadata = match (&cfg.issuer, found) {
+            (None, _) => Value::Null,
+            (Some(_), None) if offline => "not fetched (--offline)".into(),
+            (Some(_), Some(Ok(_))) => "found".into(),
+            (Some(_), _) => "unavailable".into(),
+        };
+        let signed: Vec<Value> = if cfg.client.is_some() || r.dpop_key.is_some() {
+            r.signed_endpoints(meta)
+                .into_iter()
+                .map(|e| json!({ "url": e.url, "from": e.source.to_string(), "proxy_path": cfg.proxy_path(&e.url) }))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let mut route = json!({
+            "name": cfg.name,
+            "prefix": cfg.prefix,
+            "upstream": cfg.upstream.url(""),
+            "issuer": cfg.issuer,
+            "metadata": metadata,
+            "preset": cfg.preset.map(|p| p.as_str()),
+            "signed_endpoints": signed,
+        });
+        if let Some(client) = &cfg.client {
+            route["client"] = json!({ "id": client.id, "auth": client.auth.as_str() });
+        }
+        if let Credential::Key(k) = &r.credential {
+            route["client"]["alg"] = k.alg().as_str().into();
+            route["client"]["kid"] =
+                cfg.client.as_ref().and_then(|c| c.kid.clone()).unwrap_or_else(|| k.thumbprint().to_string()).into();
+        }
+        if let Some(k) = &r.dpop_key {
+            route["dpop"] = json!({ "alg": k.alg().as_str(), "jkt": k.thumbprint() });
+        }
+        if let Some(t) = &r.cert_thumbprint {
+            route["mtls"] = json!({ "x5t#S256": t });
+        }
+        routes.push(route);
+    }
+    json!({
+        "config": c.path.display().to_string(),
+        "listen": format!("http://{}", c.listen),
+        "listen_tls": c.listen_tls.map(|a| format!("https://{a}")),
+        "forward": c.forward.map(|a| format!("http://{a}")),
+        "demo_as": c.demo_as.as_ref().map(|d| format!("{}://{}", if d.tls { "https" } else { "http" }, d.listen)),
+        "routes": routes,
+        "warnings": warnings,
+        "errors": errors,
+    })
+}
+
+fn print_check(report: &Value) {
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    println!("config {} is valid", text(&report["config"]));
+    for key in ["listen", "listen_tls", "forward", "demo_as"] {
+        if let Some(v) = report[key].as_str() {
+            println!("{} {v}", key.replace('_', " "));
+        }
+    }
+    for r in report["routes"].as_array().into_iter().flatten() {
+        let auth = match r.get("client") {
+            Some(c) => format!("{} as {:?}", text(&c["auth"]), text(&c["id"])),
+            None => "no client auth".into(),
+        };
+        println!("route {:?}: {} -> {} ({auth})", text(&r["name"]), text(&r["prefix"]), text(&r["upstream"]));
+        if let Some(p) = r["preset"].as_str() {
+            println!("  preset {p}");
+        }
+        if let Some(issuer) = r["issuer"].as_str() {
+            println!("  issuer {issuer}: metadata {}", text(&r["metadata"]));
+        }
+        for e in r["signed_endpoints"].as_array().into_iter().flatten() {
+            let via = e["proxy_path"].as_str().map(|p| format!(" (app calls {p})")).unwrap_or_default();
+            println!("  signs {} [{}]{via}", text(&e["url"]), text(&e["from"]));
+        }
+        if let Some(c) = r.get("client").filter(|c| c.get("kid").is_some()) {
+            println!("  client key: {} kid {}", text(&c["alg"]), text(&c["kid"]));
+        }
+        if let Some(d) = r.get("dpop") {
+            println!("  dpop key: {} jkt {}", text(&d["alg"]), text(&d["jkt"]));
+        }
+        if let Some(m) = r.get("mtls") {
+            println!("  mtls cert x5t#S256 {}", text(&m["x5t#S256"]));
+        }
+    }
+    for w in report["warnings"].as_array().into_iter().flatten() {
+        println!("warning: {}", text(w));
+    }
+}
+
 /// Fetches the metadata of every route with an issuer, all at once.
-async fn discover_all(
-    snapshot: &crate::snapshot::Snapshot,
-) -> Vec<(String, Result<crate::discovery::Metadata, crate::discovery::DiscoveryError>)> {
+async fn discover_all(snapshot: &crate::snapshot::Snapshot) -> Discovered {
     let mut tasks = tokio::task::JoinSet::new();
     for r in &snapshot.routes {
         let Some(issuer) = r.cfg.issuer.clone() else { continue };

@@ -10,6 +10,7 @@
 //! Fail closed: a route that signs never forwards a request it could not sign.
 
 mod guard;
+mod metadata;
 mod signing;
 mod target;
 
@@ -67,7 +68,8 @@ pub(crate) struct Outcome {
 #[derive(Debug, Clone)]
 pub enum Entry {
     /// Reverse mode: the route is chosen by path prefix; Host/Origin exposure checks apply.
-    Reverse,
+    /// `https`: the app came in over the HTTPS listener.
+    Reverse { https: bool },
     /// Forward mode: the listener already chose the route (by CONNECT host, after checking
     /// that target, SNI and Host agree); `rest` is the path relative to the route's upstream.
     /// `snapshot` is the one the route was chosen from, so a reload in between cannot send
@@ -77,8 +79,8 @@ pub enum Entry {
 
 /// Serves one reverse-mode request from the app. Never panics on input; every failure is
 /// an answer.
-pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-    handle_entry(shared, req, peer, Entry::Reverse).await
+pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>, conn: crate::server::Conn) -> Response<Body> {
+    handle_entry(shared, req, conn.peer, Entry::Reverse { https: conn.tls }).await
 }
 
 /// Serves one request that entered through `entry`.
@@ -90,7 +92,7 @@ pub async fn handle_entry(
 ) -> Response<Body> {
     let snapshot = match &entry {
         Entry::Forward { snapshot, .. } => snapshot.clone(),
-        Entry::Reverse => shared.snapshot.borrow().clone(),
+        Entry::Reverse { .. } => shared.snapshot.borrow().clone(),
     };
     let method = req.method().clone();
     let path = req.uri().path().to_string();
@@ -154,13 +156,21 @@ async fn relay(
 ) -> Result<Response<Body>, ProxyError> {
     let (parts, body) = req.into_parts();
     let path = parts.uri.path();
-    if matches!(entry, Entry::Reverse) && path == status::STATUS_PATH {
-        check_exposure(&parts.headers, &parts.uri, &snapshot.config.allow_origins)?;
-        outcome.route = "status".into();
-        return Ok(status::response(&shared.reload));
+    if let Entry::Reverse { https } = &entry {
+        let https = *https;
+        if path == status::STATUS_PATH {
+            check_exposure(&parts.headers, &parts.uri, &snapshot.config.allow_origins)?;
+            outcome.route = "status".into();
+            return Ok(status::response(&shared.reload));
+        }
+        if let Some(route) = metadata::route_for(snapshot, &parts.method, path) {
+            check_exposure(&parts.headers, &parts.uri, &snapshot.config.allow_origins)?;
+            outcome.route = route.cfg.name.clone();
+            return metadata::answer(route, &parts, https).await;
+        }
     }
     let (route, rest) = match &entry {
-        Entry::Reverse => {
+        Entry::Reverse { .. } => {
             check_exposure(&parts.headers, &parts.uri, &snapshot.config.allow_origins)?;
             snapshot
                 .route_for(path)

@@ -101,6 +101,14 @@ pub fn self_signed_client_valid(cn: &str, not_before: OffsetDateTime, not_after:
     self_signed(params)
 }
 
+/// A self-signed certificate for an existing private key (PKCS#8 PEM; RSA, EC or Ed25519),
+/// as registered with ASes that identify a client key by its certificate (Entra).
+pub fn self_signed_for_key(cn: &str, key_pem: &str) -> Cert {
+    let key = KeyPair::from_pem(key_pem).unwrap();
+    let cert = leaf_params(cn, &[], ExtendedKeyUsagePurpose::ClientAuth).self_signed(&key).unwrap();
+    Cert { chain_pem: cert.pem(), cert_pem: cert.pem(), key_pem: key_pem.to_string(), der: cert.der().to_vec() }
+}
+
 /// The DER of the first certificate in `pem`.
 pub fn der(pem: &str) -> Vec<u8> {
     CertificateDer::from_pem_slice(pem.as_bytes()).unwrap().to_vec()

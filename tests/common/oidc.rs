@@ -288,6 +288,20 @@ impl OidcProvider {
             .to_string()
     }
 
+    /// The AS's own discovery document (`<issuer>/.well-known/openid-configuration`), fetched
+    /// directly. The GET is recorded like any other request.
+    pub async fn metadata(&self) -> Value {
+        let (status, value) = self.control_json(reqwest::Method::GET, "/.well-known/openid-configuration", None).await;
+        assert_eq!(status, 200, "discovery: {value}");
+        value
+    }
+
+    /// [`received`](Self::received) filtered to `POST`s (what a client sends to the
+    /// client-authenticated endpoints), in arrival order.
+    pub async fn posts(&self) -> Vec<Value> {
+        self.received().await.into_iter().filter(|r| r["method"] == "POST").collect()
+    }
+
     /// Clears the request record.
     pub async fn reset(&self) {
         let (status, value) = self.control_json(reqwest::Method::POST, "/__reset", None).await;

@@ -13,7 +13,13 @@
 //                                // "optional": nonces issued/accepted but not required
 //     "tls": null,               // { "cert": "leaf-chain.pem", "key": "key.pem", "ca": ["client-root.pem"] }
 //     "issuer_host": "127.0.0.1",
-//     "rotate_refresh_token": true
+//     "rotate_refresh_token": true,
+//     "device_flow": false,      // true: device authorization endpoint (RFC 8628) at /device/auth
+//     "ciba": false,             // true: CIBA (poll mode) at /backchannel; login_hint is taken
+//                                // as the account id, no authentication device is contacted
+//     "mtls_endpoint_aliases": false // true: metadata lists RFC 8705 aliases for the
+//                                // client-authenticated endpoints, same paths on
+//                                // https://localhost:<port> (published only; nothing listens)
 //   }
 //
 // Prints exactly one line on stdout when ready:
@@ -73,6 +79,23 @@ const dpopNonce = cfg.dpop_nonce ?? false;
 const tls = cfg.tls ?? null;
 const issuerHost = cfg.issuer_host ?? '127.0.0.1';
 const rotateRefreshToken = cfg.rotate_refresh_token ?? true;
+const deviceFlow = cfg.device_flow === true;
+const ciba = cfg.ciba === true;
+const mtlsEndpointAliases = cfg.mtls_endpoint_aliases === true;
+
+// oidc-provider's default endpoint paths, passed explicitly so the metadata extras below
+// name the same paths the provider serves.
+const ROUTES = {
+  authorization: '/auth',
+  backchannel_authentication: '/backchannel',
+  device_authorization: '/device/auth',
+  introspection: '/token/introspection',
+  jwks: '/jwks',
+  pushed_authorization_request: '/request',
+  revocation: '/token/revocation',
+  token: '/token',
+  userinfo: '/me',
+};
 
 if (process.env.TOKENRELAY_OIDC_WATCH_STDIN === '1') {
   process.stdin.on('end', () => process.exit(0));
@@ -418,8 +441,27 @@ await new Promise((resolve, reject) => {
 const { port } = server.address();
 const issuer = `${tls ? 'https' : 'http'}://${issuerHost}:${port}`;
 
+// RFC 8705 §5 aliases for the client-authenticated endpoints the provider publishes.
+function mtlsAliases() {
+  const origin = `https://localhost:${port}`;
+  const aliases = {
+    token_endpoint: `${origin}${ROUTES.token}`,
+    pushed_authorization_request_endpoint: `${origin}${ROUTES.pushed_authorization_request}`,
+    introspection_endpoint: `${origin}${ROUTES.introspection}`,
+    revocation_endpoint: `${origin}${ROUTES.revocation}`,
+  };
+  if (deviceFlow) aliases.device_authorization_endpoint = `${origin}${ROUTES.device_authorization}`;
+  if (ciba) aliases.backchannel_authentication_endpoint = `${origin}${ROUTES.backchannel_authentication}`;
+  return aliases;
+}
+
 const configuration = {
   clients,
+  routes: ROUTES,
+  discovery: {
+    claim_types_supported: ['normal'],
+    ...(mtlsEndpointAliases ? { mtls_endpoint_aliases: mtlsAliases() } : {}),
+  },
   jwks: generateSigningKeys(),
   cookies: { keys: [crypto.randomBytes(32).toString('base64url')] },
   findAccount: async (ctx, sub) => ({
@@ -456,6 +498,20 @@ const configuration = {
   features: {
     devInteractions: { enabled: false },
     clientCredentials: { enabled: true },
+    deviceFlow: { enabled: deviceFlow },
+    ciba: ciba
+      ? {
+        enabled: true,
+        deliveryModes: ['poll'],
+        processLoginHint: async (ctx, loginHint) => loginHint,
+        processLoginHintToken: async () => {
+          throw new Error('login_hint_token is not supported by the test AS');
+        },
+        validateRequestContext: async () => {},
+        verifyUserCode: async () => {},
+        triggerAuthenticationDevice: async () => {},
+      }
+      : { enabled: false },
     introspection: { enabled: true, allowedPolicy: async () => true },
     revocation: { enabled: true, allowedPolicy: async () => true },
     dPoP: {

@@ -78,37 +78,60 @@ impl Cx<'_> {
         Ok(addr)
     }
 
+    /// A listener address: loopback only, unless `[proxy] allow_remote = true` (RFC 9700
+    /// §4.13; TLS does not authenticate the caller, so `listen_tls` is no exception).
+    fn listener(&self, s: &Spanned<String>, key: &str, allow_remote: bool) -> Result<SocketAddr, ConfigError> {
+        let addr = self.addr(s, key)?;
+        if !addr.ip().is_loopback() && !allow_remote {
+            return Err(self.err(
+                s.span(),
+                key,
+                format!(
+                    "{addr} is not a loopback address: whoever reaches a signing proxy gets signed tokens. \
+                     Listen on 127.0.0.1 or [::1], or set [proxy] allow_remote = true to expose it on purpose"
+                ),
+            ));
+        }
+        Ok(addr)
+    }
+
     fn check(&self, raw: RawConfig) -> Result<Config, ConfigError> {
         let p = raw.proxy;
+        let remote = p.allow_remote;
         let listen = match &p.listen {
-            Some(s) => {
-                let addr = self.addr(s, "proxy.listen")?;
-                // RFC 9700 §4.13: plain-HTTP listeners on loopback only.
-                if !addr.ip().is_loopback() {
-                    return Err(self.err(
-                        s.span(),
-                        "proxy.listen",
-                        "a plain-HTTP signing proxy must listen on loopback (127.0.0.1 or [::1]); \
-                         anything that reaches it gets signed tokens",
-                    ));
-                }
-                addr
-            }
+            Some(s) => self.listener(s, "proxy.listen", remote)?,
             None => SocketAddr::from(([127, 0, 0, 1], 8787)),
         };
-        let listen_tls = p.listen_tls.as_ref().map(|s| self.addr(s, "proxy.listen_tls")).transpose()?;
-        let forward = p.forward.as_ref().map(|s| self.addr(s, "proxy.forward")).transpose()?;
-        if let (Some(addr), Some(s)) = (forward, &p.forward) {
-            if !addr.ip().is_loopback() {
-                return Err(self.err(s.span(), "proxy.forward", "the forward proxy must listen on loopback"));
-            }
-        }
+        let listen_tls = p.listen_tls.as_ref().map(|s| self.listener(s, "proxy.listen_tls", remote)).transpose()?;
+        let forward = p.forward.as_ref().map(|s| self.listener(s, "proxy.forward", remote)).transpose()?;
         let demo_as = match &raw.demo_as {
             Some(d) => Some(DemoAsConfig {
-                listen: self.addr(&d.get_ref().listen, "demo_as.listen")?,
+                listen: self.listener(&d.get_ref().listen, "demo_as.listen", remote)?,
                 dpop_nonce: d.get_ref().dpop_nonce,
                 tls: d.get_ref().tls,
             }),
+            None => None,
+        };
+        let max_body = match &p.max_body {
+            Some(n) if *n.get_ref() == 0 => {
+                return Err(self.err(
+                    n.span(),
+                    "proxy.max_body",
+                    "0 would refuse every request body; the default is 65536",
+                ))
+            }
+            Some(n) => *n.get_ref(),
+            None => DEFAULT_MAX_BODY,
+        };
+        let max_connections = match &p.max_connections {
+            Some(n) if *n.get_ref() < 2 => {
+                return Err(self.err(
+                    n.span(),
+                    "proxy.max_connections",
+                    "must be at least 2 (default: min(512, open-file limit - 64))",
+                ))
+            }
+            Some(n) => Some(*n.get_ref()),
             None => None,
         };
         let mut routes = Vec::new();
@@ -136,8 +159,10 @@ impl Cx<'_> {
             unknown_hosts: p.unknown_hosts.unwrap_or_default(),
             ca_cert: self.resolve(p.ca_cert.as_deref().unwrap_or("certs/ca.pem")),
             ca_key: self.resolve(p.ca_key.as_deref().unwrap_or("certs/ca-key.pem")),
-            max_body: p.max_body.unwrap_or(DEFAULT_MAX_BODY),
+            max_body,
             allow_origins: p.allow_origins,
+            allow_remote: remote,
+            max_connections,
             demo_as,
             routes,
         })
@@ -271,9 +296,9 @@ impl Cx<'_> {
             return Err(bad("scheme must be https (or http for a loopback upstream)"));
         }
         let upstream = Upstream::parse(&url).ok_or_else(|| bad("missing host"))?;
-        if upstream.scheme == "http" && !is_loopback_host(&upstream.host) {
+        if upstream.scheme == "http" && !is_loopback_upstream(&upstream.host) {
             return Err(bad(
-                "plain http is allowed only for loopback upstreams; use https (tokens and assertions must not cross a network in clear)",
+                "plain http is allowed only to a loopback IP or localhost; use https (tokens and assertions must not cross a network in clear)",
             ));
         }
         if url.query().is_some() {

@@ -52,6 +52,13 @@ pub fn is_loopback_host(host: &str) -> bool {
         || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
+/// A host plain HTTP may go to: a loopback IP literal or `localhost` itself. Unlike
+/// [`is_loopback_host`], `*.localhost` names do not count: they may resolve through DNS.
+pub fn is_loopback_upstream(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost") || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 /// `host:port` as an app named it (a CONNECT target, a `Host` header, a URI authority).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Authority {
@@ -148,5 +155,7 @@ mod tests {
     fn loopback_names() {
         assert!(is_loopback_host("localhost") && is_loopback_host("[::1]") && is_loopback_host("127.0.0.2"));
         assert!(!is_loopback_host("localhost.example") && !is_loopback_host("10.0.0.1"));
+        assert!(is_loopback_host("app.localhost") && !is_loopback_upstream("app.localhost"));
+        assert!(is_loopback_upstream("LOCALHOST") && is_loopback_upstream("[::1]"));
     }
 }

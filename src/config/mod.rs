@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use crate::jose::Alg;
 pub use check::parse;
-pub use host::{is_loopback_host, HostEntry};
+pub use host::{is_loopback_host, is_loopback_upstream, HostEntry};
 pub use raw::{AuthMethod, Preset, UnknownHosts};
 
 /// Default body limit: token requests are small; 64 KiB leaves room for big assertions.
@@ -45,6 +45,10 @@ pub struct Config {
     pub ca_key: PathBuf,
     pub max_body: usize,
     pub allow_origins: Vec<String>,
+    /// Listeners may bind non-loopback addresses (`[proxy] allow_remote`).
+    pub allow_remote: bool,
+    /// `[proxy] max_connections`; `None`: the default, derived from the open-file limit.
+    pub max_connections: Option<usize>,
     pub demo_as: Option<DemoAsConfig>,
     /// Routes, longest prefix first so the most specific one matches.
     pub routes: Vec<RouteConfig>,
@@ -169,6 +173,23 @@ pub struct RouteConfig {
     pub mtls: Option<MtlsConfig>,
     pub headers: HeaderRules,
     pub params: ParamRules,
+}
+
+impl Config {
+    /// Listeners bound to non-loopback addresses, as `key address` (only with `allow_remote`).
+    pub fn exposed_listeners(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut add = |key: &str, addr: Option<SocketAddr>| {
+            if let Some(a) = addr.filter(|a| !a.ip().is_loopback()) {
+                out.push(format!("{key} {a}"));
+            }
+        };
+        add("proxy.listen", Some(self.listen));
+        add("proxy.listen_tls", self.listen_tls);
+        add("proxy.forward", self.forward);
+        add("demo_as.listen", self.demo_as.as_ref().map(|d| d.listen));
+        out
+    }
 }
 
 impl RouteConfig {

@@ -29,7 +29,12 @@ pub struct RawProxy {
     pub ca_cert: Option<String>,
     pub ca_key: Option<String>,
     /// Largest request body accepted, in bytes (default 65536).
-    pub max_body: Option<usize>,
+    pub max_body: Option<Spanned<usize>>,
+    /// Let listeners bind non-loopback addresses (warned at every start and reload).
+    #[serde(default)]
+    pub allow_remote: bool,
+    /// Concurrent connections, all listeners together (default min(512, open-file limit - 64)).
+    pub max_connections: Option<Spanned<usize>>,
     /// Extra `Origin` values allowed to use the proxy (default: none; a form POST needs no CORS preflight, so other origins are refused).
     #[serde(default)]
     pub allow_origins: Vec<String>,

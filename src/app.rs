@@ -65,8 +65,14 @@ pub struct Running {
     config_path: PathBuf,
     snapshot: watch::Sender<Arc<Snapshot>>,
     reload: reload::Handle,
+    /// Stops the listeners apps and clients connect to (reverse, `listen_tls`, forward).
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    /// Stops what those listeners' requests may still need (the demo AS, often their
+    /// upstream) and the reloader: sent only once the front listeners have drained.
+    shutdown_back: watch::Sender<bool>,
+    back_tasks: Vec<JoinHandle<()>>,
+    connections: Arc<crate::server::Tracker>,
 }
 
 /// `given` (tests pre-bind `127.0.0.1:0`), or a new listener on `addr`; and its address.
@@ -116,6 +122,9 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
     for w in &snapshot.warnings {
         tracing::warn!("{w}");
     }
+    if let Some(w) = snapshot.config.exposure_warning() {
+        tracing::warn!("{w}");
+    }
     let config = snapshot.config.clone();
     let (listener, addr) = bind(opts.listener, config.listen, "[proxy] listen").await?;
     let demo = match &config.demo_as {
@@ -138,11 +147,18 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
     snapshot.start_discovery();
     let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(snapshot));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (back_tx, back_rx) = watch::channel(false);
     let mut tasks = Vec::new();
+    let mut back_tasks = Vec::new();
+    // One connection budget for every listener (see `crate::server`): a flood on one
+    // cannot starve the others of descriptors.
+    let connections = crate::server::Tracker::new(crate::server::connection_limit(config.max_connections));
+    tracing::debug!(limit = connections.limit(), "connection limit");
     if let Some((l, _)) = demo {
-        let (issuer, task) = crate::demo_as::spawn(l, &config, snapshot_rx.clone(), shutdown_rx.clone())?;
+        let (issuer, task) =
+            crate::demo_as::spawn(l, &config, snapshot_rx.clone(), connections.clone(), back_rx.clone())?;
         tracing::info!(%issuer, "demo AS listening");
-        tasks.push(task);
+        back_tasks.push(task);
     }
     let reload_status = Arc::new(ReloadStatus::default());
     let mut shared = Shared::new(snapshot_rx);
@@ -153,23 +169,22 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
         let resolver = Arc::new(crate::local_ca::LoopbackResolver(ca.clone()));
         let server_tls = crate::local_ca::server_config(resolver)?;
         tracing::info!(addr = %local, "tokenrelay listening over HTTPS (local CA leaf for localhost, 127.0.0.1, ::1)");
-        tasks.push(tokio::spawn(crate::server::serve_tls(l, server_tls, shared.clone(), shutdown_rx.clone())));
+        tasks.push(tokio::spawn(crate::server::serve_tls(
+            l,
+            server_tls,
+            shared.clone(),
+            connections.clone(),
+            shutdown_rx.clone(),
+        )));
     }
     if let (Some((l, local)), Some(ca)) = (forward, &ca) {
         tracing::info!(addr = %local, unknown_hosts = ?config.unknown_hosts, "forward proxy listening (HTTPS_PROXY)");
-        tasks.push(crate::forward::spawn(l, ca.clone(), &config, &shared, &shutdown_rx));
+        tasks.push(crate::forward::spawn(l, ca.clone(), &config, &shared, &connections, &shutdown_rx));
     }
-    let (reload, reloader) = reload::spawn(
-        opts.config.clone(),
-        snapshot_tx.clone(),
-        reload_status,
-        opts.reload,
-        shutdown_rx.clone(),
-        loaded_hash,
-    )
-    .await;
-    tasks.push(reloader);
-    tasks.push(tokio::spawn(crate::server::serve(listener, shared, shutdown_rx)));
+    let (reload, reloader) =
+        reload::spawn(opts.config.clone(), snapshot_tx.clone(), reload_status, opts.reload, back_rx, loaded_hash).await;
+    back_tasks.push(reloader);
+    tasks.push(tokio::spawn(crate::server::serve(listener, shared, connections.clone(), shutdown_rx)));
     Ok(Running {
         addr,
         demo_as_addr,
@@ -180,6 +195,9 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
         reload,
         shutdown: shutdown_tx,
         tasks,
+        shutdown_back: back_tx,
+        back_tasks,
+        connections,
     })
 }
 
@@ -224,10 +242,22 @@ impl Running {
         ))
     }
 
-    /// Stops the listeners and waits for them to finish.
+    /// Connections (and tunnels) open now, across every listener, and the cap they share.
+    pub fn connections(&self) -> (usize, usize) {
+        (self.connections.open(), self.connections.limit())
+    }
+
+    /// Stops gracefully: the listeners close at once (new connections are refused), requests
+    /// in flight finish (at most [`crate::server::SHUTDOWN_GRACE`]), then the demo AS and the
+    /// reloader stop. The demo AS goes last because in-flight requests may be on their way to
+    /// it.
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
         for t in self.tasks {
+            let _ = t.await;
+        }
+        let _ = self.shutdown_back.send(true);
+        for t in self.back_tasks {
             let _ = t.await;
         }
     }

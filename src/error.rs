@@ -17,6 +17,9 @@ pub enum ProxyError {
     /// Refused for exposure reasons (foreign Host/Origin, cross-site).
     #[error("{0}")]
     Forbidden(String),
+    /// Something of tokenrelay's own that does not exist (an exchange id, a local path).
+    #[error("{0}")]
+    NotFound(String),
     #[error("no route claims {path}; configured prefixes: {}", if prefixes.is_empty() { "(none)".to_string() } else { prefixes.join(", ") })]
     NoRoute { path: String, prefixes: Vec<String> },
     #[error("request body is over the {limit}-byte limit (raise [proxy] max_body if this is intended)")]
@@ -36,7 +39,7 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
+            ProxyError::NoRoute { .. } | ProxyError::NotFound(_) => StatusCode::NOT_FOUND,
             ProxyError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::Signing(_) | ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,

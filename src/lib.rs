@@ -22,6 +22,7 @@ pub mod config;
 pub mod demo_as;
 pub mod discovery;
 pub mod error;
+pub mod explain;
 pub mod forward;
 pub mod jose;
 pub mod keys;

@@ -77,7 +77,8 @@ pub fn generate_ca(cn: &str) -> Result<Minted, PkiError> {
 pub const LOCAL_CA_DAYS: i64 = 365;
 
 /// tokenrelay's local CA (for `listen_tls` and forward mode): may sign leaves only (path length
-/// 0), key usage `keyCertSign` + `cRLSign`, valid [`LOCAL_CA_DAYS`], and name-constrained
+/// 0), key usage `keyCertSign` + `cRLSign`, extended key usage `serverAuth`, valid
+/// [`LOCAL_CA_DAYS`], and name-constrained
 /// (RFC 5280 §4.2.1.10) to `permitted`: DNS names (each also covers its subdomains) and IP
 /// literals. Loopback (`localhost`, `127.0.0.0/8`, `::1`) is always permitted. A stolen key can
 /// then mint certificates for these names only, in every verifier that honours constraints on
@@ -88,6 +89,9 @@ pub fn generate_local_ca(cn: &str, permitted: &[String]) -> Result<Minted, PkiEr
     params.distinguished_name = dn(cn);
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    // Verifiers that treat a CA's EKU as a constraint on its chain (OpenSSL, Windows, NSS)
+    // then accept it for TLS servers only: no code signing, no client or email certificates.
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     let mut subtrees = vec![
         GeneralSubtree::DnsName("localhost".into()),
         GeneralSubtree::IpAddress(CidrSubnet::from_v4_prefix([127, 0, 0, 0], 8)),
@@ -394,6 +398,9 @@ mod tests {
             assert!(!nc.permits(bad), "{bad} should not be permitted");
         }
         assert!(nc.describe().contains("127.0.0.0/8"), "{}", nc.describe());
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+        let eku = cert.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.server_auth && !eku.client_auth && !eku.code_signing && !eku.any, "{eku:?}");
         let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
         let bc = cert.basic_constraints().unwrap().unwrap().value;
         assert!(bc.ca && bc.path_len_constraint == Some(0));

@@ -151,11 +151,27 @@ pub fn env_script(config: &Config, ca: &LocalCa, bundle: &Path) -> String {
         let _ = writeln!(out, "export {name}={}", q(&bundle));
     }
     let _ = writeln!(out, "export NODE_EXTRA_CA_CERTS={}", q(&ca_path));
-    let _ = writeln!(out, "# Java (once; imports into the JDK's cacerts, run with the JDK's rights):");
+    // Java ignores name constraints on trust anchors: importing this CA into the JDK's shared
+    // cacerts would let it vouch for any host in every Java program. A per-app trust store
+    // (a copy of cacerts plus this CA) keeps it to the app you start with it.
+    let store = ca_path.with_file_name("tokenrelay-truststore.p12");
+    let _ =
+        writeln!(out, "# Java (per app; never import into the JDK's shared cacerts, Java ignores name constraints):");
     let _ = writeln!(
         out,
-        "#   keytool -importcert -noprompt -trustcacerts -cacerts -storepass changeit -alias tokenrelay-local-ca -file {}",
-        q(&ca_path)
+        "#   keytool -importkeystore -noprompt -srckeystore \"$JAVA_HOME/lib/security/cacerts\" -srcstorepass changeit -destkeystore {} -deststoretype PKCS12 -deststorepass changeit",
+        q(&store)
+    );
+    let _ = writeln!(
+        out,
+        "#   keytool -importcert -noprompt -alias tokenrelay-local-ca -file {} -keystore {} -storetype PKCS12 -storepass changeit",
+        q(&ca_path),
+        q(&store)
+    );
+    let _ = writeln!(
+        out,
+        "#   java -Djavax.net.ssl.trustStore={} -Djavax.net.ssl.trustStoreType=PKCS12 -Djavax.net.ssl.trustStorePassword=changeit ...",
+        q(&store)
     );
     if let Some(addr) = config.forward {
         let _ = writeln!(
@@ -196,9 +212,11 @@ mod tests {
             "NODE_USE_ENV_PROXY=1",
             "CURL_CA_BUNDLE=",
             "keytool -importcert",
+            "-Djavax.net.ssl.trustStore=",
         ] {
             assert!(script.contains(var), "{var} missing from:\n{script}");
         }
+        assert!(!script.contains("-cacerts"), "never the JDK's shared store:\n{script}");
         assert_eq!(sh_quote("/a b/c'd"), r"'/a b/c'\''d'");
         assert_eq!(sh_quote("/plain/path.pem"), "/plain/path.pem");
     }

@@ -2,6 +2,7 @@
 //! here only.
 
 mod ca;
+mod token;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -53,6 +54,23 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Send one token request through the route's pipeline, in-process, and explain it:
+    /// what was sent, what the AS answered, and hints when it said no. Exits 0 on a 2xx.
+    Token {
+        /// The route to use.
+        #[arg(long)]
+        route: String,
+        /// A form parameter to send, `name=value` (repeatable). Default:
+        /// `grant_type=client_credentials`.
+        #[arg(long = "param", value_name = "NAME=VALUE")]
+        params: Vec<String>,
+        /// Print the tokens the AS issued (hidden by default).
+        #[arg(long)]
+        show_token: bool,
+        /// Print the exchange record as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the environment that makes common runtimes trust the local CA and use the
     /// forward proxy, as shell exports: `eval "$(tokenrelay ca)"`. Creates the CA when missing
     /// and writes a merged bundle (system roots + local CA) beside it.
@@ -69,6 +87,9 @@ pub fn main() -> ExitCode {
         Command::Jwks { route } => jwks(&cli.config, route.as_deref()),
         Command::Init { force } => init(&cli.config, force),
         Command::Ca => ca::run(&cli.config),
+        Command::Token { route, params, show_token, json } => {
+            token::run(&cli.config, &route, &params, show_token, json)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -95,7 +116,11 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn run(config: &Path) -> anyhow::Result<()> {
-    runtime()?.block_on(async {
+    let runtime = runtime()?;
+    let result = runtime.block_on(async {
+        // Before anything binds: a SIGTERM sent as soon as the address is printed must already
+        // mean "stop gracefully", not the default "die at once".
+        let mut signals = StopSignals::new();
         let running = crate::app::start(crate::app::Options::new(config)).await?;
         if let Some(line) = running.curl_line() {
             // A closed stdout (`tokenrelay | head -1`) must not stop the proxy: ignore write errors.
@@ -105,25 +130,57 @@ fn run(config: &Path) -> anyhow::Result<()> {
             let _ = writeln!(out, "{line}");
             let _ = out.flush();
         }
-        wait_for_stop().await;
-        tracing::info!("shutting down");
-        running.stop().await;
-        Ok(())
-    })
+        wait_for_stop(&mut signals).await;
+        tracing::info!(
+            "shutting down: no new connections; waiting up to {:?} for requests in flight (signal again to stop now)",
+            crate::server::SHUTDOWN_GRACE
+        );
+        tokio::select! {
+            _ = running.stop() => {
+                tracing::info!("stopped");
+                Ok(())
+            }
+            _ = wait_for_stop(&mut signals) => anyhow::bail!("stopped by a second signal without waiting for requests in flight"),
+        }
+    });
+    // Work still on the blocking pool (a reload hashing files) must not hold up the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
 }
 
-async fn wait_for_stop() {
+/// SIGINT (Ctrl-C) and SIGTERM, registered once for the life of `run`.
+struct StopSignals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            return;
+    unix: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl StopSignals {
+    /// Registers the handlers (inside the runtime). Where that fails, [`wait_for_stop`]
+    /// falls back to Ctrl-C alone.
+    fn new() -> StopSignals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let unix = signal(SignalKind::interrupt()).ok().zip(signal(SignalKind::terminate()).ok());
+            StopSignals { unix }
         }
+        #[cfg(not(unix))]
+        StopSignals {}
     }
+}
+
+/// Resolves at the next SIGINT or SIGTERM.
+async fn wait_for_stop(signals: &mut StopSignals) {
+    #[cfg(unix)]
+    if let Some((int, term)) = signals.unix.as_mut() {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        return;
+    }
+    #[cfg(not(unix))]
+    let _ = signals;
     let _ = tokio::signal::ctrl_c().await;
 }
 
@@ -149,6 +206,7 @@ type Discovered = Vec<(String, Result<crate::discovery::Metadata, crate::discove
 fn check_report(snapshot: &crate::snapshot::Snapshot, discovered: &Discovered, offline: bool) -> Value {
     let c = &snapshot.config;
     let mut warnings: Vec<String> = snapshot.warnings.clone();
+    warnings.extend(c.exposure_warning());
     let mut errors = Vec::new();
     let mut routes = Vec::new();
     for r in &snapshot.routes {

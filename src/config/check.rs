@@ -20,15 +20,33 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     let cx = Cx { text, path };
     let raw: RawConfig = toml::from_str(text).map_err(|e| {
         let (line, column) = e.span().map(|s| cx.line_col(s.start)).unwrap_or((1, 1));
-        ConfigError::Invalid {
-            path: path.display().to_string(),
-            line,
-            column,
-            key: String::new(),
-            message: e.message().trim_end().to_string(),
+        let mut message = e.message().trim_end().to_string();
+        // A mistyped secret (`secret = 987654321012`, an API key in a header rule, however
+        // the TOML spells the table) must not be echoed into logs or the status endpoint:
+        // serde quotes the value it refused in backticks. Type errors never show the value.
+        if message.starts_with("invalid type")
+            || message.starts_with("invalid value")
+            || e.span().is_some_and(|s| cx.is_secret_line(s.start))
+        {
+            message = redact_quoted(&message);
         }
+        ConfigError::Invalid { path: path.display().to_string(), line, column, key: String::new(), message }
     })?;
     cx.check(raw)
+}
+
+/// `message` with every `` `...` `` quoted value replaced by `` `[redacted]` ``.
+fn redact_quoted(message: &str) -> String {
+    let mut out = String::new();
+    let mut parts = message.split('`');
+    if let Some(first) = parts.next() {
+        out.push_str(first);
+    }
+    for (i, part) in parts.enumerate() {
+        out.push('`');
+        out.push_str(if i % 2 == 0 { "[redacted]" } else { part });
+    }
+    out
 }
 
 struct Cx<'a> {
@@ -42,6 +60,14 @@ impl Cx<'_> {
         let line = before.matches('\n').count() + 1;
         let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
         (line, column)
+    }
+
+    /// Is `offset` on a line that sets a secret (`secret`, `secret_env`, a header value)?
+    fn is_secret_line(&self, offset: usize) -> bool {
+        let start = self.text[..offset.min(self.text.len())].rfind('\n').map_or(0, |i| i + 1);
+        let line = self.text[start..].lines().next().unwrap_or_default();
+        let key = line.split('=').next().unwrap_or_default().trim().trim_matches('"').to_ascii_lowercase();
+        key.contains("secret") || line.trim_start().starts_with("set")
     }
 
     fn err(&self, span: std::ops::Range<usize>, key: &str, message: impl Into<String>) -> ConfigError {
@@ -95,6 +121,46 @@ impl Cx<'_> {
         Ok(addr)
     }
 
+    /// `[demo_as]`: the listener, the signed-in user, and each client's redirect URIs
+    /// (absolute, without fragment: RFC 6749 §3.1.2).
+    fn demo_as(&self, spanned: &Spanned<raw::RawDemoAs>, remote: bool) -> Result<DemoAsConfig, ConfigError> {
+        let d = spanned.get_ref();
+        let listen = self.listener(&d.listen, "demo_as.listen", remote)?;
+        let user = match &d.user {
+            Some(u) if u.get_ref().trim().is_empty() => {
+                return Err(self.err(u.span(), "demo_as.user", "must not be empty (default \"demo-user\")"))
+            }
+            Some(u) => u.get_ref().clone(),
+            None => DemoAsConfig::DEFAULT_USER.to_string(),
+        };
+        let mut redirect_uris = BTreeMap::new();
+        for (client, uris) in &d.redirect_uris {
+            let key = format!("demo_as.redirect_uris.{client}");
+            let mut list = Vec::new();
+            for uri in uris {
+                let text = uri.get_ref();
+                let why = match url::Url::parse(text) {
+                    Ok(u) if u.fragment().is_some() => Some("has a fragment (RFC 6749 §3.1.2)".to_string()),
+                    Ok(_) => None,
+                    Err(e) => Some(format!("is not an absolute URI (RFC 6749 §3.1.2): {e}")),
+                };
+                if let Some(why) = why {
+                    return Err(self.err(uri.span(), &key, format!("{text:?} {why}")));
+                }
+                list.push(text.clone());
+            }
+            if list.is_empty() {
+                return Err(self.err(
+                    spanned.span(),
+                    &key,
+                    "an empty list allows no redirect at all; list the URIs or remove the entry (loopback URIs are the default)",
+                ));
+            }
+            redirect_uris.insert(client.clone(), list);
+        }
+        Ok(DemoAsConfig { listen, dpop_nonce: d.dpop_nonce, tls: d.tls, user, redirect_uris })
+    }
+
     fn check(&self, raw: RawConfig) -> Result<Config, ConfigError> {
         let p = raw.proxy;
         let remote = p.allow_remote;
@@ -105,11 +171,7 @@ impl Cx<'_> {
         let listen_tls = p.listen_tls.as_ref().map(|s| self.listener(s, "proxy.listen_tls", remote)).transpose()?;
         let forward = p.forward.as_ref().map(|s| self.listener(s, "proxy.forward", remote)).transpose()?;
         let demo_as = match &raw.demo_as {
-            Some(d) => Some(DemoAsConfig {
-                listen: self.listener(&d.get_ref().listen, "demo_as.listen", remote)?,
-                dpop_nonce: d.get_ref().dpop_nonce,
-                tls: d.get_ref().tls,
-            }),
+            Some(d) => Some(self.demo_as(d, remote)?),
             None => None,
         };
         let max_body = match &p.max_body {
@@ -162,6 +224,7 @@ impl Cx<'_> {
             max_body,
             allow_origins: p.allow_origins,
             allow_remote: remote,
+            exchanges: p.exchanges.unwrap_or(200),
             max_connections,
             demo_as,
             routes,
@@ -182,10 +245,12 @@ impl Cx<'_> {
             ));
         }
         let issuer = r.issuer.as_ref().map(|s| s.get_ref().clone());
-        let upstream = match (&r.upstream, &r.issuer) {
+        // RFC 8414 §2: an https URL without query or fragment (http only to this machine).
+        let issuer_url = r.issuer.as_ref().map(|i| self.upstream(i, &key("issuer"))).transpose()?;
+        let upstream = match (&r.upstream, issuer_url) {
             (Some(u), _) => self.upstream(u, &key("upstream"))?,
             // An issuer alone is enough: its origin is the upstream, endpoints come from metadata.
-            (None, Some(i)) => self.upstream(i, &key("issuer"))?.origin_only(),
+            (None, Some(i)) => i.origin_only(),
             (None, None) => {
                 return Err(self.err(
                     span,
@@ -214,7 +279,7 @@ impl Cx<'_> {
             Some(list) => list
                 .iter()
                 .map(|entry| {
-                    HostEntry::parse(entry).ok_or_else(|| {
+                    let parsed = HostEntry::parse(entry).ok_or_else(|| {
                         self.err(
                             span.clone(),
                             &key("hosts"),
@@ -222,7 +287,11 @@ impl Cx<'_> {
                                 "{entry:?} is not a host name, IP address or host:port like \"as.example.com:8443\""
                             ),
                         )
-                    })
+                    })?;
+                    parsed
+                        .check_claimable()
+                        .map_err(|why| self.err(span.clone(), &key("hosts"), format!("{entry:?}: {why}")))?;
+                    Ok(parsed)
                 })
                 .collect::<Result<_, _>>()?,
         };
@@ -314,9 +383,17 @@ impl Cx<'_> {
     }
 
     fn duration(&self, s: &Spanned<String>, key: &str) -> Result<Duration, ConfigError> {
-        humantime::parse_duration(s.get_ref()).map_err(|e| {
+        let d = humantime::parse_duration(s.get_ref()).map_err(|e| {
             self.err(s.span(), key, format!("{:?} is not a duration like \"10s\" or \"500ms\": {e}", s.get_ref()))
-        })
+        })?;
+        if d.is_zero() {
+            return Err(self.err(
+                s.span(),
+                key,
+                format!("{:?} is zero; use a duration like \"10s\" or \"500ms\"", s.get_ref()),
+            ));
+        }
+        Ok(d)
     }
 
     fn alg(&self, s: &Spanned<String>, key: &str) -> Result<Alg, ConfigError> {
@@ -486,6 +563,14 @@ impl Cx<'_> {
         for (name, value) in h.set {
             let n = http::HeaderName::from_bytes(name.as_bytes())
                 .map_err(|_| self.err(span.clone(), &key, format!("{name:?} is not a valid header name")))?;
+            // RFC 9110 §7.6.1 / RFC 9112 §6: framing and connection headers are the proxy's own.
+            if is_framing(&n) {
+                return Err(self.err(
+                    span.clone(),
+                    &format!("{key}.set"),
+                    format!("{name:?} cannot be set by a header rule: it frames the message or the connection (RFC 9110 §7.6.1)"),
+                ));
+            }
             let v = http::HeaderValue::from_str(&value)
                 .map_err(|_| self.err(span.clone(), &key, format!("value of {name:?} is not a valid header value")))?;
             // Configured values may be API keys: keep them out of any Debug print.

@@ -13,6 +13,8 @@ pub fn split_host_port(raw: &str) -> Option<(&str, Option<u16>)> {
     let (host, rest) = match raw.strip_prefix('[') {
         Some(inner) => {
             let end = inner.find(']')?;
+            // RFC 3986 §3.2.2: brackets hold an IP literal, nothing else.
+            inner[..end].parse::<std::net::Ipv6Addr>().ok()?;
             (&inner[..end], &inner[end + 1..])
         }
         None => match raw.split_once(':') {
@@ -20,7 +22,7 @@ pub fn split_host_port(raw: &str) -> Option<(&str, Option<u16>)> {
             None => (raw, ""),
         },
     };
-    if host.is_empty() || host.contains(['@', '/', ' ']) {
+    if host.is_empty() || host.contains(['@', '/', '\\']) || host.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return None;
     }
     match rest {
@@ -106,6 +108,29 @@ impl HostEntry {
     }
 }
 
+impl HostEntry {
+    /// Whether forward mode may intercept this host with a leaf from the local CA, whose
+    /// name constraints (RFC 5280 §4.2.1.10) it becomes: not a wildcard, and not a public
+    /// suffix (`com`, `co.uk`, `github.io` per the Public Suffix List), which would let the
+    /// CA mint certificates for every site below it. Private single-label names such as
+    /// `localhost` or a Compose service `keycloak` are fine.
+    pub fn check_claimable(&self) -> Result<(), String> {
+        if self.host.contains('*') {
+            return Err("wildcards are not supported; list each host".into());
+        }
+        if self.host.parse::<IpAddr>().is_ok() {
+            return Ok(());
+        }
+        if psl::suffix(self.host.as_bytes()).is_some_and(|s| s.is_known() && s.as_bytes() == self.host.as_bytes()) {
+            return Err(format!(
+                "{:?} is a public suffix: a CA constrained to it could issue for every site below it; name the host itself",
+                self.host
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl std::fmt::Display for HostEntry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match (self.host.contains(':'), self.port) {
@@ -149,6 +174,12 @@ mod tests {
             assert_eq!(HostEntry::parse(bad), None, "{bad:?}");
         }
         assert_eq!(HostEntry::parse("[::1]:9443").unwrap().to_string(), "[::1]:9443");
+        for public in ["com", "co.uk", "github.io", "*.example.com"] {
+            assert!(HostEntry::parse(public).unwrap().check_claimable().is_err(), "{public}");
+        }
+        for fine in ["localhost", "keycloak", "as.example.com", "127.0.0.1", "login.microsoftonline.com"] {
+            assert!(HostEntry::parse(fine).unwrap().check_claimable().is_ok(), "{fine}");
+        }
     }
 
     #[test]

@@ -20,6 +20,24 @@ pub use check::parse;
 pub use host::{is_loopback_host, is_loopback_upstream, HostEntry};
 pub use raw::{AuthMethod, Preset, UnknownHosts};
 
+/// Hop-by-hop headers (RFC 9110 §7.6.1): never forwarded, never set by a header rule.
+pub const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+/// Headers that frame the message or the connection: the proxy sets them, a rule cannot.
+pub fn is_framing(name: &http::HeaderName) -> bool {
+    HOP_BY_HOP.contains(&name.as_str())
+        || [http::header::HOST, http::header::CONTENT_LENGTH, http::header::TRANSFER_ENCODING].contains(name)
+}
+
 /// Default body limit: token requests are small; 64 KiB leaves room for big assertions.
 pub const DEFAULT_MAX_BODY: usize = 64 * 1024;
 
@@ -45,6 +63,8 @@ pub struct Config {
     pub ca_key: PathBuf,
     pub max_body: usize,
     pub allow_origins: Vec<String>,
+    /// Exchange records kept for the inspector (`[proxy] exchanges`; 0 = off).
+    pub exchanges: usize,
     /// Listeners may bind non-loopback addresses (`[proxy] allow_remote`).
     pub allow_remote: bool,
     /// `[proxy] max_connections`; `None`: the default, derived from the open-file limit.
@@ -60,6 +80,28 @@ pub struct DemoAsConfig {
     pub dpop_nonce: bool,
     /// Serve HTTPS with a leaf from `certs/demo-as-ca.pem`, requesting client certificates.
     pub tls: bool,
+    /// Whom `/authorize` signs in, without a login page: the ID token's `sub`.
+    pub user: String,
+    /// Per client id, the redirect URIs `/authorize` accepts (absolute, no fragment). A client
+    /// not listed may use `http://127.0.0.1`, `http://[::1]` or `http://localhost` URIs on any
+    /// port (RFC 8252 §7.3).
+    pub redirect_uris: BTreeMap<String, Vec<String>>,
+}
+
+impl DemoAsConfig {
+    /// The `[demo_as] user` default.
+    pub const DEFAULT_USER: &'static str = "demo-user";
+
+    /// The defaults, listening on `listen`.
+    pub fn at(listen: SocketAddr) -> DemoAsConfig {
+        DemoAsConfig {
+            listen,
+            dpop_nonce: false,
+            tls: false,
+            user: Self::DEFAULT_USER.to_string(),
+            redirect_uris: BTreeMap::new(),
+        }
+    }
 }
 
 /// `scheme://host:port/base` of a route's upstream, parsed once (by `url::Url`, WHATWG rules).
@@ -176,6 +218,18 @@ pub struct RouteConfig {
 }
 
 impl Config {
+    /// The warning `allow_remote` earns at every start, reload and `check`, if any listener is
+    /// exposed.
+    pub fn exposure_warning(&self) -> Option<String> {
+        let exposed = self.exposed_listeners();
+        (!exposed.is_empty()).then(|| {
+            format!(
+                "[proxy] allow_remote = true: {} reachable from other machines; anyone who reaches them gets requests signed with your keys",
+                exposed.join(", ")
+            )
+        })
+    }
+
     /// Listeners bound to non-loopback addresses, as `key address` (only with `allow_remote`).
     pub fn exposed_listeners(&self) -> Vec<String> {
         let mut out = Vec::new();
@@ -351,6 +405,49 @@ key = "certs/client.pem"
         let ipv6 = parse_str(&MIN.replace("https://AS.example.com:8443/oauth2/", "http://[::1]:9443/x")).unwrap();
         assert_eq!(ipv6.routes[0].upstream.host, "::1");
         assert_eq!(ipv6.routes[0].upstream.url("/token"), "http://[::1]:9443/x/token");
+    }
+
+    #[test]
+    fn listeners_are_loopback_unless_allow_remote() {
+        for (table, key) in [("[proxy]\nlisten_tls", "proxy.listen_tls"), ("[demo_as]\nlisten", "demo_as.listen")] {
+            let err = parse_str(&format!("{table} = \"0.0.0.0:8443\"\n")).unwrap_err().to_string();
+            assert!(err.contains(key) && err.contains("allow_remote"), "{err}");
+        }
+        let open = parse_str("[proxy]\nallow_remote = true\nlisten_tls = \"0.0.0.0:8443\"\n").unwrap();
+        assert_eq!(open.exposed_listeners(), ["proxy.listen_tls 0.0.0.0:8443"]);
+    }
+
+    #[test]
+    fn zero_limits_and_framing_header_rules_are_refused() {
+        let err =
+            parse_str(&MIN.replace("[routes.demo.client]", "timeout = \"0s\"\n[routes.demo.client]")).unwrap_err();
+        assert!(err.to_string().contains("routes.demo.timeout") && err.to_string().contains("zero"), "{err}");
+        let err = parse_str("[proxy]\nmax_body = 0\n").unwrap_err().to_string();
+        assert!(err.contains("proxy.max_body"), "{err}");
+        for name in ["Host", "content-length", "Transfer-Encoding", "connection", "upgrade"] {
+            let text = format!("{MIN}[routes.demo.headers]\nset = {{ \"{name}\" = \"x\" }}\n");
+            let err = parse_str(&text).unwrap_err().to_string();
+            assert!(err.contains("routes.demo.headers.set") && err.contains("cannot be set"), "{name}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_mistyped_secret_is_not_echoed() {
+        let text = MIN.replace("key = \"certs/client.pem\"", "key = \"certs/client.pem\"\nsecret = 987654321012");
+        let err = parse_str(&text).unwrap_err().to_string();
+        assert!(!err.contains("987654321012"), "{err}");
+        assert!(err.contains("[redacted]"), "{err}");
+    }
+
+    #[test]
+    fn issuer_must_be_https_or_loopback() {
+        let with =
+            |issuer: &str| MIN.replace("[routes.demo.client]", &format!("issuer = \"{issuer}\"\n[routes.demo.client]"));
+        let err = parse_str(&with("http://as.example.com")).unwrap_err().to_string();
+        assert!(err.contains("routes.demo.issuer") && err.contains("loopback"), "{err}");
+        assert!(parse_str(&with("http://127.0.0.1:9443")).is_ok());
+        let err = parse_str(&with("https://as.example.com/?tenant=1")).unwrap_err().to_string();
+        assert!(err.contains("routes.demo.issuer"), "{err}");
     }
 
     #[test]

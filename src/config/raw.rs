@@ -33,6 +33,8 @@ pub struct RawProxy {
     /// Let listeners bind non-loopback addresses (warned at every start and reload).
     #[serde(default)]
     pub allow_remote: bool,
+    /// Exchange records kept for the inspector (default 200, 0 = off).
+    pub exchanges: Option<usize>,
     /// Concurrent connections, all listeners together (default min(512, open-file limit - 64)).
     pub max_connections: Option<Spanned<usize>>,
     /// Extra `Origin` values allowed to use the proxy (default: none; a form POST needs no CORS preflight, so other origins are refused).
@@ -59,6 +61,13 @@ pub struct RawDemoAs {
     /// client certificates, for `tls_client_auth` / `self_signed_tls_client_auth`.
     #[serde(default)]
     pub tls: bool,
+    /// The user `/authorize` signs in without a login page: the ID token's `sub`
+    /// (default `"demo-user"`).
+    pub user: Option<Spanned<String>>,
+    /// Per client id, the redirect URIs `/authorize` accepts; a client not listed may use
+    /// loopback URIs on any port (RFC 8252 §7.3).
+    #[serde(default)]
+    pub redirect_uris: BTreeMap<String, Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Deserialize)]

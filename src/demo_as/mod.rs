@@ -3,29 +3,40 @@
 //! It knows the clients of every configured route (their public keys and secrets come from
 //! the live snapshot), authenticates them at the token endpoint (RFC 6749 §2.3, RFC 7523 §2.2,
 //! RFC 8705 §2), checks DPoP proofs (RFC 9449 §4.3), and answers `client_credentials`
-//! (RFC 6749 §4.4) with a token plus a `verified` object listing each check it made. It
-//! publishes its metadata (RFC 8414 §3) and hosts a resource endpoint (`/resource`) that
-//! accepts DPoP-bound tokens only with a matching proof and `ath` (RFC 9449 §7).
+//! (RFC 6749 §4.4), `authorization_code` with PKCE S256 (RFC 6749 §4.1, RFC 7636) and
+//! `refresh_token` (RFC 6749 §6, rotated) with tokens plus a `verified` object listing each
+//! check it made. `/authorize` signs a configured demo user in without a login page and
+//! redirects back with a code; `openid` adds an ID token signed with a key generated at
+//! start and published at `/jwks`. It publishes its metadata (RFC 8414 §3, OpenID Connect
+//! Discovery 1.0 §3) and hosts a resource endpoint (`/resource`) that accepts DPoP-bound
+//! tokens only with a matching proof and `ath` (RFC 9449 §7).
 //! It is a development aid for `cargo run`, not a production AS.
 //!
-//! This file holds the [`DemoAs`] type, routing, the token, metadata and resource endpoints
-//! and [`spawn`]; `verify` holds the checks (assertions, DPoP proofs, certificates,
-//! secrets, the `jti` replay cache) and `tls` the HTTPS server configuration.
+//! This file holds the [`DemoAs`] type, routing, the metadata, JWKS and resource endpoints
+//! and [`spawn`]; `authorize` holds the authorization endpoint and the redirect URI rules,
+//! `token` the token endpoint and client authentication, `grants` the codes and tokens
+//! issued (single use, rotation, revocation), `id_token` the ID token key and JWKS, `verify`
+//! the checks (assertions, DPoP proofs, certificates, secrets, the `jti` replay cache) and
+//! `tls` the HTTPS server configuration.
 
 // Checks return `Result<_, Response>`: the error *is* the OAuth error answer, built once per
 // failed request, so its size does not matter.
 #![allow(clippy::result_large_err)]
 
+mod authorize;
+mod grants;
+mod id_token;
 mod tls;
+mod token;
 mod verify;
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt as _, Limited};
 use hyper::body::Incoming;
@@ -33,29 +44,34 @@ use serde_json::{json, Map, Value};
 use tokio::sync::watch;
 
 use crate::body::{full, Body};
-use crate::config::AuthMethod;
-use crate::jose::{self, Alg};
-use crate::rewrite::client_auth::JWT_BEARER;
-use crate::rewrite::form::Form;
-use crate::snapshot::Snapshot;
+use crate::config::DemoAsConfig;
+use crate::jose::{Alg, JoseError};
+use crate::snapshot::{Route, Snapshot};
 
-use verify::{check_certificate, check_secret, Registration, Verifier};
+use grants::Ledger;
+use id_token::IdTokenKey;
+use verify::Verifier;
 
 /// How long an access token this AS issues lives, in seconds (RFC 6749 §5.1 `expires_in`).
 const TOKEN_LIFETIME: u64 = 300;
+
+/// The largest request body read (token and POSTed authorization requests).
+const MAX_BODY: usize = 64 * 1024;
 
 /// The demo AS state.
 pub struct DemoAs {
     snapshot: watch::Receiver<Arc<Snapshot>>,
     verifier: Verifier,
-    tokens: Mutex<HashMap<String, IssuedToken>>,
-}
-
-#[derive(Debug, Clone)]
-struct IssuedToken {
-    client_id: String,
-    jkt: Option<String>,
-    exp: u64,
+    /// Codes, refresh and access tokens issued.
+    ledger: Mutex<Ledger>,
+    /// Signs ID tokens; published at `/jwks`.
+    id_key: IdTokenKey,
+    /// `[demo_as] user`: whom `/authorize` signs in.
+    user: String,
+    /// `[demo_as] redirect_uris`, per client id.
+    redirect_uris: BTreeMap<String, Vec<String>>,
+    /// Served over HTTPS (then it takes the RFC 8705 client authentication methods).
+    tls: bool,
 }
 
 type Answer = Response<Body>;
@@ -66,9 +82,13 @@ fn now() -> u64 {
 }
 
 fn json_response(status: StatusCode, body: Value) -> Answer {
+    json_typed(status, body, "application/json")
+}
+
+fn json_typed(status: StatusCode, body: Value, content_type: &'static str) -> Answer {
     let mut resp = Response::new(full(Bytes::from(body.to_string())));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
 }
@@ -78,27 +98,48 @@ fn oauth_error(status: StatusCode, error: &str, description: impl Into<String>) 
     json_response(status, json!({ "error": error, "error_description": description.into() }))
 }
 
-impl DemoAs {
-    /// A demo AS whose issuer is `http://<addr>` (or `https://` when `tls`).
-    pub fn new(addr: SocketAddr, snapshot: watch::Receiver<Arc<Snapshot>>, require_nonce: bool) -> DemoAs {
-        Self::with_scheme("http", addr, snapshot, require_nonce)
+/// A request body of at most [`MAX_BODY`] bytes.
+async fn read_body(body: Incoming) -> Result<Bytes, Answer> {
+    match Limited::new(body, MAX_BODY).collect().await {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(_) => Err(oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "body unreadable or over 64 KiB")),
     }
+}
 
-    fn with_scheme(
-        scheme: &str,
+/// The live route whose client is `client_id`: how the demo AS knows its clients.
+fn client_route<'a>(snapshot: &'a Snapshot, client_id: &str) -> Option<&'a Arc<Route>> {
+    snapshot.routes.iter().find(|r| r.cfg.client.as_ref().is_some_and(|c| c.id == client_id))
+}
+
+impl DemoAs {
+    /// A demo AS whose issuer is `http://<addr>` (or `https://` with `settings.tls`), with
+    /// a fresh ID token key.
+    pub fn new(
         addr: SocketAddr,
         snapshot: watch::Receiver<Arc<Snapshot>>,
-        require_nonce: bool,
-    ) -> DemoAs {
-        DemoAs {
+        settings: &DemoAsConfig,
+    ) -> Result<DemoAs, JoseError> {
+        let scheme = if settings.tls { "https" } else { "http" };
+        Ok(DemoAs {
             snapshot,
-            verifier: Verifier::new(format!("{scheme}://{addr}"), require_nonce),
-            tokens: Mutex::new(HashMap::new()),
-        }
+            verifier: Verifier::new(format!("{scheme}://{addr}"), settings.dpop_nonce),
+            ledger: Mutex::new(Ledger::default()),
+            id_key: IdTokenKey::generate()?,
+            user: settings.user.clone(),
+            redirect_uris: settings.redirect_uris.clone(),
+            tls: settings.tls,
+        })
     }
 
     pub fn issuer(&self) -> &str {
         &self.verifier.issuer
+    }
+
+    /// The ledger, or a `server_error` answer if a panic poisoned it.
+    fn ledger(&self) -> Result<MutexGuard<'_, Ledger>, Answer> {
+        self.ledger.lock().map_err(|_| {
+            oauth_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "the demo AS's token state is unavailable")
+        })
     }
 
     async fn serve(self: Arc<Self>, req: Request<Incoming>, peer_cert: Option<&[u8]>) -> Answer {
@@ -107,160 +148,51 @@ impl DemoAs {
             (Method::GET, "/.well-known/oauth-authorization-server" | "/.well-known/openid-configuration") => {
                 self.metadata()
             }
+            (Method::GET, "/jwks") => json_typed(StatusCode::OK, self.id_key.jwks(), "application/jwk-set+json"),
+            (Method::GET | Method::POST, "/authorize") => self.authorize(req).await,
             (Method::POST, "/token") => self.token(req, peer_cert).await,
             (_, "/resource") => self.resource(req),
+            (_, "/authorize" | "/token" | "/jwks") => {
+                oauth_error(StatusCode::METHOD_NOT_ALLOWED, "invalid_request", format!("{} {path}", req.method()))
+            }
             _ => oauth_error(StatusCode::NOT_FOUND, "not_found", format!("the demo AS has no {path}")),
         }
     }
 
-    /// Authorization server metadata (RFC 8414 §2, served as §3 describes).
+    /// Authorization server metadata (RFC 8414 §2, served as §3 describes; the same
+    /// document as OpenID Connect Discovery 1.0 §3): exactly what this server does.
     fn metadata(&self) -> Answer {
         let issuer = self.issuer();
         let algs: Vec<&str> = Alg::ASYMMETRIC.iter().map(|a| a.as_str()).collect();
-        json_response(
-            StatusCode::OK,
-            json!({
-                "issuer": issuer,
-                "token_endpoint": format!("{issuer}/token"),
-                "grant_types_supported": ["client_credentials"],
-                "token_endpoint_auth_methods_supported": ["private_key_jwt", "client_secret_jwt", "client_secret_post", "client_secret_basic", "none"],
-                "token_endpoint_auth_signing_alg_values_supported": algs.iter().chain(["HS256"].iter()).collect::<Vec<_>>(),
-                "dpop_signing_alg_values_supported": algs,
-            }),
-        )
-    }
-
-    async fn token(&self, req: Request<Incoming>, peer_cert: Option<&[u8]>) -> Answer {
-        let (parts, body) = req.into_parts();
-        let body = match Limited::new(body, 64 * 1024).collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(_) => return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "body unreadable or over 64 KiB"),
-        };
-        match self.token_inner(&parts.headers, &body, peer_cert) {
-            Ok(resp) | Err(resp) => resp,
+        let mut auth_methods =
+            vec!["private_key_jwt", "client_secret_jwt", "client_secret_post", "client_secret_basic", "none"];
+        if self.tls {
+            auth_methods.extend(["tls_client_auth", "self_signed_tls_client_auth"]);
         }
-    }
-
-    /// The token endpoint (RFC 6749 §3.2), `client_credentials` grant only (RFC 6749 §4.4).
-    fn token_inner(&self, headers: &HeaderMap, body: &[u8], peer_cert: Option<&[u8]>) -> Result<Answer, Answer> {
-        let bad = |e: &dyn std::fmt::Display| oauth_error(StatusCode::BAD_REQUEST, "invalid_request", e.to_string());
-        let form = Form::parse(body);
-        let names: Vec<String> = form.names().map(str::to_string).collect();
-        form.check_single(names.iter().map(String::as_str)).map_err(|e| bad(&e))?;
-        let get = |n: &str| form.get(n).ok().flatten();
-        let grant = get("grant_type").unwrap_or_default();
-        if grant != "client_credentials" {
-            return Err(oauth_error(
-                StatusCode::BAD_REQUEST,
-                "unsupported_grant_type",
-                format!("the demo AS answers grant_type=client_credentials only (got {grant:?})"),
-            ));
-        }
-        let mut verified = Map::new();
-        let client_id = self.authenticate(headers, &form, peer_cert, &mut verified)?;
-        let jkt = self.verifier.dpop(headers, "POST", "/token", None, now(), &mut verified)?;
-        let token = crate::jose::new_jti() + &crate::jose::new_jti();
-        let issued_at = now();
-        let exp = issued_at.saturating_add(TOKEN_LIFETIME);
-        if let Ok(mut tokens) = self.tokens.lock() {
-            tokens.retain(|_, t| t.exp > issued_at);
-            tokens.insert(token.clone(), IssuedToken { client_id: client_id.clone(), jkt: jkt.clone(), exp });
-        }
-        let mut answer = json!({
-            "access_token": token,
-            "token_type": if jkt.is_some() { "DPoP" } else { "Bearer" },
-            "expires_in": TOKEN_LIFETIME,
-            "verified": Value::Object(verified),
+        let mut doc = json!({
+            "issuer": issuer,
+            "authorization_endpoint": format!("{issuer}/authorize"),
+            "token_endpoint": format!("{issuer}/token"),
+            "jwks_uri": format!("{issuer}/jwks"),
+            "scopes_supported": ["openid"],
+            "response_types_supported": ["code"],
+            "response_modes_supported": ["query"],
+            "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
+            "code_challenge_methods_supported": ["S256"],
+            "token_endpoint_auth_methods_supported": auth_methods,
+            "token_endpoint_auth_signing_alg_values_supported": algs.iter().chain(["HS256"].iter()).collect::<Vec<_>>(),
+            "dpop_signing_alg_values_supported": algs,
+            "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": [self.id_key.alg().as_str()],
+            "claims_supported": ["iss", "sub", "aud", "exp", "iat", "auth_time", "nonce", "at_hash"],
+            "authorization_response_iss_parameter_supported": true,
+            "request_parameter_supported": false,
+            "request_uri_parameter_supported": false,
         });
-        if let Some(scope) = get("scope") {
-            answer["scope"] = scope.into();
+        if self.tls {
+            doc["tls_client_certificate_bound_access_tokens"] = true.into();
         }
-        let mut cnf = Map::new();
-        if let Some(jkt) = jkt {
-            cnf.insert("jkt".into(), jkt.into());
-        }
-        // RFC 8705 §3: a token issued over mTLS is bound to the certificate.
-        if let Some(der) = peer_cert {
-            cnf.insert("x5t#S256".into(), jose::sha256_b64url(der).into());
-        }
-        if !cnf.is_empty() {
-            answer["cnf"] = Value::Object(cnf);
-        }
-        Ok(json_response(StatusCode::OK, answer))
-    }
-
-    /// Finds and verifies the client (RFC 6749 §2.3: exactly one authentication method);
-    /// returns its id.
-    fn authenticate(
-        &self,
-        headers: &HeaderMap,
-        form: &Form,
-        peer_cert: Option<&[u8]>,
-        verified: &mut Map<String, Value>,
-    ) -> Result<String, Answer> {
-        let invalid = |d: String| oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", d);
-        let get = |n: &str| form.get(n).ok().flatten();
-        let snapshot = self.snapshot.borrow().clone();
-        // RFC 6749 §2.3.1: Basic credentials are form-urlencoded before base64.
-        let basic = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| {
-            let b64 = v.strip_prefix("Basic ")?;
-            let decoded = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64).ok()?;
-            let text = String::from_utf8(decoded).ok()?;
-            let (id, secret) = text.split_once(':')?;
-            let dec = |s: &str| form_urlencoded::parse(format!("x={s}").as_bytes()).next().map(|(_, v)| v.into_owned());
-            Some((dec(id)?, dec(secret)?))
-        });
-        let client_id = get("client_id")
-            .or_else(|| basic.as_ref().map(|(id, _)| id.clone()))
-            .ok_or_else(|| invalid("no client_id, client assertion or Basic credentials".into()))?;
-        let route = snapshot
-            .routes
-            .iter()
-            .find(|r| r.cfg.client.as_ref().is_some_and(|c| c.id == client_id))
-            .ok_or_else(|| {
-                invalid(format!("unknown client {client_id:?} (no route in proxy.toml has client.id = {client_id:?})"))
-            })?;
-        let Some(client) = &route.cfg.client else {
-            return Err(invalid("client has no configuration".into()));
-        };
-        verified.insert("client_id".into(), client_id.clone().into());
-        let methods = match (get("client_assertion"), get("client_secret"), &basic) {
-            (Some(_), Some(_), _) | (Some(_), _, Some(_)) | (_, Some(_), Some(_)) => {
-                return Err(invalid("more than one client authentication method (RFC 6749 §2.3)".into()));
-            }
-            (Some(assertion), None, None) => {
-                if get("client_assertion_type").as_deref() != Some(JWT_BEARER) {
-                    return Err(invalid(format!("client_assertion_type must be {JWT_BEARER}")));
-                }
-                let registration = Registration {
-                    id: &client_id,
-                    auth: client.auth,
-                    credential: &route.credential,
-                    lifetime: client.lifetime,
-                };
-                self.verifier.assertion(&registration, &assertion, now(), verified)?
-            }
-            (None, Some(secret), None) => check_secret(&route.credential, &secret, AuthMethod::ClientSecretPost)?,
-            (None, None, Some((_, secret))) => check_secret(&route.credential, secret, AuthMethod::ClientSecretBasic)?,
-            (None, None, None) if client.auth == AuthMethod::None => AuthMethod::None,
-            (None, None, None)
-                if matches!(client.auth, AuthMethod::TlsClientAuth | AuthMethod::SelfSignedTlsClientAuth) =>
-            {
-                check_certificate(client.auth, route.cert_der.as_deref(), peer_cert, verified)?
-            }
-            (None, None, None) => {
-                return Err(invalid(format!("client {client_id:?} must authenticate ({})", client.auth.as_str())))
-            }
-        };
-        if methods != client.auth {
-            return Err(invalid(format!(
-                "client {client_id:?} is registered for {} but used {}",
-                client.auth.as_str(),
-                methods.as_str()
-            )));
-        }
-        verified.insert("auth_method".into(), methods.as_str().into());
-        Ok(client_id)
+        json_response(StatusCode::OK, doc)
     }
 
     /// A protected resource: accepts a token this AS issued, DPoP-bound ones only with a
@@ -272,9 +204,9 @@ impl DemoAs {
             return oauth_error(StatusCode::UNAUTHORIZED, "invalid_token", "no Authorization header");
         };
         let (scheme, token) = auth.split_once(' ').unwrap_or((auth, ""));
-        let issued = self.tokens.lock().ok().and_then(|t| t.get(token).cloned());
-        let Some(issued) = issued.filter(|t| t.exp > now()) else {
-            return oauth_error(StatusCode::UNAUTHORIZED, "invalid_token", "unknown or expired access token");
+        let issued = self.ledger.lock().ok().and_then(|l| l.access(token, now()));
+        let Some(issued) = issued else {
+            return oauth_error(StatusCode::UNAUTHORIZED, "invalid_token", "unknown, expired or revoked access token");
         };
         let mut verified = Map::new();
         match (&issued.jkt, scheme.to_ascii_lowercase().as_str()) {
@@ -301,7 +233,14 @@ impl DemoAs {
             (None, "bearer") => {}
             (None, _) => return oauth_error(StatusCode::UNAUTHORIZED, "invalid_token", "use the Bearer scheme"),
         }
-        json_response(StatusCode::OK, json!({ "ok": true, "client_id": issued.client_id, "verified": verified }))
+        let mut answer = json!({ "ok": true, "client_id": issued.client_id, "verified": verified });
+        if let Some(sub) = issued.sub {
+            answer["sub"] = sub.into();
+        }
+        if let Some(scope) = issued.scope {
+            answer["scope"] = scope.into();
+        }
+        json_response(StatusCode::OK, answer)
     }
 }
 
@@ -322,27 +261,29 @@ pub enum SpawnError {
     Addr(#[source] std::io::Error),
     #[error(transparent)]
     Tls(#[from] tls::TlsSetupError),
+    #[error("cannot generate its ID token signing key: {0}")]
+    Key(#[source] JoseError),
 }
 
 /// Serves the demo AS on `listener` until shutdown: plain HTTP, or HTTPS requesting (not
-/// requiring) a client certificate when `[demo_as] tls = true`. Returns the issuer.
+/// requiring) a client certificate when `[demo_as] tls = true`, within the connection budget
+/// `connections` that the proxy's listeners share. Returns the issuer.
 pub fn spawn(
     listener: tokio::net::TcpListener,
     config: &crate::config::Config,
     snapshot: watch::Receiver<Arc<Snapshot>>,
+    connections: Arc<crate::server::Tracker>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(String, tokio::task::JoinHandle<()>), SpawnError> {
     let addr = listener.local_addr().map_err(SpawnError::Addr)?;
-    let settings =
-        config.demo_as.clone().unwrap_or(crate::config::DemoAsConfig { listen: addr, dpop_nonce: false, tls: false });
+    let settings = config.demo_as.clone().unwrap_or_else(|| DemoAsConfig::at(addr));
+    let demo = Arc::new(DemoAs::new(addr, snapshot, &settings).map_err(SpawnError::Key)?);
     if !settings.tls {
-        let demo = Arc::new(DemoAs::new(addr, snapshot, settings.dpop_nonce));
         let issuer = demo.issuer().to_string();
-        return Ok((issuer, tokio::spawn(crate::server::serve(listener, demo, shutdown))));
+        return Ok((issuer, tokio::spawn(crate::server::serve(listener, demo, connections, shutdown))));
     }
     let tls = tls::server_config(config)?;
-    let demo = Arc::new(DemoAs::with_scheme("https", addr, snapshot, settings.dpop_nonce));
     let issuer = demo.issuer().to_string();
-    let task = tokio::spawn(crate::server::serve_tls(listener, tls, demo, shutdown));
+    let task = tokio::spawn(crate::server::serve_tls(listener, tls, demo, connections, shutdown));
     Ok((issuer, task))
 }

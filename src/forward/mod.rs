@@ -61,11 +61,14 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const PLAIN_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Serves forward mode on `listener` until shutdown, intercepting with leaves from `ca`.
+/// Its connections, tunnels included, count against `connections`, the budget every
+/// listener shares.
 pub fn spawn(
     listener: TcpListener,
     ca: Arc<LocalCa>,
     config: &Config,
     shared: &Arc<Shared>,
+    connections: &Arc<server::Tracker>,
     shutdown: &watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     for route in &config.routes {
@@ -76,7 +79,7 @@ pub fn spawn(
         }
     }
     let proxy = Arc::new(ForwardProxy::new(shared.clone(), ca, shutdown.clone()));
-    tokio::spawn(server::serve_upgradable(listener, proxy, shutdown.clone()))
+    tokio::spawn(server::serve_upgradable(listener, proxy, connections.clone(), shutdown.clone()))
 }
 
 fn text(status: StatusCode, msg: impl Into<String>) -> Response<Body> {
@@ -131,7 +134,8 @@ impl ForwardProxy {
         self.shared.snapshot.borrow().clone()
     }
 
-    async fn connect(self: Arc<Self>, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    async fn connect(self: Arc<Self>, mut req: Request<Incoming>, conn: server::Conn) -> Response<Body> {
+        let peer = conn.peer;
         let Some(target) = req.uri().authority().and_then(|a| Target::parse(a.as_str(), 443)) else {
             return text(StatusCode::BAD_REQUEST, format!("CONNECT needs host:port, got {:?}", req.uri().to_string()));
         };
@@ -151,7 +155,7 @@ impl ForwardProxy {
             };
             tracing::info!(%target, %peer, route = %route.cfg.name, "CONNECT intercepted");
             let on_upgrade = hyper::upgrade::on(&mut req);
-            tokio::spawn(self.intercept(on_upgrade, target, key, peer));
+            tokio::spawn(self.intercept(on_upgrade, target, key, conn));
             return Response::new(body::full(Bytes::new()));
         }
         if snapshot.config.unknown_hosts == UnknownHosts::Refuse {
@@ -179,7 +183,9 @@ impl ForwardProxy {
         let _ = upstream.set_nodelay(true);
         tracing::debug!(%target, %peer, "CONNECT tunnelled");
         let on_upgrade = hyper::upgrade::on(&mut req);
-        tokio::spawn(tunnel(on_upgrade, upstream, target, self.shutdown.clone()));
+        // The tunnel keeps the connection's slot: it counts against the cap until it ends.
+        conn.slot.mark_tunnel();
+        tokio::spawn(tunnel(on_upgrade, upstream, target, conn.slot, self.shutdown.clone()));
         Response::new(body::full(Bytes::new()))
     }
 
@@ -188,8 +194,9 @@ impl ForwardProxy {
         on_upgrade: hyper::upgrade::OnUpgrade,
         target: Target,
         key: Arc<CertifiedKey>,
-        peer: SocketAddr,
+        conn: server::Conn,
     ) {
+        let peer = conn.peer;
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
             Err(e) => return tracing::debug!(%target, "CONNECT upgrade failed: {e}"),
@@ -208,7 +215,10 @@ impl ForwardProxy {
             Err(_) => return tracing::warn!(%target, %peer, "TLS handshake inside CONNECT timed out"),
         };
         let handler = Arc::new(Intercepted { proxy: self.clone(), target });
-        server::serve_connection(tls, handler, server::Conn::plain(peer), self.shutdown.clone()).await;
+        // The inner connection keeps the CONNECT connection's slot: its requests count as in
+        // flight, and it idles out or is shed like any other connection.
+        let conn = server::Conn { tls: false, peer_cert: None, ..conn };
+        server::serve_connection(tls, handler, conn, self.shutdown.clone()).await;
     }
 
     /// A request for a claimed host: the pipeline when the path is under the route's upstream
@@ -276,7 +286,7 @@ impl Handler for ForwardProxy {
     async fn call(self: Arc<Self>, req: Request<Incoming>, conn: server::Conn) -> Response<Body> {
         let peer = conn.peer;
         if req.method() == Method::CONNECT {
-            return self.connect(req, peer).await;
+            return self.connect(req, conn).await;
         }
         if req.uri().scheme().is_some() && req.uri().authority().is_some() {
             return self.absolute(req, peer).await;
@@ -327,23 +337,38 @@ impl ResolvesServerCert for SniCheck {
     }
 }
 
+/// Relays bytes both ways between the app and `target` until either side closes, the tunnel
+/// carries nothing for [`server::TUNNEL_IDLE_TIMEOUT`], it is shed at the connection cap
+/// (only once quiet), or shutdown, after which it lives until quiet for a second (a tunnel
+/// is opaque: quiet is the only sign that nothing is in flight inside), at most until the
+/// listener's shutdown grace ends.
 async fn tunnel(
     on_upgrade: hyper::upgrade::OnUpgrade,
-    mut upstream: TcpStream,
+    upstream: TcpStream,
     target: Target,
+    slot: server::Slot,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let upgraded = match on_upgrade.await {
-        Ok(u) => u,
-        Err(e) => return tracing::debug!(%target, "CONNECT upgrade failed: {e}"),
+    let upgraded = tokio::select! {
+        u = on_upgrade => match u {
+            Ok(u) => u,
+            Err(e) => return tracing::debug!(%target, "CONNECT upgrade failed: {e}"),
+        },
+        why = slot.closed(server::IDLE_TIMEOUT) => return tracing::debug!(%target, "CONNECT upgrade abandoned: {why}"),
     };
-    let mut client = TokioIo::new(upgraded);
+    slot.touch();
+    let mut client = server::Metered::new(TokioIo::new(upgraded), slot.clone());
+    let mut upstream = server::Metered::new(upstream, slot.clone());
     tokio::select! {
         copied = tokio::io::copy_bidirectional(&mut client, &mut upstream) => match copied {
             Ok((up, down)) => tracing::debug!(%target, up, down, "tunnel closed"),
             Err(e) => tracing::debug!(%target, "tunnel ended: {e}"),
         },
-        _ = server::stopped(&mut shutdown) => {}
+        why = slot.closed(server::TUNNEL_IDLE_TIMEOUT) => tracing::debug!(%target, "tunnel closed: {why}"),
+        why = async {
+            server::stopped(&mut shutdown).await;
+            slot.closed(Duration::from_secs(1)).await
+        } => tracing::debug!(%target, "tunnel closed at shutdown: {why}"),
     }
 }
 
@@ -365,6 +390,11 @@ async fn passthrough(route: &Route, limit: usize, req: Request<Incoming>) -> Res
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("application/x-www-form-urlencoded"));
+    if route.signs() {
+        // A spelling of a signed endpoint (`/b/../oauth2/token`) outside the base path.
+        let url = format!("{}{}", route.cfg.upstream.origin(), parts.uri.path());
+        proxy::check_unsigned(route, &url).await?;
+    }
     if route.signs() && parts.method == http::Method::POST && is_form {
         return Err(ProxyError::Signing(format!(
             "route {:?} signs requests, but {} is outside its upstream {}; refusing to relay a form POST unsigned \

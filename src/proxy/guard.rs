@@ -13,9 +13,24 @@ use crate::config::is_loopback_host;
 use crate::error::ProxyError;
 use crate::snapshot::SignedEndpoint;
 
-/// Refuses a foreign `Host` (DNS rebinding), a foreign `Origin` and `Sec-Fetch-Site: cross-site`.
-pub(super) fn check_exposure(headers: &HeaderMap, uri: &http::Uri, allow_origins: &[String]) -> Result<(), ProxyError> {
-    let raw = match headers.get(header::HOST) {
+/// Refuses a foreign `Host` (DNS rebinding), a foreign `Origin` and `Sec-Fetch-Site:
+/// cross-site`; and requests whose `Host` framing is broken (RFC 9112 §3.2: an HTTP/1.1
+/// request has exactly one `Host`).
+pub(super) fn check_exposure(
+    version: http::Version,
+    headers: &HeaderMap,
+    uri: &http::Uri,
+    allow_origins: &[String],
+) -> Result<(), ProxyError> {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let first = hosts.next();
+    if hosts.next().is_some() {
+        return Err(ProxyError::BadRequest("two Host headers (RFC 9112 §3.2)".into()));
+    }
+    if first.is_none() && uri.authority().is_none() && version == http::Version::HTTP_11 {
+        return Err(ProxyError::BadRequest("an HTTP/1.1 request without Host (RFC 9112 §3.2)".into()));
+    }
+    let raw = match first {
         Some(h) => Some(h.to_str().map_err(|_| ProxyError::Forbidden("Host header is not ASCII".into()))?.to_string()),
         None => uri.authority().map(|a| a.to_string()),
     };
@@ -31,20 +46,97 @@ pub(super) fn check_exposure(headers: &HeaderMap, uri: &http::Uri, allow_origins
     check_origin(headers, allow_origins)
 }
 
-/// The browser half of the exposure guard: foreign `Origin`, `Sec-Fetch-Site: cross-site`.
+/// The single value of header `name`; a repeated one is refused (a guard that read only the
+/// first could be steered by the second).
+fn single<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h http::HeaderValue>, ProxyError> {
+    let mut all = headers.get_all(name).iter();
+    let first = all.next();
+    if all.next().is_some() {
+        return Err(ProxyError::Forbidden(format!("{name} sent twice; refused")));
+    }
+    Ok(first)
+}
+
+/// The request's `Origin` when it is one of `allow_origins` (exactly): it gets real CORS.
+pub(super) fn cors_origin(headers: &HeaderMap, allow_origins: &[String]) -> Option<String> {
+    let origin = single(headers, "origin").ok()??.to_str().ok()?;
+    allow_origins.iter().any(|o| o == origin).then(|| origin.to_string())
+}
+
+/// The browser half of the exposure guard: a foreign `Origin`, and `Sec-Fetch-Site:
+/// cross-site` unless the `Origin` is one of `allow_origins`. tokenrelay's own endpoints
+/// pass `&[]`: `allow_origins` never opens them.
 pub(super) fn check_origin(headers: &HeaderMap, allow_origins: &[String]) -> Result<(), ProxyError> {
-    if let Some(origin) = headers.get(header::ORIGIN) {
+    let mut listed = false;
+    if let Some(origin) = single(headers, "origin")? {
         let origin = origin.to_str().unwrap_or("");
-        let allowed = allow_origins.iter().any(|o| o == origin)
-            || origin.parse::<http::Uri>().ok().and_then(|u| u.host().map(is_loopback_host)).unwrap_or(false);
-        if !allowed {
+        listed = allow_origins.iter().any(|o| o == origin);
+        let loopback = origin.parse::<http::Uri>().ok().and_then(|u| u.host().map(is_loopback_host)).unwrap_or(false);
+        if !listed && !loopback {
             return Err(ProxyError::Forbidden(format!(
                 "Origin {origin:?} is not allowed to use the signing proxy; add it to [proxy] allow_origins if intended"
             )));
         }
     }
-    if headers.get("sec-fetch-site").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site")) {
-        return Err(ProxyError::Forbidden("cross-site browser request refused (Sec-Fetch-Site: cross-site)".into()));
+    let cross_site =
+        single(headers, "sec-fetch-site")?.is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site"));
+    if cross_site && !listed {
+        return Err(ProxyError::Forbidden(
+            "cross-site browser request refused (Sec-Fetch-Site: cross-site); add its Origin to [proxy] allow_origins if intended"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Headers that make a relayed page inert in tokenrelay's origin: no MIME sniffing, and a
+/// sandbox so an upstream HTML page can never run script as the signer.
+pub(super) fn harden(headers: &mut HeaderMap) {
+    headers.insert("x-content-type-options", http::HeaderValue::from_static("nosniff"));
+    // The inspector page brings its own, stricter policy.
+    headers.entry(header::CONTENT_SECURITY_POLICY).or_insert(http::HeaderValue::from_static("sandbox"));
+}
+
+/// CORS for an allowed origin (Fetch standard, "CORS protocol"): the browser may read the
+/// answer, including the DPoP nonce.
+pub(super) fn allow_cors(headers: &mut HeaderMap, origin: &str) {
+    if let Ok(v) = http::HeaderValue::from_str(origin) {
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
+        headers.append(header::VARY, http::HeaderValue::from_static("Origin"));
+        headers.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            http::HeaderValue::from_static("DPoP-Nonce, WWW-Authenticate"),
+        );
+    }
+}
+
+/// The answer to a CORS preflight from an allowed origin.
+pub(super) fn preflight(origin: &str, headers: &HeaderMap) -> http::Response<crate::body::Body> {
+    let mut resp = http::Response::new(crate::body::full(bytes::Bytes::new()));
+    *resp.status_mut() = http::StatusCode::NO_CONTENT;
+    let h = resp.headers_mut();
+    allow_cors(h, origin);
+    h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, http::HeaderValue::from_static("GET, POST, OPTIONS"));
+    let asked = headers.get(header::ACCESS_CONTROL_REQUEST_HEADERS).cloned();
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        asked.unwrap_or_else(|| http::HeaderValue::from_static("content-type, authorization, dpop")),
+    );
+    h.insert(header::ACCESS_CONTROL_MAX_AGE, http::HeaderValue::from_static("600"));
+    resp
+}
+
+/// RFC 6749 §2.3.1: client credentials MUST NOT be in the request URI. On a client-
+/// authenticated endpoint, a query naming a parameter tokenrelay owns would travel beside
+/// the signed body (and some servers merge query and body): refused.
+pub(super) fn check_query(query: Option<&str>, owned: &[&str]) -> Result<(), ProxyError> {
+    let Some(query) = query else { return Ok(()) };
+    for (name, _) in form_urlencoded::parse(query.as_bytes()) {
+        if owned.iter().any(|o| *o == name) {
+            return Err(ProxyError::BadRequest(format!(
+                "{name:?} in the query of a client-authenticated endpoint; send parameters in the form body (RFC 6749 §2.3.1)"
+            )));
+        }
     }
     Ok(())
 }
@@ -84,12 +176,27 @@ pub fn loose_path(path: &str) -> String {
             s => out.push(s),
         }
     }
-    let mut joined = format!("/{}", out.join("/"));
-    if let Some((stem, _ext)) = joined.rsplit_once('.').filter(|(stem, ext)| !stem.ends_with('/') && !ext.contains('/'))
-    {
-        joined = stem.to_string();
+    // The last segment: servers map `token.json`, `token..`, `token.a.b` and `token%20.json`
+    // to `token`; cut at the first dot that is not the first character and trim, until
+    // nothing changes.
+    if let Some(last) = out.pop() {
+        let mut last = last;
+        loop {
+            let trimmed = last.trim_matches(|c: char| c.is_whitespace() || c.is_control());
+            let cut = match trimmed.char_indices().skip(1).find(|(_, c)| *c == '.') {
+                Some((i, _)) => &trimmed[..i],
+                None => trimmed,
+            };
+            if cut == last {
+                break;
+            }
+            last = cut;
+        }
+        if !last.is_empty() {
+            out.push(last);
+        }
     }
-    joined
+    format!("/{}", out.join("/"))
 }
 
 /// Fail closed on path spellings: a request to `url` that is not exactly a signed endpoint,
@@ -137,6 +244,8 @@ mod tests {
     #[test]
     fn exposure_guard() {
         let uri: http::Uri = "/demo/token".parse().unwrap();
+        let check_exposure =
+            |h: &HeaderMap, uri: &http::Uri, o: &[String]| check_exposure(http::Version::HTTP_11, h, uri, o);
         assert!(check_exposure(&headers(&[("host", "127.0.0.1:8787")]), &uri, &[]).is_ok());
         assert!(check_exposure(&headers(&[("host", "localhost")]), &uri, &[]).is_ok());
         assert!(check_exposure(&headers(&[("host", "[::1]:8787")]), &uri, &[]).is_ok());
@@ -149,6 +258,16 @@ mod tests {
         assert!(check_exposure(&local, &uri, &[]).is_ok());
         let cross = headers(&[("host", "localhost:8787"), ("sec-fetch-site", "cross-site")]);
         assert!(check_exposure(&cross, &uri, &[]).is_err());
+        let listed =
+            headers(&[("host", "localhost:8787"), ("origin", "https://app.example"), ("sec-fetch-site", "cross-site")]);
+        assert!(check_exposure(&listed, &uri, &["https://app.example".into()]).is_ok(), "allowed origins are exempt");
+        assert!(check_exposure(&HeaderMap::new(), &uri, &[]).is_err(), "HTTP/1.1 without Host");
+        let mut two = headers(&[("host", "localhost:8787")]);
+        two.append(header::HOST, "localhost:8787".parse().unwrap());
+        assert!(check_exposure(&two, &uri, &[]).is_err(), "two Host headers");
+        let mut origins = headers(&[("host", "localhost:8787"), ("origin", "http://localhost:3000")]);
+        origins.append(header::ORIGIN, "https://evil.example".parse().unwrap());
+        assert!(check_exposure(&origins, &uri, &[]).is_err(), "two Origin headers");
     }
 
     fn signed(urls: &[&str]) -> Vec<SignedEndpoint> {
@@ -174,6 +293,10 @@ mod tests {
             "/oauth2/token%09",
             "/oauth2/token%00",
             "/oauth2/token.json",
+            "/oauth2/token..",
+            "/oauth2/token.a.b",
+            "/oauth2/token%20.json",
+            "/oauth2/token%00.json",
             "/oauth2\\token",
             "/oauth2%252ftoken",
             "/oauth2/../oauth2/token",

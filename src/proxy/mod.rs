@@ -10,6 +10,7 @@
 //! Fail closed: a route that signs never forwards a request it could not sign.
 
 mod guard;
+mod local;
 mod metadata;
 mod signing;
 mod target;
@@ -28,12 +29,16 @@ use tracing::Instrument as _;
 
 use crate::body::Body;
 use crate::error::ProxyError;
+use crate::explain::{
+    hints, Actions, Answer, AppRequest, Attempt, Exchanges, Jwt, Param, Record, RouteFacts, NEVER_SECRET,
+};
+use crate::redact::Secret;
 use crate::rewrite::client_auth::{self, Injected};
 use crate::rewrite::dpop::NonceCache;
 use crate::rewrite::form::Form;
 use crate::rewrite::{headers as header_rules, hop, params};
 use crate::snapshot::{Route, Snapshot};
-use crate::status::{self, ReloadStatus};
+use crate::status::ReloadStatus;
 use guard::{check_exposure, check_origin};
 use signing::{Outgoing, Payload};
 use target::resolve_target;
@@ -45,23 +50,83 @@ pub struct Shared {
     pub nonces: NonceCache,
     /// Reload counters for `GET /.tokenrelay/status` (set by `app::start`).
     pub reload: Arc<ReloadStatus>,
+    /// The last `[proxy] exchanges` records, for `/.tokenrelay/exchanges` and the inspector.
+    pub exchanges: Exchanges,
 }
 
 impl Shared {
     pub fn new(snapshot: watch::Receiver<Arc<Snapshot>>) -> Shared {
-        Shared { snapshot, nonces: NonceCache::default(), reload: Arc::default() }
+        Shared { snapshot, nonces: NonceCache::default(), reload: Arc::default(), exchanges: Exchanges::default() }
     }
 }
 
-/// What one exchange did, for its log line.
+/// What one exchange did: its log line and its [`crate::explain::Record`].
 #[derive(Debug, Default)]
 pub(crate) struct Outcome {
     route: String,
+    route_ref: Option<Arc<Route>>,
+    request: AppRequest,
     injected: Injected,
     dpop_jti: Option<String>,
     attempts: u32,
     upstream_ms: u128,
     changed_params: Vec<String>,
+    attempt_log: Vec<Attempt>,
+    /// The last assertion and proof sent (decoded into the record, then dropped).
+    assertion: Option<Secret>,
+    proof: Option<Secret>,
+    answer: Option<Answer>,
+}
+
+impl Outcome {
+    /// Marks the last attempt as followed by a retry, and why.
+    fn retried(&mut self, why: &str) {
+        if let Some(last) = self.attempt_log.last_mut() {
+            last.retried_because = Some(why.to_string());
+        }
+    }
+
+    /// The record of this exchange, with hints.
+    fn record(&self, id: u64, entry: &'static str, status: u16, refused: Option<&str>, total_ms: u64) -> Record {
+        let decode = |jwt: &Option<Secret>| jwt.as_ref().and_then(|t| Jwt::decode(t.expose()));
+        let mut actions = Actions {
+            auth: (!self.injected.method.is_empty()).then_some(self.injected.method),
+            kid: self.injected.kid.clone(),
+            assertion_jti: self.injected.jti.clone(),
+            dpop_jti: self.dpop_jti.clone(),
+            params_changed: self.changed_params.clone(),
+            credentials_removed: self.injected.removed.clone(),
+            ..Actions::default()
+        };
+        if let Some(route) = &self.route_ref {
+            actions.headers_set = route.cfg.headers.set.iter().map(|(n, _)| n.to_string()).collect();
+            actions.headers_removed = route.cfg.headers.remove.iter().map(|n| n.to_string()).collect();
+        }
+        let mut record = Record {
+            id,
+            time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            entry,
+            route: (!self.route.is_empty()).then(|| self.route.clone()),
+            request: self.request.clone(),
+            actions,
+            attempts: self.attempt_log.clone(),
+            assertion: decode(&self.assertion),
+            proof: decode(&self.proof),
+            status,
+            answer: self.answer.clone(),
+            refused: refused.map(str::to_string),
+            hints: Vec::new(),
+            total_ms,
+        };
+        let facts = self.route_ref.as_ref().map(|r| RouteFacts {
+            name: r.cfg.name.clone(),
+            client_id: r.cfg.client.as_ref().map(|c| c.id.clone()),
+            issuer: r.cfg.issuer.clone(),
+            token_endpoint: r.cfg.token_endpoint_url(),
+        });
+        record.hints = hints(&record, facts.as_ref());
+        record
+    }
 }
 
 /// How a request reached the pipeline.
@@ -83,63 +148,137 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>, conn: crate::se
     handle_entry(shared, req, conn.peer, Entry::Reverse { https: conn.tls }).await
 }
 
+/// Fails when relaying a request for upstream `url` unsigned would reach one of `route`'s
+/// signed endpoints under another spelling (for paths the pipeline does not sign, such as
+/// forward mode's requests outside the upstream's base path).
+pub async fn check_unsigned(route: &Route, url: &str) -> Result<(), ProxyError> {
+    let meta = route
+        .metadata()
+        .await
+        .map_err(|e| ProxyError::Upstream(format!("route {:?} refuses to relay: AS discovery: {e}", route.cfg.name)))?;
+    let signed = route.signed_endpoints(meta.as_deref());
+    if signed.iter().any(|e| e.url == url) {
+        return Err(ProxyError::Signing(format!(
+            "route {:?}: {url} is a signed endpoint but reached the unsigned path; refused",
+            route.cfg.name
+        )));
+    }
+    guard::check_spelling(url, &signed)
+}
+
 /// Serves one request that entered through `entry`.
-pub async fn handle_entry(
+pub async fn handle_entry<B: AppBody>(
     shared: Arc<Shared>,
-    req: Request<Incoming>,
+    req: Request<B>,
     peer: SocketAddr,
     entry: Entry,
 ) -> Response<Body> {
+    handle_recorded(shared, req, peer, entry).await.0
+}
+
+/// [`handle_entry`], also returning the exchange's record (kept in [`Shared::exchanges`]
+/// as well when `[proxy] exchanges` is not 0); `None` for tokenrelay's own endpoints.
+pub async fn handle_recorded<B: AppBody>(
+    shared: Arc<Shared>,
+    req: Request<B>,
+    peer: SocketAddr,
+    entry: Entry,
+) -> (Response<Body>, Option<Arc<Record>>) {
     let snapshot = match &entry {
         Entry::Forward { snapshot, .. } => snapshot.clone(),
         Entry::Reverse { .. } => shared.snapshot.borrow().clone(),
     };
     let method = req.method().clone();
     let path = req.uri().path().to_string();
+    let reverse = matches!(entry, Entry::Reverse { .. });
+    let entry_label = match &entry {
+        Entry::Reverse { https: false } => "reverse",
+        Entry::Reverse { https: true } => "reverse-tls",
+        Entry::Forward { .. } => "forward",
+    };
+    // tokenrelay's own endpoints never get CORS, whatever allow_origins says.
+    let own = path.starts_with("/.tokenrelay/");
+    let cors = (reverse && !own).then(|| guard::cors_origin(req.headers(), &snapshot.config.allow_origins)).flatten();
     let span = tracing::info_span!("exchange", %method, %path, %peer);
     async move {
         let started = Instant::now();
         let mut outcome = Outcome::default();
-        let (resp, refused) = match relay(&shared, &snapshot, req, entry, &mut outcome).await {
+        let (mut resp, refused) = match relay(&shared, &snapshot, req, entry, &mut outcome).await {
             Ok(resp) => (resp, None),
             Err(e) => {
                 let why = e.to_string();
                 (e.into_response(), Some(why))
             }
         };
-        // One line per exchange; a refusal is the same line at warn, with the reason.
+        // Forward mode keeps the AS's own headers: there the page is the AS's origin.
+        if reverse {
+            guard::harden(resp.headers_mut());
+            if let Some(origin) = &cors {
+                guard::allow_cors(resp.headers_mut(), origin);
+            }
+        }
+        let status = resp.status().as_u16();
+        let total_ms = started.elapsed().as_millis() as u64;
+        // Tokenrelay's own endpoints are not exchanges worth recording.
+        let record = (!own).then(|| outcome.record(shared.exchanges.next_id(), entry_label, status, refused.as_deref(), total_ms));
+        let hint = record.as_ref().and_then(|r| r.hints.first().cloned());
+        let answer = outcome.answer.as_ref();
+        // One line per exchange; a refusal or an AS error is the same line at warn, with why.
         macro_rules! exchange_line {
             ($level:ident) => {
                 tracing::$level!(
                     route = %outcome.route,
-                    status = resp.status().as_u16(),
+                    status,
+                    upstream = outcome.attempt_log.last().map_or("-", |a| a.url.as_str()),
                     upstream_ms = outcome.upstream_ms as u64,
-                    total_ms = started.elapsed().as_millis() as u64,
+                    total_ms,
                     attempts = outcome.attempts,
-                    auth = outcome.injected.method,
+                    retry = outcome.attempt_log.iter().find_map(|a| a.retried_because.as_deref()).unwrap_or("-"),
+                    auth = if outcome.injected.method.is_empty() { "-" } else { outcome.injected.method },
                     kid = outcome.injected.kid.as_deref().unwrap_or("-"),
                     jti = outcome.injected.jti.as_deref().unwrap_or("-"),
                     dpop_jti = outcome.dpop_jti.as_deref().unwrap_or("-"),
                     removed = ?outcome.injected.removed,
                     params = ?outcome.changed_params,
+                    as_error = answer.and_then(|a| a.error.as_deref()).unwrap_or("-"),
+                    as_error_description = answer.and_then(|a| a.error_description.as_deref()).unwrap_or("-"),
                     refused = refused.as_deref().unwrap_or("-"),
+                    hint = hint.as_deref().unwrap_or("-"),
                     "exchange"
                 )
             };
         }
-        if refused.is_some() {
+        if refused.is_some() || answer.is_some_and(|a| a.error.is_some()) {
             exchange_line!(warn);
         } else {
             exchange_line!(info);
         }
-        resp
+        if let Some(skew) = answer.and_then(|a| a.clock_skew_s).filter(|s| s.abs() > crate::explain::SKEW_WARNING_S) {
+            tracing::warn!(route = %outcome.route, skew_s = skew, "this machine's clock differs from the AS's by {skew} s (its Date header): assertions and proofs may be rejected");
+        }
+        let record = record.map(Arc::new);
+        if let Some(record) = &record {
+            shared.exchanges.push(record.clone(), snapshot.config.exchanges);
+        }
+        (resp, record)
     }
     .instrument(span)
     .await
 }
 
 /// A form POST needs no CORS preflight, so any web page could make a
-async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, ProxyError> {
+/// A request body the pipeline can read: hyper's `Incoming` from a listener, or a buffer
+/// (`tokenrelay token` runs one request through the pipeline in-process).
+pub trait AppBody:
+    hyper::body::Body<Data = Bytes, Error: std::error::Error + Send + Sync + 'static> + Send + Unpin + 'static
+{
+}
+impl<B> AppBody for B where
+    B: hyper::body::Body<Data = Bytes, Error: std::error::Error + Send + Sync + 'static> + Send + Unpin + 'static
+{
+}
+
+async fn read_body<B: AppBody>(body: B, limit: usize) -> Result<Bytes, ProxyError> {
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(ProxyError::TooLarge { limit }),
@@ -147,43 +286,71 @@ async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, ProxyError> {
     }
 }
 
-async fn relay(
+async fn relay<B: AppBody>(
     shared: &Shared,
     snapshot: &Snapshot,
-    req: Request<Incoming>,
+    req: Request<B>,
     entry: Entry,
     outcome: &mut Outcome,
 ) -> Result<Response<Body>, ProxyError> {
     let (parts, body) = req.into_parts();
     let path = parts.uri.path();
+    outcome.request = AppRequest {
+        method: parts.method.to_string(),
+        path: path.to_string(),
+        query_names: parts
+            .uri
+            .query()
+            .map(|q| form_urlencoded::parse(q.as_bytes()).map(|(k, _)| k.into_owned()).collect())
+            .unwrap_or_default(),
+        header_names: parts.headers.keys().map(|k| k.to_string()).collect(),
+        params: Vec::new(),
+    };
+    let allow_origins = snapshot.config.allow_origins.as_slice();
     if let Entry::Reverse { https } = &entry {
         let https = *https;
-        if path == status::STATUS_PATH {
-            check_exposure(&parts.headers, &parts.uri, &snapshot.config.allow_origins)?;
-            outcome.route = "status".into();
-            return Ok(status::response(&shared.reload));
+        let own = path.starts_with("/.tokenrelay/");
+        // A CORS preflight: answered for allowed origins, never for tokenrelay's own endpoints.
+        if parts.method == Method::OPTIONS && parts.headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD) {
+            check_exposure(parts.version, &parts.headers, &parts.uri, if own { &[] } else { allow_origins })?;
+            return match guard::cors_origin(&parts.headers, allow_origins).filter(|_| !own) {
+                Some(origin) => Ok(guard::preflight(&origin, &parts.headers)),
+                None => Err(ProxyError::Forbidden(
+                    "CORS preflight refused: the Origin is not in [proxy] allow_origins".into(),
+                )),
+            };
+        }
+        if own {
+            check_exposure(parts.version, &parts.headers, &parts.uri, &[])?;
+            if let Some(answer) = local::answer(shared, &parts.method, path, parts.uri.query()) {
+                outcome.route = "tokenrelay".into();
+                return answer;
+            }
         }
         if let Some(route) = metadata::route_for(snapshot, &parts.method, path) {
-            check_exposure(&parts.headers, &parts.uri, &snapshot.config.allow_origins)?;
+            check_exposure(parts.version, &parts.headers, &parts.uri, allow_origins)?;
             outcome.route = route.cfg.name.clone();
             return metadata::answer(route, &parts, https).await;
         }
     }
     let (route, rest) = match &entry {
         Entry::Reverse { .. } => {
-            check_exposure(&parts.headers, &parts.uri, &snapshot.config.allow_origins)?;
+            check_exposure(parts.version, &parts.headers, &parts.uri, allow_origins)?;
             snapshot
                 .route_for(path)
                 .ok_or_else(|| ProxyError::NoRoute { path: path.to_string(), prefixes: snapshot.prefixes() })?
         }
         Entry::Forward { route, rest, .. } => {
             // Browsers can be configured to use a forward proxy too: same cross-site guard.
-            check_origin(&parts.headers, &snapshot.config.allow_origins)?;
+            check_origin(&parts.headers, allow_origins)?;
             (route, rest.as_str())
         }
     };
     outcome.route = route.cfg.name.clone();
-    // RFC 9112 §6.1: Content-Length with Transfer-Encoding is a smuggling vector.
+    outcome.route_ref = Some(route.clone());
+    // RFC 9112 §6.1: Content-Length with Transfer-Encoding is a smuggling vector. hyper already
+    // applies §6.3 (Transfer-Encoding wins, Content-Length dropped) to HTTP/1.1 requests, and
+    // the body is re-framed below; this refuses whatever still carries both.
     if parts.headers.contains_key(header::CONTENT_LENGTH) && parts.headers.contains_key(header::TRANSFER_ENCODING) {
         return Err(ProxyError::BadRequest("both Content-Length and Transfer-Encoding sent (RFC 9112 §6.1)".into()));
     }
@@ -206,6 +373,10 @@ async fn relay(
     headers.remove(header::CONTENT_LENGTH);
     header_rules::apply(&route.cfg.headers, &mut headers);
 
+    if target.auth_endpoint {
+        let owned: Vec<&str> = client_auth::OWNED_PARAMS.iter().copied().chain(route.cfg.params.names()).collect();
+        guard::check_query(parts.uri.query(), &owned)?;
+    }
     let exchange = if target.auth_endpoint {
         Exchange::token(route, &parts.method, &headers, &body)?
     } else {
@@ -213,6 +384,13 @@ async fn relay(
     };
     let payload = match exchange {
         Exchange::Token { mut form } => {
+            outcome.request.params = form
+                .names()
+                .map(|name| Param {
+                    name: name.to_string(),
+                    value: NEVER_SECRET.contains(&name).then(|| form.get(name).ok().flatten()).flatten(),
+                })
+                .collect();
             outcome.changed_params = params::apply(&route.cfg.params, &mut form);
             Payload::Token(form)
         }

@@ -20,7 +20,9 @@ use super::target::Target;
 use super::{Outcome, Shared};
 use crate::body::{self, Body};
 use crate::error::ProxyError;
+use crate::explain::{Answer, Attempt};
 use crate::jose::{new_jti, SigningKey};
+use crate::redact::Secret;
 use crate::rewrite::client_auth::{self, Call};
 use crate::rewrite::dpop::{self, ProofInput};
 use crate::rewrite::form::Form;
@@ -82,6 +84,13 @@ pub(super) async fn exchange(
                     x5t_s256: route.assertion_x5t.as_deref(),
                 };
                 outcome.injected = client_auth::apply(&route.cfg, &route.credential, &call, &mut headers, &mut form)?;
+                // Kept (in memory, until the record is built) only to show its header and claims.
+                outcome.assertion = form
+                    .get("client_assertion")
+                    .ok()
+                    .flatten()
+                    .filter(|_| outcome.injected.jti.is_some())
+                    .map(Secret::new);
                 Bytes::from(form.encode())
             }
             Payload::Resource { body, .. } | Payload::Plain(body) => body.clone(),
@@ -97,16 +106,15 @@ pub(super) async fn exchange(
         }
         let resp = send(route, method, &target.full, headers, body, outcome).await?;
         let fresh = shared.nonces.observe(&target.origin, resp.headers());
-        if proof_key.is_none() {
-            return Ok(into_app_response(resp));
-        }
         let retry = |status: StatusCode, headers: &HeaderMap, body: Option<&[u8]>| {
-            outcome.attempts == 1
+            proof_key.is_some()
+                && outcome.attempts == 1
                 && dpop::wants_nonce(status.as_u16(), headers, body)
                 && fresh.as_ref().is_some_and(|n| Some(n) != sent_nonce.as_ref())
         };
         if let Payload::Token(_) = payload {
-            // An AS says `use_dpop_nonce` in a JSON body (RFC 9449 §8): read the answer whole.
+            // Token answers are small and read whole: an AS says `use_dpop_nonce` in a JSON
+            // body (RFC 9449 §8), and its `error` explains a refusal.
             let (resp, bytes) = tokio::time::timeout(route.cfg.timeout, buffer_small(resp)).await.map_err(|_| {
                 ProxyError::Timeout(format!(
                     "upstream {} did not finish its answer within {} (routes.{}.timeout)",
@@ -115,16 +123,22 @@ pub(super) async fn exchange(
                     route.cfg.name
                 ))
             })??;
+            outcome.answer = Some(Answer::read(resp.headers(), Some(&bytes), std::time::SystemTime::now()));
             if retry(resp.status(), resp.headers(), Some(&bytes)) {
                 tracing::debug!(route = %route.cfg.name, "use_dpop_nonce: re-signing with the new nonce");
+                outcome.retried("use_dpop_nonce");
                 nonce = fresh;
                 continue;
             }
-            check_token_type(route, &resp, &bytes)?;
+            if proof_key.is_some() {
+                check_token_type(route, &resp, &bytes)?;
+            }
             return Ok(rebuild(resp, bytes));
         }
+        outcome.answer = Some(Answer::read(resp.headers(), None, std::time::SystemTime::now()));
         // A resource server says it in `WWW-Authenticate` (RFC 9449 §9): stream the answer.
         if retry(resp.status(), resp.headers(), None) {
+            outcome.retried("use_dpop_nonce");
             nonce = fresh;
             continue;
         }
@@ -165,6 +179,7 @@ impl Proof<'_> {
             outcome.injected.method = "dpop";
         }
         outcome.dpop_jti = Some(jti);
+        outcome.proof = Some(Secret::new(proof));
         Ok(())
     }
 }
@@ -193,8 +208,10 @@ pub(crate) async fn send(
     let started = Instant::now();
     let timeout = route.cfg.timeout;
     let result = tokio::time::timeout(timeout, route.client.request(req)).await;
-    outcome.upstream_ms += started.elapsed().as_millis();
-    match result {
+    let elapsed = started.elapsed();
+    outcome.upstream_ms += elapsed.as_millis();
+    let mut attempt = Attempt { url: shown.to_string(), ms: elapsed.as_millis() as u64, ..Attempt::default() };
+    let result = match result {
         Err(_) => Err(ProxyError::Timeout(format!(
             "upstream {shown} did not answer within {} (routes.{}.timeout)",
             humantime::format_duration(timeout),
@@ -202,7 +219,13 @@ pub(crate) async fn send(
         ))),
         Ok(Err(e)) => Err(ProxyError::Upstream(crate::upstream::describe_error(&e, shown, &route.cfg.name))),
         Ok(Ok(resp)) => Ok(resp),
+    };
+    match &result {
+        Ok(resp) => attempt.status = Some(resp.status().as_u16()),
+        Err(e) => attempt.error = Some(e.to_string()),
     }
+    outcome.attempt_log.push(attempt);
+    result
 }
 
 /// Reads a (small) upstream answer whole: needed to see `use_dpop_nonce` and `token_type`.

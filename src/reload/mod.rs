@@ -365,6 +365,9 @@ impl Reloader {
         for w in new.warnings.iter().filter(|w| !old.warnings.contains(w)) {
             tracing::warn!("{w}");
         }
+        if let Some(w) = new.config.exposure_warning() {
+            tracing::warn!("{w}");
+        }
         let restart = self.listeners.changes(&listeners);
         let changes = describe_changes(&old, &new);
         new.start_discovery();

@@ -118,12 +118,58 @@ pub fn wants_nonce(status: u16, headers: &HeaderMap, body: Option<&[u8]>) -> boo
         400 => body
             .and_then(|b| serde_json::from_slice::<Value>(b).ok())
             .is_some_and(|v| v.get("error").and_then(Value::as_str) == Some("use_dpop_nonce")),
-        401 => headers.get_all("www-authenticate").iter().filter_map(|v| v.to_str().ok()).any(|v| {
-            let v = v.trim_start();
-            v.len() > 5 && v[..5].eq_ignore_ascii_case("dpop ") && v.contains("use_dpop_nonce")
-        }),
+        401 => headers.get_all("www-authenticate").iter().filter_map(|v| v.to_str().ok()).any(dpop_asks_for_nonce),
         _ => false,
     }
+}
+
+/// Does a `WWW-Authenticate` field value hold a `DPoP` challenge with
+/// `error="use_dpop_nonce"`? One field may carry several challenges (RFC 9110 §11.6.1:
+/// `Bearer, DPoP error="use_dpop_nonce"`), whose parameters are comma-separated too: an
+/// element whose first token is not followed by `=` starts a new challenge.
+fn dpop_asks_for_nonce(value: &str) -> bool {
+    let mut in_dpop = false;
+    for element in split_outside_quotes(value) {
+        let element = element.trim();
+        if element.is_empty() {
+            continue;
+        }
+        let (first, rest) = element.split_once([' ', '\t']).unwrap_or((element, ""));
+        let param = if first.contains('=') {
+            element
+        } else {
+            in_dpop = first.eq_ignore_ascii_case("dpop");
+            rest.trim()
+        };
+        if !in_dpop {
+            continue;
+        }
+        if let Some((name, v)) = param.split_once('=') {
+            if name.trim().eq_ignore_ascii_case("error") && v.trim().trim_matches('"') == "use_dpop_nonce" {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// Splits on commas that are not inside a quoted string (RFC 9110 §5.6.4).
+fn split_outside_quotes(value: &str) -> Vec<&str> {
+    let (mut out, mut start, mut quoted, mut escaped) = (Vec::new(), 0, false, false);
+    for (i, c) in value.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            ',' if !quoted => {
+                out.push(&value[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(&value[start..]);
+    out
 }
 
 #[cfg(test)]
@@ -131,6 +177,17 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::jose::{Alg, VerifyKey};
+
+    #[test]
+    fn nonce_challenges_are_found_among_several() {
+        let asks = |v: &str| dpop_asks_for_nonce(v);
+        assert!(asks(r#"DPoP error="use_dpop_nonce", error_description="x""#));
+        assert!(asks(r#"Bearer, DPoP error="use_dpop_nonce""#));
+        assert!(asks(r#"Bearer realm="a,b", DPoP algs="ES256", error=use_dpop_nonce"#));
+        assert!(!asks(r#"Bearer error="use_dpop_nonce""#), "not a DPoP challenge");
+        assert!(!asks(r#"DPoP error="invalid_token", error_description="use_dpop_nonce""#));
+        assert!(!asks(""));
+    }
 
     #[test]
     fn dp2_dp3_proof_shape() {

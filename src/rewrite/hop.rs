@@ -2,16 +2,7 @@
 
 use http::header::{self, HeaderMap, HeaderName};
 
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "upgrade",
-];
+use crate::config::HOP_BY_HOP;
 
 /// Removes hop-by-hop headers, including those named in `Connection`, plus
 /// `Transfer-Encoding` (the body is re-framed by the next hop).

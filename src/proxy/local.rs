@@ -1,0 +1,101 @@
+//! tokenrelay's own endpoints on the reverse listener(s), behind the same exposure guard as
+//! everything else and never opened by `allow_origins`:
+//!
+//! - `GET /.tokenrelay/status`: reload state (see [`crate::status`]);
+//! - `GET /.tokenrelay/exchanges[?route=NAME][&failed=1]`: the last exchanges, newest first;
+//! - `GET /.tokenrelay/exchanges/{id}`: one exchange;
+//! - `GET /.tokenrelay/`: the inspector page (one embedded HTML file, inline JS and CSS, no
+//!   network access but its own JSON, under a strict CSP that allows exactly its inline
+//!   script and style by hash).
+
+use std::sync::OnceLock;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Response, StatusCode};
+
+use super::Shared;
+use crate::body::{full, Body};
+use crate::error::ProxyError;
+
+pub(super) const PREFIX: &str = "/.tokenrelay/";
+const PAGE: &str = include_str!("../inspector.html");
+
+/// Answers `path` (under [`PREFIX`]), or `None` when it is not one of ours.
+pub(super) fn answer(
+    shared: &Shared,
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+) -> Option<Result<Response<Body>, ProxyError>> {
+    let rest = path.strip_prefix(PREFIX)?;
+    if method != Method::GET && method != Method::HEAD {
+        return Some(Err(ProxyError::BadRequest(format!(
+            "{method} {path}: tokenrelay's own endpoints answer GET only"
+        ))));
+    }
+    Some(match rest {
+        "" => Ok(page()),
+        "status" => Ok(crate::status::response(&shared.reload)),
+        "exchanges" => {
+            let mut route = None;
+            let mut failed = false;
+            for (k, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+                match k.as_ref() {
+                    "route" => route = Some(v.into_owned()),
+                    "failed" => failed = v == "1" || v == "true",
+                    _ => {}
+                }
+            }
+            let list = shared.exchanges.list(route.as_deref(), failed);
+            Ok(json(serde_json::to_string(&list.iter().map(|r| &**r).collect::<Vec<_>>())))
+        }
+        other => match other.strip_prefix("exchanges/").and_then(|id| id.parse::<u64>().ok()) {
+            Some(id) => match shared.exchanges.get(id) {
+                Some(record) => Ok(json(serde_json::to_string(&*record))),
+                None => Err(ProxyError::NotFound(format!("no exchange {id} (kept: the last [proxy] exchanges)"))),
+            },
+            None => Err(ProxyError::NotFound(format!("tokenrelay has no {path}; see {PREFIX}"))),
+        },
+    })
+}
+
+fn json(body: Result<String, serde_json::Error>) -> Response<Body> {
+    let mut resp = Response::new(full(Bytes::from(body.unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}")))));
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// The inspector page with a CSP naming the hashes of its inline script and style.
+fn page() -> Response<Body> {
+    static CSP: OnceLock<Option<HeaderValue>> = OnceLock::new();
+    let csp = CSP.get_or_init(|| {
+        let hash = |tag: &str| {
+            let open = format!("<{tag}>");
+            let start = PAGE.find(&open)? + open.len();
+            let end = start + PAGE[start..].find(&format!("</{tag}>"))?;
+            use base64::Engine as _;
+            use sha2::Digest as _;
+            let digest = sha2::Sha256::digest(&PAGE.as_bytes()[start..end]);
+            Some(format!("'sha256-{}'", base64::engine::general_purpose::STANDARD.encode(digest)))
+        };
+        let policy = format!(
+            "default-src 'none'; script-src {}; style-src {}; connect-src 'self'; img-src 'self' data:; \
+             base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+            hash("script").unwrap_or_else(|| "'none'".into()),
+            hash("style").unwrap_or_else(|| "'none'".into())
+        );
+        HeaderValue::from_str(&policy).ok()
+    });
+    let mut resp = Response::new(full(Bytes::from_static(PAGE.as_bytes())));
+    *resp.status_mut() = StatusCode::OK;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    if let Some(csp) = csp {
+        h.insert(header::CONTENT_SECURITY_POLICY, csp.clone());
+    }
+    resp
+}

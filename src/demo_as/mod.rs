@@ -98,11 +98,16 @@ fn oauth_error(status: StatusCode, error: &str, description: impl Into<String>) 
     json_response(status, json!({ "error": error, "error_description": description.into() }))
 }
 
-/// A request body of at most [`MAX_BODY`] bytes.
+/// A request body of at most [`MAX_BODY`] bytes, within the header-read deadline (a client
+/// that stalls mid-body must not hold its connection slot).
 async fn read_body(body: Incoming) -> Result<Bytes, Answer> {
-    match Limited::new(body, MAX_BODY).collect().await {
-        Ok(b) => Ok(b.to_bytes()),
-        Err(_) => Err(oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "body unreadable or over 64 KiB")),
+    let read = tokio::time::timeout(crate::server::HEADER_READ_TIMEOUT, Limited::new(body, MAX_BODY).collect()).await;
+    match read {
+        Ok(Ok(b)) => Ok(b.to_bytes()),
+        Ok(Err(_)) => Err(oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "body unreadable or over 64 KiB")),
+        Err(_) => {
+            Err(oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "the request body did not arrive in time"))
+        }
     }
 }
 

@@ -376,7 +376,11 @@ async fn tunnel(
 /// the route's client (its TLS identity and trust), hop-by-hop headers removed.
 async fn passthrough(route: &Route, limit: usize, req: Request<Incoming>) -> Result<Response<Body>, ProxyError> {
     let (parts, body) = req.into_parts();
-    let body = match Limited::new(body, limit).collect().await {
+    // A client that stalls mid-body must not hold its connection slot.
+    let collected = tokio::time::timeout(server::HEADER_READ_TIMEOUT, Limited::new(body, limit).collect())
+        .await
+        .map_err(|_| ProxyError::BadRequest("the request body did not arrive in time".into()))?;
+    let body = match collected {
         Ok(c) => c.to_bytes(),
         Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
             return Err(ProxyError::TooLarge { limit })

@@ -22,6 +22,10 @@ pub(super) struct Listeners {
     demo_as: Option<(SocketAddr, String)>,
     /// The local CA's files and a hash of their contents, when a listener serves with it.
     local_ca: Option<(PathBuf, PathBuf, Option<[u8; 32]>)>,
+    /// `[proxy] max_connections`: the connection tracker is sized at start.
+    max_connections: Option<usize>,
+    /// `[proxy] allow_remote`: what the listeners were allowed to bind at start.
+    allow_remote: bool,
 }
 
 impl Listeners {
@@ -38,6 +42,8 @@ impl Listeners {
             forward: c.forward,
             demo_as: c.demo_as.as_ref().map(|d| (d.listen, format!("{d:?}"))),
             local_ca,
+            max_connections: c.max_connections,
+            allow_remote: c.allow_remote,
         }
     }
 
@@ -61,6 +67,16 @@ impl Listeners {
             out.push(format!("demo_as.listen {} -> {}", show(demo_listen(self)), show(demo_listen(new))));
         } else if self.demo_as != new.demo_as {
             out.push("[demo_as] settings".into());
+        }
+        if self.max_connections != new.max_connections {
+            out.push(format!(
+                "proxy.max_connections {} -> {}",
+                show(self.max_connections).replace("(off)", "(default)"),
+                show(new.max_connections).replace("(off)", "(default)")
+            ));
+        }
+        if self.allow_remote != new.allow_remote {
+            out.push(format!("proxy.allow_remote {} -> {}", self.allow_remote, new.allow_remote));
         }
         if let (Some(a), Some(b)) = (&self.local_ca, &new.local_ca) {
             if a != b {

@@ -38,10 +38,23 @@ impl ProxyProcess {
     /// Starts `tokenrelay <args> --config <config>` with `RUST_LOG=<rust_log>` and waits for
     /// its address.
     pub fn start(args: &[&str], config: &Path, rust_log: &str) -> ProxyProcess {
+        Self::spawn(Command::new(BIN), args, config, rust_log)
+    }
+
+    /// Like [`ProxyProcess::start`], with the open-file limit (soft and hard) set to `nofile`
+    /// for tokenrelay alone: it runs as `sh -c 'ulimit -n N && exec "$0" "$@"' tokenrelay ...`,
+    /// so the limit applies to the same process (same pid) and not to the test.
+    pub fn start_with_nofile(args: &[&str], config: &Path, rust_log: &str, nofile: u32) -> ProxyProcess {
+        let mut sh = Command::new("sh");
+        sh.arg("-c").arg(format!("ulimit -n {nofile} && exec \"$0\" \"$@\"")).arg(BIN);
+        Self::spawn(sh, args, config, rust_log)
+    }
+
+    fn spawn(mut command: Command, args: &[&str], config: &Path, rust_log: &str) -> ProxyProcess {
         let log_dir = tempfile::tempdir().unwrap();
         let log = log_dir.path().join("tokenrelay.log");
         let mut child = KillOnDrop(
-            Command::new(BIN)
+            command
                 .args(args)
                 .arg("--config")
                 .arg(config)
@@ -73,6 +86,42 @@ impl ProxyProcess {
     /// Everything logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The process id (tokenrelay's own, also with [`ProxyProcess::start_with_nofile`]).
+    pub fn pid(&self) -> u32 {
+        self.child.0.id()
+    }
+
+    /// Sends `signal` (`libc::SIGTERM`, ...) to the process.
+    #[cfg(unix)]
+    pub fn signal(&self, signal: i32) {
+        let pid = libc::pid_t::try_from(self.pid()).unwrap();
+        // SAFETY: kill(2) with the pid of our own child, not yet reaped (so not reused).
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0, "kill({pid}, {signal})");
+    }
+
+    /// Waits at most `within` for the process to exit by itself (after a signal, say): its
+    /// exit status (`None`: still running, then killed) and its whole log.
+    #[cfg(unix)]
+    pub fn wait_exit(self, within: Duration) -> (Option<std::process::ExitStatus>, String) {
+        let ProxyProcess { child, log, _log_dir, .. } = self;
+        let pid = libc::pid_t::try_from(child.0.id()).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = std::thread::spawn(move || {
+            let mut child = child;
+            let _ = tx.send(child.0.wait());
+        });
+        let status = match rx.recv_timeout(within) {
+            Ok(status) => Some(status.unwrap()),
+            Err(_) => {
+                // SAFETY: as in `signal`; the waiter thread has not reaped it yet.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                None
+            }
+        };
+        let _ = waiter.join();
+        (status, std::fs::read_to_string(&log).unwrap_or_default())
     }
 
     /// Kills the process and returns its whole log.

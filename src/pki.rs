@@ -20,7 +20,7 @@ pub fn validity_warning(der: &[u8]) -> Option<String> {
     let validity = cert.validity();
     if validity.not_after.timestamp() < now {
         return Some(format!(
-            "certificate expired on {} (renew it; `tokenrelay init --force` makes a new one)",
+            "certificate expired on {} (renew it; `tokenrelay init --only mtls` makes a new one)",
             validity.not_after
         ));
     }
@@ -256,6 +256,14 @@ pub fn issue_leaf(issuer: &Minted, names: &[&str], usage: LeafUse, days: i64) ->
 pub fn self_signed_client(cn: &str, days: i64) -> Result<Minted, PkiError> {
     let now = OffsetDateTime::now_utc();
     self_signed_client_window(cn, now - Duration::minutes(5), now + Duration::days(days))
+}
+
+/// A self-signed client certificate for an existing private key (PKCS#8 PEM): the
+/// certificate `client.cert` names for presets that identify the key by it (Entra).
+pub fn self_signed_for_key(key_pem: &str, cn: &str, days: i64) -> Result<String, PkiError> {
+    let key = KeyPair::from_pem(key_pem)?;
+    let params = leaf_params(&[cn], LeafUse::Client, days)?;
+    Ok(params.self_signed(&key)?.pem())
 }
 
 /// A self-signed client certificate valid from `not_before` to `not_after` (tests use this

@@ -3,7 +3,7 @@
 //! `tokenrelay init` and, for the demo AS CA, by every load (routes may trust it).
 //!
 //! Private keys are written 0600 (see [`crate::keys::write_private`]). Existing files are
-//! kept unless `force`.
+//! kept unless the caller names their [`Part`] to replace.
 
 use std::path::{Path, PathBuf};
 
@@ -34,81 +34,218 @@ fn write_public(path: &Path, pem: &[u8]) -> std::io::Result<()> {
     std::fs::write(path, pem)
 }
 
-/// Whether to (re)create `path`: it is missing, or `force` and it was removed.
-fn replace(path: &Path, force: bool) -> Result<bool, ProvisionError> {
-    if !path.exists() {
-        return Ok(true);
-    }
-    if !force {
-        return Ok(false);
-    }
-    std::fs::remove_file(path).map_err(write_error("replacing", path))?;
-    Ok(true)
+/// A kind of key material, as `tokenrelay init --only` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Part {
+    /// `private_key_jwt` client keys (and the certificate `client.cert` names for them).
+    Client,
+    /// DPoP keys.
+    Dpop,
+    /// mTLS client certificates and their keys.
+    Mtls,
+    /// The local CA.
+    Ca,
 }
 
-/// Creates every missing file `config` names; returns a line per file made.
-pub fn init(config: &Config, force: bool) -> Result<Vec<String>, ProvisionError> {
-    let mut made = Vec::new();
-    let mut done = std::collections::HashSet::new();
+impl Part {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Part::Client => "client",
+            Part::Dpop => "dpop",
+            Part::Mtls => "mtls",
+            Part::Ca => "ca",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Kind {
+    /// A signing key, and the self-signed certificate of it `client.cert` names.
+    Key {
+        path: PathBuf,
+        alg: crate::jose::Alg,
+        cert: Option<(PathBuf, String)>,
+    },
+    Mtls {
+        cert: PathBuf,
+        key: PathBuf,
+        cn: String,
+    },
+    Ca,
+}
+
+/// One piece of key material a config names (files shared by several routes appear once).
+#[derive(Debug, Clone)]
+pub struct Item {
+    pub part: Part,
+    /// `route "demo" dpop.key`, `local CA`, ...
+    pub what: String,
+    kind: Kind,
+    paths: Vec<PathBuf>,
+}
+
+impl Item {
+    /// The files it consists of.
+    pub fn paths(&self) -> &[PathBuf] {
+        &self.paths
+    }
+
+    /// Whether any of its files exists (replacing it would then destroy something).
+    pub fn present(&self) -> bool {
+        self.paths.iter().any(|p| p.exists())
+    }
+
+    /// What replacing it breaks, for the confirmation prompt.
+    pub fn consequence(&self) -> &'static str {
+        match self.part {
+            Part::Client => "the AS knows the old public key: register the new one (`tokenrelay jwks`)",
+            Part::Dpop => "tokens and refresh tokens bound to the old key stop working (RFC 9449 §5)",
+            Part::Mtls => "the AS knows the old certificate; tokens bound to it (cnf.x5t#S256) stop working",
+            Part::Ca => "everything that trusts the old CA must trust the new one (`eval \"$(tokenrelay ca)\"` again, Java trust stores)",
+        }
+    }
+}
+
+/// Every piece of key material `config` names that tokenrelay can create: `private_key_jwt`
+/// client keys, DPoP keys, mTLS client certificates, and the local CA when a listener uses
+/// it or `[proxy] ca_cert` / `ca_key` name it.
+pub fn items(config: &Config) -> Vec<Item> {
+    let mut out: Vec<Item> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for r in &config.routes {
-        let mut keys = Vec::new();
-        if let Some(c) = &r.client {
-            if c.auth == AuthMethod::PrivateKeyJwt {
-                if let Some(k) = &c.key {
-                    keys.push((format!("route {:?} client.key", r.name), k.clone(), c.alg));
+        if let Some(c) = r.client.as_ref().filter(|c| c.auth == AuthMethod::PrivateKeyJwt) {
+            if let Some(k) = &c.key {
+                if seen.insert(k.clone()) {
+                    let cert = c.cert.clone().map(|p| (p, c.id.clone()));
+                    let mut paths = vec![k.clone()];
+                    paths.extend(cert.iter().map(|(p, _)| p.clone()));
+                    out.push(Item {
+                        part: Part::Client,
+                        what: format!("route {:?} client.key", r.name),
+                        kind: Kind::Key { path: k.clone(), alg: c.alg, cert },
+                        paths,
+                    });
                 }
             }
         }
         if let Some(d) = &r.dpop {
-            keys.push((format!("route {:?} dpop.key", r.name), d.key.clone(), d.alg));
-        }
-        for (what, path, alg) in keys {
-            if !done.insert(path.clone()) || !replace(&path, force)? {
-                continue;
+            if seen.insert(d.key.clone()) {
+                out.push(Item {
+                    part: Part::Dpop,
+                    what: format!("route {:?} dpop.key", r.name),
+                    kind: Kind::Key { path: d.key.clone(), alg: d.alg, cert: None },
+                    paths: vec![d.key.clone()],
+                });
             }
-            let key = SigningKey::generate(alg)
-                .map_err(|e| ProvisionError::Generate { what: format!("{what} ({alg})"), reason: e.to_string() })?;
-            write_private(&path, key.pkcs8_pem()).map_err(write_error(&what, &path))?;
-            made.push(format!("{} ({what}, {alg}, kid {})", path.display(), key.thumbprint()));
         }
         if let Some(m) = &r.mtls {
-            if done.insert(m.cert.clone()) && (replace(&m.cert, force)? | (!m.key.exists() || force)) {
-                let what = format!("route {:?} mtls", r.name);
-                let cn = r.client.as_ref().map(|c| c.id.as_str()).unwrap_or("tokenrelay-client");
-                let minted = crate::pki::self_signed_client(cn, 365)
-                    .map_err(|e| ProvisionError::Generate { what: what.clone(), reason: e.to_string() })?;
-                if m.key.exists() {
-                    std::fs::remove_file(&m.key).map_err(write_error(&what, &m.key))?;
-                }
-                write_private(&m.key, minted.key_pem.as_bytes()).map_err(write_error(&what, &m.key))?;
-                write_public(&m.cert, minted.cert_pem.as_bytes()).map_err(write_error(&what, &m.cert))?;
+            if seen.insert(m.cert.clone()) {
+                let cn = r.client.as_ref().map(|c| c.id.clone()).unwrap_or_else(|| "tokenrelay-client".into());
+                out.push(Item {
+                    part: Part::Mtls,
+                    what: format!("route {:?} mtls", r.name),
+                    kind: Kind::Mtls { cert: m.cert.clone(), key: m.key.clone(), cn },
+                    paths: vec![m.cert.clone(), m.key.clone()],
+                });
+            }
+        }
+    }
+    if config.listen_tls.is_some() || config.forward.is_some() || config.ca_named {
+        out.push(Item {
+            part: Part::Ca,
+            what: "local CA".into(),
+            kind: Kind::Ca,
+            paths: vec![config.ca_cert.clone(), config.ca_key.clone()],
+        });
+    }
+    out
+}
+
+fn remove(what: &str, path: &Path) -> Result<(), ProvisionError> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(write_error(what, path)(e)),
+        _ => Ok(()),
+    }
+}
+
+fn generate(what: &str, e: impl std::fmt::Display) -> ProvisionError {
+    ProvisionError::Generate { what: what.to_string(), reason: e.to_string() }
+}
+
+/// Creates what is missing of `item`, or all of it anew when `replace`; returns a line per
+/// file made (none when everything was there).
+fn make(config: &Config, item: &Item, replace: bool) -> Result<Vec<String>, ProvisionError> {
+    let what = item.what.as_str();
+    if replace {
+        for p in &item.paths {
+            remove(what, p)?;
+        }
+    }
+    let mut made = Vec::new();
+    match &item.kind {
+        Kind::Key { path, alg, cert } => {
+            let key = if path.exists() {
+                None
+            } else {
+                let key = SigningKey::generate(*alg).map_err(|e| generate(&format!("{what} ({alg})"), e))?;
+                write_private(path, key.pkcs8_pem()).map_err(write_error(what, path))?;
+                made.push(format!("{} ({what}, {alg}, kid {})", path.display(), key.thumbprint()));
+                Some(key)
+            };
+            if let Some((cert_path, cn)) = cert.as_ref().filter(|(p, _)| !p.exists()) {
+                let key = match key {
+                    Some(k) => k,
+                    None => {
+                        let bytes = std::fs::read(path)
+                            .map_err(|e| generate(what, format!("cannot read {}: {e}", path.display())))?;
+                        SigningKey::load(&bytes, *alg).map_err(|e| generate(what, e))?
+                    }
+                };
+                let pem = std::str::from_utf8(key.pkcs8_pem()).map_err(|e| generate(what, e))?;
+                let cert_pem = crate::pki::self_signed_for_key(pem, cn, 365).map_err(|e| generate(what, e))?;
+                write_public(cert_path, cert_pem.as_bytes()).map_err(write_error(what, cert_path))?;
                 made.push(format!(
-                    "{} + {} (route {:?} self-signed client certificate, CN={cn}, 365 days)",
-                    m.cert.display(),
-                    m.key.display(),
-                    r.name
+                    "{} ({what} certificate: self-signed, CN={cn}, 365 days; upload it to the AS)",
+                    cert_path.display()
+                ));
+            }
+        }
+        Kind::Mtls { cert, key, cn } => {
+            if !cert.exists() || !key.exists() {
+                let minted = crate::pki::self_signed_client(cn, 365).map_err(|e| generate(what, e))?;
+                remove(what, key)?;
+                write_private(key, minted.key_pem.as_bytes()).map_err(write_error(what, key))?;
+                write_public(cert, minted.cert_pem.as_bytes()).map_err(write_error(what, cert))?;
+                made.push(format!(
+                    "{} + {} ({what}: self-signed client certificate, CN={cn}, 365 days)",
+                    cert.display(),
+                    key.display()
+                ));
+            }
+        }
+        Kind::Ca => {
+            // Both present: kept. One of the two: load_or_create says which one to delete.
+            if !(config.ca_cert.exists() && config.ca_key.exists()) {
+                let (ca, _) = crate::local_ca::LocalCa::load_or_create(config)?;
+                let scope = ca.constraints().map(|c| c.describe()).unwrap_or_else(|| "any name".into());
+                made.push(format!(
+                    "{} + {} (local CA, name-constrained to {scope}; trust it with `tokenrelay ca`)",
+                    config.ca_cert.display(),
+                    config.ca_key.display()
                 ));
             }
         }
     }
-    if config.listen_tls.is_some() || config.forward.is_some() {
-        let present = config.ca_cert.exists() || config.ca_key.exists();
-        if force {
-            for path in [&config.ca_cert, &config.ca_key] {
-                if path.exists() {
-                    std::fs::remove_file(path).map_err(write_error("local CA", path))?;
-                }
-            }
-        }
-        if !present || force {
-            let ca = crate::local_ca::LocalCa::create(config)?;
-            let scope = ca.constraints().map(|c| c.describe()).unwrap_or_else(|| "any name".into());
-            made.push(format!(
-                "{} + {} (local CA, name-constrained to {scope}; trust it with `tokenrelay ca`)",
-                config.ca_cert.display(),
-                config.ca_key.display()
-            ));
-        }
+    Ok(made)
+}
+
+/// Creates every missing file `config` names and replaces the existing ones of the `replace`
+/// parts; returns a line per file made. Replacing is the caller's decision to confirm:
+/// a new DPoP key or CA breaks what was bound to the old one.
+pub fn init(config: &Config, replace: &[Part]) -> Result<Vec<String>, ProvisionError> {
+    let mut made = Vec::new();
+    for item in items(config) {
+        made.extend(make(config, &item, replace.contains(&item.part))?);
     }
     if ensure_demo_as_ca(config)? {
         made.push(format!("{} (demo AS CA for [demo_as] tls = true)", demo_as_ca_paths(config).0.display()));

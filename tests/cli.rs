@@ -132,7 +132,7 @@ fn check_loads_keys_and_prints_routes() {
     assert!(out.status.success());
     assert_eq!(before, std::fs::read(dir.path().join("k.pem")).unwrap());
 
-    let out = Command::new(BIN).arg("jwks").arg("--config").arg(&path).output().unwrap();
+    let out = Command::new(BIN).args(["jwks", "--format", "registration"]).arg("--config").arg(&path).output().unwrap();
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let key = &doc["routes"]["a"]["jwks"]["keys"][0];
     assert_eq!(key["kty"], "OKP");

@@ -2,6 +2,7 @@
 //! here only.
 
 mod ca;
+mod init;
 mod token;
 
 use std::path::{Path, PathBuf};
@@ -14,18 +15,60 @@ use serde_json::{json, Value};
 use crate::config::AuthMethod;
 use crate::snapshot::{BuildOptions, Credential};
 
+/// `0.1.0 (abc1234)`: the crate version and the git commit it was built from (build.rs).
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("TOKENRELAY_GIT_COMMIT"), ")");
+
+const EXAMPLES: &str = "\
+Examples:
+  tokenrelay init                       # starter proxy.toml (built-in demo AS) + keys
+  tokenrelay run                        # then: curl -s -X POST http://127.0.0.1:8787/demo/token -d grant_type=client_credentials
+  tokenrelay init --template okta       # starter config for Okta (also keycloak, entra, auth0, generic)
+  tokenrelay jwks --route okta          # the JWKS to register at the AS
+  tokenrelay check                      # validate config, keys and each issuer's metadata
+  tokenrelay token --route demo         # one token request, explained
+  eval \"$(tokenrelay ca)\"               # trust the local CA, use the forward proxy
+  tokenrelay -v run --log-format json   # debug logs, one JSON object per line
+  tokenrelay completions bash > ~/.local/share/bash-completion/completions/tokenrelay";
+
 #[derive(Debug, Parser)]
 #[command(
     name = "tokenrelay",
-    version,
-    about = "Local proxy that signs OAuth 2.0 token requests (private_key_jwt, DPoP, mTLS)"
+    version = VERSION,
+    about = "Local proxy that signs OAuth 2.0 token requests (private_key_jwt, DPoP, mTLS)",
+    after_help = EXAMPLES
 )]
 pub struct Cli {
     /// Config file.
     #[arg(long, global = true, default_value = "proxy.toml", env = "TOKENRELAY_CONFIG")]
     pub config: PathBuf,
+    /// Log format on stderr: `text`, or `json` (one JSON object per line).
+    #[arg(long, global = true, value_enum, default_value = "text", env = "TOKENRELAY_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    /// More log detail (-v debug, -vv trace). RUST_LOG, when set, wins.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    pub verbose: u8,
+    /// Less log detail (-q warnings and errors, -qq errors only). RUST_LOG, when set, wins.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub quiet: u8,
     #[command(subcommand)]
     pub command: Option<Command>,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// What `jwks --format` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum JwksFormat {
+    /// Exactly a JWKS, `{"keys":[...]}`, ready to paste (one route).
+    Jwks,
+    /// Per route: the JWKS plus client id, auth method, x5t#S256, tls_client_auth_subject_dn,
+    /// dpop_jkt.
+    Registration,
 }
 
 #[derive(Debug, Subcommand)]
@@ -42,17 +85,38 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Print the public JWKS to register at the AS (JSON on stdout).
+    /// Print the public JWKS to register at the AS for a route's client authentication.
+    #[command(
+        after_help = "Examples:\n  tokenrelay jwks --route okta > okta-jwks.json\n  tokenrelay jwks --format registration   # every route, with client id, x5t#S256, dpop_jkt"
+    )]
     Jwks {
-        /// Only this route.
+        /// The route (needed when the config has more than one).
         #[arg(long)]
         route: Option<String>,
+        /// `jwks` (default): exactly `{"keys":[...]}`; `registration`: the richer per-route
+        /// document.
+        #[arg(long, value_enum, default_value = "jwks")]
+        format: JwksFormat,
     },
-    /// Create the keys and certificates the config names and are missing.
+    /// Write a starter proxy.toml when there is none, create the keys and certificates it
+    /// names, and print what to register at the AS.
+    #[command(
+        after_help = "Examples:\n  tokenrelay init                          # demo config, runs with no AS of your own\n  tokenrelay init --template keycloak      # starter config for Keycloak\n  tokenrelay init --only dpop --yes        # replace the DPoP key (tokens bound to it stop working)"
+    )]
     Init {
-        /// Overwrite existing files.
+        /// The starter config to write when the config file does not exist (default: demo).
+        #[arg(long, value_enum)]
+        template: Option<init::Template>,
+        /// Replace this existing key material (asks first; see --yes). Missing files are
+        /// always created.
+        #[arg(long, value_enum)]
+        only: Option<init::Only>,
+        /// Replace every existing key, certificate and the local CA (asks first; see --yes).
         #[arg(long)]
         force: bool,
+        /// Replace without asking (what --only / --force name).
+        #[arg(long, short = 'y')]
+        yes: bool,
     },
     /// Send one token request through the route's pipeline, in-process, and explain it:
     /// what was sent, what the AS answered, and hints when it said no. Exits 0 on a 2xx.
@@ -75,40 +139,112 @@ pub enum Command {
     /// forward proxy, as shell exports: `eval "$(tokenrelay ca)"`. Creates the CA when missing
     /// and writes a merged bundle (system roots + local CA) beside it.
     Ca,
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(
+        after_help = "Examples:\n  tokenrelay completions bash > ~/.local/share/bash-completion/completions/tokenrelay\n  tokenrelay completions zsh > \"${fpath[1]}/_tokenrelay\"\n  tokenrelay completions fish > ~/.config/fish/completions/tokenrelay.fish"
+    )]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `tokenrelay man > tokenrelay.1; man ./tokenrelay.1`.
+    Man,
 }
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    init_tracing(cli.log_format, i16::from(cli.verbose) - i16::from(cli.quiet));
     let result = match cli.command.unwrap_or(Command::Run) {
         Command::Run => run(&cli.config),
         Command::Check { offline, json } => check(&cli.config, offline, json),
-        Command::Jwks { route } => jwks(&cli.config, route.as_deref()),
-        Command::Init { force } => init(&cli.config, force),
+        Command::Jwks { route, format } => jwks(&cli.config, route.as_deref(), format),
+        Command::Init { template, only, force, yes } => init::run(&cli.config, template, only, force, yes),
         Command::Ca => ca::run(&cli.config),
         Command::Token { route, params, show_token, json } => {
             token::run(&cli.config, &route, &params, show_token, json)
         }
+        Command::Completions { shell } => {
+            use clap::CommandFactory as _;
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "tokenrelay", &mut script);
+            out(&String::from_utf8_lossy(&script));
+            Ok(())
+        }
+        Command::Man => man(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_text(&e));
             ExitCode::FAILURE
         }
     }
 }
 
-fn init_tracing() {
+/// Writes `text` to stdout; a closed stdout (`tokenrelay jwks | head -1`) is not an error.
+pub(crate) fn out(text: &str) {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(text.as_bytes());
+    let _ = stdout.flush();
+}
+
+/// `e` and its causes joined by ": ", leaving out a cause whose text is already in the
+/// message (an error that prints its source and also returns it from `source()`), so an OS
+/// error shows once.
+fn error_text(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+fn man() -> anyhow::Result<()> {
+    use clap::CommandFactory as _;
+    let mut out = Vec::new();
+    clap_mangen::Man::new(Cli::command()).render(&mut out).context("cannot render the man page")?;
+    self::out(&String::from_utf8_lossy(&out));
+    Ok(())
+}
+
+/// The default log filter for `verbosity` (-v +1, -q -1 each): info by default.
+fn default_level(verbosity: i16) -> &'static str {
+    match verbosity {
+        i16::MIN..=-2 => "error",
+        -1 => "warn",
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    }
+}
+
+/// Colours only on a terminal and never with `NO_COLOR` set to anything non-empty
+/// (no-color.org).
+fn use_ansi(no_color: Option<&std::ffi::OsStr>, terminal: bool) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
+fn init_tracing(format: LogFormat, verbosity: i16) {
+    // RUST_LOG, when set, wins over -v/-q.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level(verbosity)));
     use std::io::IsTerminal as _;
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().with_ansi(false).try_init(),
+        LogFormat::Text => builder
+            .with_ansi(use_ansi(std::env::var_os("NO_COLOR").as_deref(), std::io::stderr().is_terminal()))
+            .try_init(),
+    };
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -350,6 +486,13 @@ pub fn jwks_document(config: &Path, only: Option<&str>) -> anyhow::Result<Value>
         }
         let mut keys = Vec::new();
         if let Credential::Key(k) = &r.credential {
+            if r.dpop_key.as_ref().is_some_and(|d| d.thumbprint() == k.thumbprint()) {
+                // A DPoP key never goes into a client-authentication JWKS.
+                anyhow::bail!(
+                    "route {:?}: client.key and dpop.key are the same key pair; give DPoP its own key (registering it would let a proof key authenticate the client)",
+                    r.cfg.name
+                );
+            }
             let mut jwk = k.public_jwk().clone();
             let kid = r.cfg.client.as_ref().and_then(|c| c.kid.clone()).unwrap_or_else(|| k.thumbprint().to_string());
             jwk.insert("kid".into(), kid.into());
@@ -396,21 +539,63 @@ pub fn jwks_document(config: &Path, only: Option<&str>) -> anyhow::Result<Value>
     Ok(json!({ "routes": routes }))
 }
 
-fn jwks(config: &Path, only: Option<&str>) -> anyhow::Result<()> {
+fn jwks(config: &Path, only: Option<&str>, format: JwksFormat) -> anyhow::Result<()> {
     let doc = jwks_document(config, only)?;
-    eprintln!("Register each route's \"jwks\" (and x5c / tls_client_auth_subject_dn for mTLS clients) at your AS.");
-    println!("{}", serde_json::to_string_pretty(&doc)?);
+    if format == JwksFormat::Registration {
+        eprintln!("Register each route's \"jwks\" (and x5c / tls_client_auth_subject_dn for mTLS clients) at your AS.");
+        out(&format!("{}\n", serde_json::to_string_pretty(&doc)?));
+        return Ok(());
+    }
+    let routes = doc["routes"].as_object().cloned().unwrap_or_default();
+    let (name, entry) = match (only, routes.len()) {
+        (_, 1) => routes.into_iter().next().context("no route")?,
+        (None, 0) => anyhow::bail!("{} has no routes: nothing to register", config.display()),
+        _ => {
+            let mut names: Vec<&str> = routes.keys().map(String::as_str).collect();
+            names.sort_unstable();
+            anyhow::bail!(
+                "{} has {} routes ({}): pick one with --route NAME (or --format registration for all)",
+                config.display(),
+                names.len(),
+                names.join(", ")
+            )
+        }
+    };
+    let keys = entry["jwks"]["keys"].as_array().cloned().unwrap_or_default();
+    if keys.is_empty() {
+        let why = match (entry.get("token_endpoint_auth_method").and_then(Value::as_str), entry.get("dpop_jkt")) {
+            (None, Some(_)) => format!(
+                "route {name:?} has no client authentication, only DPoP: a DPoP key is never registered as a client key (the AS binds tokens to the key in each proof, RFC 9449), so there is nothing to register"
+            ),
+            (None, None) => format!("route {name:?} has no client authentication: nothing to register"),
+            (Some("tls_client_auth"), _) => format!(
+                "route {name:?} uses tls_client_auth: the AS registers the certificate's subject, not a key; see `tokenrelay jwks --route {name} --format registration` (tls_client_auth_subject_dn)"
+            ),
+            (Some(method), _) => format!(
+                "route {name:?} authenticates with {method}, which uses no public key: nothing to register as a JWKS"
+            ),
+        };
+        eprintln!("{why}");
+        std::process::exit(1);
+    }
+    eprintln!("the JWKS to register for route {name:?} (client id {}):", entry["client_id"]);
+    out(&format!("{}\n", serde_json::to_string_pretty(&json!({ "keys": keys }))?));
     Ok(())
 }
 
-fn init(config: &Path, force: bool) -> anyhow::Result<()> {
-    let config = crate::config::load(config)?;
-    let made = crate::provision::init(&config, force)?;
-    if made.is_empty() {
-        println!("nothing to create: every key and certificate {} names exists", config.path.display());
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_color_and_verbosity() {
+        assert!(use_ansi(None, true));
+        assert!(!use_ansi(Some(std::ffi::OsStr::new("1")), true));
+        assert!(use_ansi(Some(std::ffi::OsStr::new("")), true), "no-color.org: set and non-empty");
+        assert!(!use_ansi(None, false));
+        assert_eq!(default_level(0), "info");
+        assert_eq!(default_level(-1), "warn");
+        assert_eq!(default_level(-5), "error");
+        assert_eq!(default_level(2), "trace");
     }
-    for line in made {
-        println!("created {line}");
-    }
-    Ok(())
 }

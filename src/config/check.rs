@@ -21,18 +21,135 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     let raw: RawConfig = toml::from_str(text).map_err(|e| {
         let (line, column) = e.span().map(|s| cx.line_col(s.start)).unwrap_or((1, 1));
         let mut message = e.message().trim_end().to_string();
+        let secret = e.span().is_some_and(|s| cx.is_secret_line(s.start));
+        let place = e.span().map(|s| cx.place(s.start)).unwrap_or_default();
+        // Our own words for serde's unknown-field / unknown-variant texts: the table path and
+        // the closest name, not a list of backticked names.
+        let mut key = place.key();
+        // Field names are never secret; a refused value might be.
+        if let Some((better, k)) =
+            rephrase(&message, &place).filter(|_| !secret || message.starts_with("unknown field"))
+        {
+            message = better;
+            key = k;
+        }
         // A mistyped secret (`secret = 987654321012`, an API key in a header rule, however
         // the TOML spells the table) must not be echoed into logs or the status endpoint:
         // serde quotes the value it refused in backticks. Type errors never show the value.
-        if message.starts_with("invalid type")
-            || message.starts_with("invalid value")
-            || e.span().is_some_and(|s| cx.is_secret_line(s.start))
-        {
+        if message.starts_with("invalid type") || message.starts_with("invalid value") || secret {
             message = redact_quoted(&message);
         }
-        ConfigError::Invalid { path: path.display().to_string(), line, column, key: String::new(), message }
+        let key = if key.is_empty() { key } else { format!("{key}: ") };
+        ConfigError::Invalid { path: path.display().to_string(), line, column, key, message }
     })?;
     cx.check(raw)
+}
+
+/// Where in the file an error points: the `[table]` it is in, and the key of its line.
+#[derive(Debug, Default)]
+struct Place {
+    /// `routes.demo.client` (from the last `[header]` before the error).
+    table: String,
+    /// `timeout`, `client.id`, ... (the part before `=` on the error's line), or the whole
+    /// path when the line is a `[header]` itself.
+    line_key: Option<String>,
+    header: bool,
+}
+
+impl Place {
+    /// The dotted path of what the line sets.
+    fn key(&self) -> String {
+        match (&self.line_key, self.header) {
+            (Some(k), true) => k.clone(),
+            (Some(k), false) => join(&self.table, k),
+            (None, _) => self.table.clone(),
+        }
+    }
+
+    /// The table an unknown field `field` was found in.
+    fn parent_of(&self, field: &str) -> String {
+        match (&self.line_key, self.header) {
+            (Some(k), true) => k.rsplit_once('.').map(|(p, _)| p.to_string()).unwrap_or_default(),
+            (Some(k), false) => match k.rsplit_once('.') {
+                Some((p, last)) if last == field => join(&self.table, p),
+                None if k == field => self.table.clone(),
+                // An inline table: `client = { bogus = 1 }`.
+                _ => join(&self.table, k),
+            },
+            (None, _) => self.table.clone(),
+        }
+    }
+}
+
+fn join(table: &str, key: &str) -> String {
+    match (table.is_empty(), key.is_empty()) {
+        (true, _) => key.to_string(),
+        (_, true) => table.to_string(),
+        _ => format!("{table}.{key}"),
+    }
+}
+
+/// A dotted TOML key as written (`routes."my api".client`) without quotes and spaces.
+fn dotted(key: &str) -> String {
+    key.split('.').map(|p| p.trim().trim_matches('"').trim_matches('\'')).collect::<Vec<_>>().join(".")
+}
+
+/// The names between backticks in serde's "expected one of `a`, `b`" (or "`a` or `b`").
+fn backticked(text: &str) -> Vec<String> {
+    text.split('`').skip(1).step_by(2).map(str::to_string).collect()
+}
+
+/// Levenshtein distance (small inputs: field names).
+pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// The candidate closest to `name`, when it is close enough to be a typo.
+pub(crate) fn closest<'a>(name: &str, candidates: &'a [String]) -> Option<&'a str> {
+    let lower = name.to_ascii_lowercase();
+    candidates
+        .iter()
+        .map(|c| (edit_distance(&lower, &c.to_ascii_lowercase()), c))
+        .filter(|(d, c)| *d <= (c.chars().count() / 3).max(2))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c.as_str())
+}
+
+/// serde's "unknown field `x`, expected one of ..." and "unknown variant `x`, expected ..."
+/// in our words, with the key path: `(message, key)`.
+fn rephrase(message: &str, place: &Place) -> Option<(String, String)> {
+    if let Some(rest) = message.strip_prefix("missing field ") {
+        let name = backticked(rest).into_iter().next()?;
+        return Some((format!("missing field {name:?}"), place.key()));
+    }
+    let (kind, rest) = if let Some(rest) = message.strip_prefix("unknown field ") {
+        ("field", rest)
+    } else if let Some(rest) = message.strip_prefix("unknown variant ") {
+        ("value", rest)
+    } else {
+        return None;
+    };
+    let name = backticked(rest).into_iter().next()?;
+    let expected: Vec<String> = rest.split_once(", ").map(|(_, e)| backticked(e)).unwrap_or_default();
+    let hint = match closest(&name, &expected) {
+        Some(c) => format!("; did you mean {c:?}?"),
+        None if expected.is_empty() => String::new(),
+        None => format!(" (expected one of: {})", expected.join(", ")),
+    };
+    Some(match kind {
+        "field" => ("unknown field".to_string() + &hint, join(&place.parent_of(&name), &name)),
+        _ => (format!("unknown value {name:?}{hint}"), place.key()),
+    })
 }
 
 /// `message` with every `` `...` `` quoted value replaced by `` `[redacted]` ``.
@@ -60,6 +177,23 @@ impl Cx<'_> {
         let line = before.matches('\n').count() + 1;
         let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
         (line, column)
+    }
+
+    /// The table and line key at `offset` (see [`Place`]).
+    fn place(&self, offset: usize) -> Place {
+        let before = &self.text[..offset.min(self.text.len())];
+        let start = before.rfind('\n').map_or(0, |i| i + 1);
+        let line = self.text[start..].lines().next().unwrap_or_default().trim();
+        let header = |l: &str| {
+            let l = l.trim();
+            l.starts_with('[').then(|| dotted(l.trim_start_matches('[').split(']').next().unwrap_or_default()))
+        };
+        let table = self.text[..start].lines().rev().find_map(header).unwrap_or_default();
+        if let Some(h) = header(line) {
+            return Place { table, line_key: Some(h), header: true };
+        }
+        let line_key = line.split_once('=').map(|(k, _)| dotted(k)).filter(|k| !k.is_empty());
+        Place { table, line_key, header: false }
     }
 
     /// Is `offset` on a line that sets a secret (`secret`, `secret_env`, a header value)?
@@ -221,6 +355,7 @@ impl Cx<'_> {
             unknown_hosts: p.unknown_hosts.unwrap_or_default(),
             ca_cert: self.resolve(p.ca_cert.as_deref().unwrap_or("certs/ca.pem")),
             ca_key: self.resolve(p.ca_key.as_deref().unwrap_or("certs/ca-key.pem")),
+            ca_named: p.ca_cert.is_some() || p.ca_key.is_some(),
             max_body,
             allow_origins: p.allow_origins,
             allow_remote: remote,
@@ -384,7 +519,15 @@ impl Cx<'_> {
 
     fn duration(&self, s: &Spanned<String>, key: &str) -> Result<Duration, ConfigError> {
         let d = humantime::parse_duration(s.get_ref()).map_err(|e| {
-            self.err(s.span(), key, format!("{:?} is not a duration like \"10s\" or \"500ms\": {e}", s.get_ref()))
+            // Our words, not humantime's ("expected number at 0").
+            use humantime::DurationError as E;
+            let why = match e {
+                E::Empty => "it is empty".to_string(),
+                E::UnknownUnit { unit, .. } => format!("unknown unit {unit:?} (use ms, s, m or h)"),
+                E::NumberOverflow => "it is too long".to_string(),
+                E::InvalidCharacter(_) | E::NumberExpected(_) => "write a number, then a unit: ms, s, m or h".into(),
+            };
+            self.err(s.span(), key, format!("{:?} is not a duration like \"10s\" or \"500ms\": {why}", s.get_ref()))
         })?;
         if d.is_zero() {
             return Err(self.err(
@@ -584,5 +727,30 @@ impl Cx<'_> {
             rules.remove.push(n);
         }
         Ok(rules)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn closest_name_is_a_typo_away_or_none() {
+        let names: Vec<String> = ["listen", "listen_tls", "forward"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(edit_distance("lisen", "listen"), 1);
+        assert_eq!(closest("lisen", &names), Some("listen"));
+        assert_eq!(closest("Forwrd", &names), Some("forward"));
+        assert_eq!(closest("zzzzzzz", &names), None);
+    }
+
+    #[test]
+    fn duration_errors_are_in_our_words() {
+        let text = "[routes.demo]\nprefix = \"/demo\"\nupstream = \"https://as.example\"\ntimeout = \"ten\"\n";
+        let err = parse(text, Path::new("/x/proxy.toml")).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "/x/proxy.toml:4:11: routes.demo.timeout: \"ten\" is not a duration like \"10s\" or \"500ms\": write a number, then a unit: ms, s, m or h"
+        );
     }
 }

@@ -44,8 +44,13 @@ pub const DEFAULT_MAX_BODY: usize = 64 * 1024;
 /// A config error with where it is: `proxy.toml:12:1: routes.demo.client: ...`.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{path}: cannot read config: {source} (pass --config PATH, or run `tokenrelay init`)")]
-    Read { path: String, source: std::io::Error },
+    /// The config file does not exist. `init` is the fix (the OS error is in `reason`, once).
+    #[error("{}", missing_message(path, init, reason))]
+    Missing { path: String, init: String, reason: String },
+    /// The config file exists but cannot be read. The OS error is in `reason`, not a
+    /// `source`, so `{:#}` chains print it once.
+    #[error("{path}: cannot read config: {reason}")]
+    Read { path: String, reason: String },
     #[error("{path}:{line}:{column}: {key}{message}")]
     Invalid { path: String, line: usize, column: usize, key: String, message: String },
 }
@@ -61,6 +66,9 @@ pub struct Config {
     pub unknown_hosts: UnknownHosts,
     pub ca_cert: PathBuf,
     pub ca_key: PathBuf,
+    /// `[proxy] ca_cert` or `ca_key` is set: `tokenrelay init` creates the CA even when no
+    /// listener uses it yet.
+    pub ca_named: bool,
     pub max_body: usize,
     pub allow_origins: Vec<String>,
     /// Exchange records kept for the inspector (`[proxy] exchanges`; 0 = off).
@@ -333,9 +341,28 @@ impl ParamRules {
 
 /// Reads and checks the config file at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        let shown = path.display().to_string();
+        if e.kind() == std::io::ErrorKind::NotFound {
+            let init = if path == Path::new("proxy.toml") {
+                "tokenrelay init".to_string()
+            } else {
+                format!("tokenrelay init --config {shown}")
+            };
+            ConfigError::Missing { path: shown, init, reason: e.to_string() }
+        } else {
+            ConfigError::Read { path: shown, reason: e.to_string() }
+        }
+    })?;
     parse(&text, path)
+}
+
+fn missing_message(path: &str, init: &str, reason: &str) -> String {
+    if path == "proxy.toml" {
+        format!("no proxy.toml here: run `{init}` to create one ({reason})")
+    } else {
+        format!("no config at {path}: run `{init}` to create one ({reason})")
+    }
 }
 
 #[cfg(test)]

@@ -120,6 +120,8 @@ pub enum UpstreamError {
     ClientCertRefused { url: String, route: String, reason: String },
     #[error("upstream {url} unreachable: connection refused (is the authorization server running?)")]
     Refused { url: String },
+    #[error("upstream {url} did not answer in HTTP: does it speak TLS? use https:// in routes.{route}.upstream (and routes.{route}.trust for its CA)")]
+    NotHttp { url: String, route: String },
     #[error("upstream {url} failed: {chain}")]
     Other { url: String, chain: String },
 }
@@ -170,6 +172,14 @@ pub fn classify(err: &(dyn std::error::Error + 'static), url: &str, route: &str)
     }
     if io == Some(std::io::ErrorKind::ConnectionRefused) {
         return UpstreamError::Refused { url };
+    }
+    // A TLS server answering a plain-HTTP request sends bytes hyper cannot parse as HTTP.
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_parse) && url.starts_with("http://") {
+            return UpstreamError::NotHttp { url, route };
+        }
+        cur = e.source();
     }
     let mut chain = Vec::new();
     let mut cur = Some(err);

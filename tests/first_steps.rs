@@ -453,3 +453,91 @@ fn on_a_terminal_init_asks_before_replacing() {
     assert!(shown.contains("dpop.pem"), "{shown}");
     assert_ne!(before, std::fs::read(&dpop).unwrap(), "replaced after yes");
 }
+
+/// `eval "$(tokenrelay ca)"` is enough for curl (which reads only the lower-case
+/// `http_proxy`) to reach a plain-http AS through the forward proxy, signed.
+#[tokio::test(flavor = "multi_thread")]
+async fn eval_ca_makes_curl_use_the_forward_proxy_for_an_http_as() {
+    let up = common::upstream::Recorder::start(|_, _| common::upstream::Reply::token()).await;
+    let forward = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("proxy.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[proxy]\nlisten = \"127.0.0.1:0\"\nforward = \"{forward}\"\n[routes.as]\nprefix = \"/as\"\nupstream = \"{}\"\n\
+             [routes.as.client]\nid = \"app-1\"\nauth = \"private_key_jwt\"\nkey = \"client.pem\"\ncreate = true\n",
+            up.url()
+        ),
+    )
+    .unwrap();
+    let proxy = common::process::ProxyProcess::start(&[], &config, "info");
+    let script = format!(
+        "eval \"$('{bin}' --config '{cfg}' ca)\" && curl -s --max-time 20 -X POST {url}/token -d grant_type=client_credentials",
+        bin = common::process::BIN,
+        cfg = config.display(),
+        url = up.url()
+    );
+    let out = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .env_remove("NO_PROXY")
+        .env_remove("no_proxy")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("upstream-issued-token-VALUE"), "{stdout}\n{}", proxy.log());
+    let seen = up.seen();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert!(seen[0].param("client_assertion").is_some(), "the AS received the request signed");
+    assert!(proxy.log().contains("forward"), "{}", proxy.log());
+}
+
+/// An `http://` upstream that speaks TLS (the demo AS after `tls = true`) is named as such,
+/// not as hyper's "invalid HTTP version parsed".
+#[tokio::test]
+async fn an_http_upstream_that_speaks_tls_says_use_https() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = common::tls_upstream::TlsRecorder::start(dir.path(), "as-ca.pem", |_, _| common::upstream::Reply::token())
+        .await;
+    let config = format!(
+        "[routes.as]\nprefix = \"/as\"\nupstream = \"http://127.0.0.1:{}\"\n[routes.as.client]\nid = \"app\"\n\
+         auth = \"private_key_jwt\"\nkey = \"client.pem\"\ncreate = true\n",
+        up.port()
+    );
+    let proxy = common::proxy::TestProxy::builder(config).start().await;
+    let (status, body) = proxy.post_form("/as/token", "grant_type=client_credentials").await;
+    assert_eq!(status, 502, "{body}");
+    let why = body["error_description"].as_str().unwrap();
+    assert!(why.contains("does it speak TLS? use https://") && why.contains("routes.as.upstream"), "{why}");
+    assert!(!why.contains("invalid HTTP version"), "{why}");
+    proxy.stop().await;
+}
+
+/// `check` warns about what would not work: no routes at all, and an `http://` route to a
+/// demo AS that serves TLS.
+#[test]
+fn check_warns_on_an_empty_config_and_the_demo_as_scheme_mistake() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("proxy.toml");
+    let check = |text: &str| {
+        std::fs::write(&path, text).unwrap();
+        let out = std::process::Command::new(common::process::BIN)
+            .arg("--config")
+            .arg(&path)
+            .args(["check", "--offline"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let empty = check("# nothing yet\n");
+    assert!(empty.contains("warning: no routes"), "{empty}");
+    let tls = check(
+        "[demo_as]\nlisten = \"127.0.0.1:9443\"\ntls = true\n[routes.d]\nprefix = \"/d\"\nupstream = \"http://127.0.0.1:9443\"\n",
+    );
+    assert!(
+        tls.contains("upstream is http:// but [demo_as] tls = true") && tls.contains("certs/demo-as-ca.pem"),
+        "{tls}"
+    );
+}

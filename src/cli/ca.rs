@@ -14,7 +14,7 @@ use crate::local_ca::{permitted_names, LocalCa, CA_CN, LOOPBACK_NAMES};
 use crate::pki;
 
 /// `tokenrelay ca`: creates the CA when missing, writes the merged bundle, prints the exports.
-pub(super) fn run(config_path: &Path) -> anyhow::Result<()> {
+pub(super) fn run(config_path: &Path, shell: Shell) -> anyhow::Result<()> {
     let config = crate::config::load(config_path)?;
     if config.forward.is_none() && config.listen_tls.is_none() {
         // The CA is name-constrained to the hosts forward mode claims when it is created:
@@ -47,7 +47,7 @@ pub(super) fn run(config_path: &Path) -> anyhow::Result<()> {
     if roots == 0 {
         eprintln!("warning: no system root certificates found; {} holds the local CA only", bundle.display());
     }
-    print!("{}", env_script(&config, &ca, &bundle));
+    print!("{}", env_for(&config, &ca, &bundle, shell));
     Ok(())
 }
 
@@ -119,68 +119,125 @@ fn no_proxy(config: &Config) -> String {
 }
 
 /// What `tokenrelay ca` prints: comments plus `export` lines for a POSIX shell.
-pub fn env_script(config: &Config, ca: &LocalCa, bundle: &Path) -> String {
+/// The shells `tokenrelay ca --shell` writes for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Shell {
+    /// `export NAME=value` (bash, zsh, sh, dash, ksh).
+    Posix,
+    Bash,
+    Zsh,
+    Fish,
+    Powershell,
+    /// `NAME=value` lines for `.env` files and `docker run --env-file`.
+    Dotenv,
+    /// One JSON object `{"NAME": "value", ...}`.
+    Json,
+}
+
+/// The variables `tokenrelay ca` sets, in order, and comments worth printing with them.
+fn env_vars(config: &Config, ca: &LocalCa, bundle: &Path) -> (Vec<(&'static str, String)>, Vec<String>) {
     let ca_path = absolute(ca.cert_path());
-    let bundle = absolute(bundle);
-    let q = |p: &Path| sh_quote(&p.display().to_string());
-    let mut out = String::new();
-    let _ = writeln!(out, "# tokenrelay local CA: {}", ca_path.display());
+    let bundle = absolute(bundle).display().to_string();
+    let mut vars = Vec::new();
+    let mut notes = vec![format!("tokenrelay local CA: {}", ca_path.display())];
     if let Some(c) = ca.constraints() {
-        let _ = writeln!(out, "# name-constrained to: {}", c.describe());
+        notes.push(format!("name-constrained to: {}", c.describe()));
     }
-    let _ = writeln!(out, "# merged bundle (system roots + local CA): {}", bundle.display());
-    let _ = writeln!(out, "# use: eval \"$(tokenrelay ca)\"   (then start the app from this shell)");
+    notes.push(format!("merged bundle (system roots + local CA): {bundle}"));
     match config.forward {
         Some(addr) => {
             let proxy = format!("http://{addr}");
+            // curl reads only the lower-case http_proxy; most runtimes read either.
+            for name in ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"] {
+                vars.push((name, proxy.clone()));
+            }
             let no_proxy = no_proxy(config);
-            for name in ["HTTPS_PROXY", "https_proxy"] {
-                let _ = writeln!(out, "export {name}={}", sh_quote(&proxy));
-            }
             for name in ["NO_PROXY", "no_proxy"] {
-                let _ = writeln!(out, "export {name}={}", sh_quote(&no_proxy));
+                vars.push((name, no_proxy.clone()));
             }
-            let _ = writeln!(out, "# Node >= 24 (and 22.21+) reads HTTPS_PROXY itself when this is set:");
-            let _ = writeln!(out, "export NODE_USE_ENV_PROXY=1");
+            // Node >= 24 (and 22.21+) reads HTTPS_PROXY itself when this is set.
+            vars.push(("NODE_USE_ENV_PROXY", "1".into()));
         }
         None => {
-            let _ = writeln!(out, "# forward mode is off: set [proxy] forward to get HTTPS_PROXY / NO_PROXY here");
+            notes.push("forward mode is off: set [proxy] forward to get HTTPS_PROXY / HTTP_PROXY / NO_PROXY".into())
         }
     }
     for name in ["SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"] {
-        let _ = writeln!(out, "export {name}={}", q(&bundle));
+        vars.push((name, bundle.clone()));
     }
-    let _ = writeln!(out, "export NODE_EXTRA_CA_CERTS={}", q(&ca_path));
+    vars.push(("NODE_EXTRA_CA_CERTS", ca_path.display().to_string()));
+    (vars, notes)
+}
+
+/// What `tokenrelay ca` prints for `shell`.
+pub fn env_for(config: &Config, ca: &LocalCa, bundle: &Path, shell: Shell) -> String {
+    let (vars, notes) = env_vars(config, ca, bundle);
+    let mut out = String::new();
+    let comment = |out: &mut String, line: &str| {
+        let _ = writeln!(out, "# {line}");
+    };
+    match shell {
+        Shell::Json => {
+            let map: serde_json::Map<String, serde_json::Value> =
+                vars.into_iter().map(|(k, v)| (k.to_string(), v.into())).collect();
+            let _ = writeln!(out, "{}", serde_json::Value::Object(map));
+            return out;
+        }
+        Shell::Dotenv => {
+            for (k, v) in vars {
+                let _ = writeln!(out, "{k}={v}");
+            }
+            return out;
+        }
+        _ => {}
+    }
+    for n in &notes {
+        comment(&mut out, n);
+    }
+    let usage = match shell {
+        Shell::Fish => "use: tokenrelay ca --shell fish | source   (then start the app from this shell)",
+        Shell::Powershell => {
+            "use: tokenrelay ca --shell powershell | Invoke-Expression   (then start the app from this shell)"
+        }
+        _ => "use: eval \"$(tokenrelay ca)\"   (then start the app from this shell)",
+    };
+    comment(&mut out, usage);
+    for (k, v) in &vars {
+        let _ = match shell {
+            Shell::Fish => writeln!(out, "set -gx {k} {}", sh_quote(v)),
+            Shell::Powershell => writeln!(out, "$env:{k} = '{}'", v.replace('\'', "''")),
+            _ => writeln!(out, "export {k}={}", sh_quote(v)),
+        };
+    }
     // Java ignores name constraints on trust anchors: importing this CA into the JDK's shared
     // cacerts would let it vouch for any host in every Java program. A per-app trust store
     // (a copy of cacerts plus this CA) keeps it to the app you start with it.
+    let ca_path = absolute(ca.cert_path());
+    let q = |p: &Path| sh_quote(&p.display().to_string());
     let store = ca_path.with_file_name("tokenrelay-truststore.p12");
-    let _ =
-        writeln!(out, "# Java (per app; never import into the JDK's shared cacerts, Java ignores name constraints):");
-    let _ = writeln!(
-        out,
-        "#   keytool -importkeystore -noprompt -srckeystore \"$JAVA_HOME/lib/security/cacerts\" -srcstorepass changeit -destkeystore {} -deststoretype PKCS12 -deststorepass changeit",
+    comment(&mut out, "Java (per app; never import into the JDK's shared cacerts, Java ignores name constraints):");
+    comment(&mut out, &format!(
+        "  keytool -importkeystore -noprompt -srckeystore \"$JAVA_HOME/lib/security/cacerts\" -srcstorepass changeit -destkeystore {} -deststoretype PKCS12 -deststorepass changeit",
         q(&store)
-    );
-    let _ = writeln!(
-        out,
-        "#   keytool -importcert -noprompt -alias tokenrelay-local-ca -file {} -keystore {} -storetype PKCS12 -storepass changeit",
+    ));
+    comment(&mut out, &format!(
+        "  keytool -importcert -noprompt -alias tokenrelay-local-ca -file {} -keystore {} -storetype PKCS12 -storepass changeit",
         q(&ca_path),
         q(&store)
-    );
-    let _ = writeln!(
-        out,
-        "#   java -Djavax.net.ssl.trustStore={} -Djavax.net.ssl.trustStoreType=PKCS12 -Djavax.net.ssl.trustStorePassword=changeit ...",
+    ));
+    comment(&mut out, &format!(
+        "  java -Djavax.net.ssl.trustStore={} -Djavax.net.ssl.trustStoreType=PKCS12 -Djavax.net.ssl.trustStorePassword=changeit ...",
         q(&store)
-    );
+    ));
     if let Some(addr) = config.forward {
-        let _ = writeln!(
-            out,
-            "#   java -Dhttps.proxyHost={} -Dhttps.proxyPort={} -Dhttp.nonProxyHosts={} ...",
+        comment(&mut out, &format!(
+            "  java -Dhttps.proxyHost={} -Dhttps.proxyPort={} -Dhttp.proxyHost={} -Dhttp.proxyPort={} -Dhttp.nonProxyHosts={} ...",
+            addr.ip(),
+            addr.port(),
             addr.ip(),
             addr.port(),
             sh_quote(&no_proxy(config).replace("::1", "[::1]").replace(',', "|"))
-        );
+        ));
     }
     out
 }
@@ -202,9 +259,11 @@ mod tests {
         let (ca, _) = LocalCa::load_or_create(&cfg).unwrap();
         let bundle = bundle_path(&cfg);
         assert_eq!(bundle.file_name().unwrap(), "ca-bundle.pem");
-        let script = env_script(&cfg, &ca, &bundle);
+        let script = env_for(&cfg, &ca, &bundle, Shell::Posix);
         for var in [
             "HTTPS_PROXY=http://127.0.0.1:8788",
+            "HTTP_PROXY=http://127.0.0.1:8788",
+            "http_proxy=http://127.0.0.1:8788",
             "NO_PROXY=localhost,::1",
             "SSL_CERT_FILE=",
             "REQUESTS_CA_BUNDLE=",
@@ -217,6 +276,14 @@ mod tests {
             assert!(script.contains(var), "{var} missing from:\n{script}");
         }
         assert!(!script.contains("-cacerts"), "never the JDK's shared store:\n{script}");
+        let fish = env_for(&cfg, &ca, &bundle, Shell::Fish);
+        assert!(fish.contains("set -gx http_proxy http://127.0.0.1:8788"), "{fish}");
+        let ps = env_for(&cfg, &ca, &bundle, Shell::Powershell);
+        assert!(ps.contains("$env:HTTP_PROXY = 'http://127.0.0.1:8788'"), "{ps}");
+        let json: serde_json::Value = serde_json::from_str(&env_for(&cfg, &ca, &bundle, Shell::Json)).unwrap();
+        assert_eq!(json["https_proxy"], "http://127.0.0.1:8788");
+        let dotenv = env_for(&cfg, &ca, &bundle, Shell::Dotenv);
+        assert!(dotenv.lines().all(|l| l.contains('=') && !l.starts_with('#')), "{dotenv}");
         assert_eq!(sh_quote("/a b/c'd"), r"'/a b/c'\''d'");
         assert_eq!(sh_quote("/plain/path.pem"), "/plain/path.pem");
     }

@@ -138,7 +138,11 @@ pub enum Command {
     /// Print the environment that makes common runtimes trust the local CA and use the
     /// forward proxy, as shell exports: `eval "$(tokenrelay ca)"`. Creates the CA when missing
     /// and writes a merged bundle (system roots + local CA) beside it.
-    Ca,
+    Ca {
+        /// Syntax of the output.
+        #[arg(long, value_enum, default_value = "posix")]
+        shell: ca::Shell,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     #[command(
         after_help = "Examples:\n  tokenrelay completions bash > ~/.local/share/bash-completion/completions/tokenrelay\n  tokenrelay completions zsh > \"${fpath[1]}/_tokenrelay\"\n  tokenrelay completions fish > ~/.config/fish/completions/tokenrelay.fish"
@@ -160,7 +164,7 @@ pub fn main() -> ExitCode {
         Command::Check { offline, json } => check(&cli.config, offline, json),
         Command::Jwks { route, format } => jwks(&cli.config, route.as_deref(), format),
         Command::Init { template, only, force, yes } => init::run(&cli.config, template, only, force, yes),
-        Command::Ca => ca::run(&cli.config),
+        Command::Ca { shell } => ca::run(&cli.config, shell),
         Command::Token { route, params, show_token, json } => {
             token::run(&cli.config, &route, &params, show_token, json)
         }
@@ -258,12 +262,20 @@ fn run(config: &Path) -> anyhow::Result<()> {
         // mean "stop gracefully", not the default "die at once".
         let mut signals = StopSignals::new();
         let running = crate::app::start(crate::app::Options::new(config)).await?;
-        if let Some(line) = running.curl_line() {
+        {
             // A closed stdout (`tokenrelay | head -1`) must not stop the proxy: ignore write errors.
             use std::io::Write as _;
             let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "tokenrelay is listening on http://{}; get a token through it with:", running.addr);
-            let _ = writeln!(out, "{line}");
+            match running.curl_line() {
+                Some(line) => {
+                    let _ = writeln!(out, "tokenrelay is listening on http://{}; get a token through it with:", running.addr);
+                    let _ = writeln!(out, "{line}");
+                }
+                None => {
+                    let _ = writeln!(out, "tokenrelay is listening on http://{}", running.addr);
+                }
+            }
+            let _ = write!(out, "{}", banner(&running));
             let _ = out.flush();
         }
         wait_for_stop(&mut signals).await;
@@ -282,6 +294,58 @@ fn run(config: &Path) -> anyhow::Result<()> {
     // Work still on the blocking pool (a reload hashing files) must not hold up the exit.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     result
+}
+
+/// What is running, for the start-up banner: every listener, the forward proxy's
+/// `HTTPS_PROXY` value, each route with its keys, the demo AS, the inspector.
+fn banner(running: &crate::app::Running) -> String {
+    use std::fmt::Write as _;
+    let snapshot = running.snapshot();
+    let c = &snapshot.config;
+    let mut out = String::new();
+    let _ = writeln!(out, "  reverse    http://{}/<route prefix>/...", running.addr);
+    if let Some(a) = running.tls_addr {
+        let _ = writeln!(out, "  https      https://{a}/<route prefix>/...  (leaf from the local CA: `tokenrelay ca`)");
+    }
+    if let Some(a) = running.forward_addr {
+        let _ = writeln!(
+            out,
+            "  forward    HTTPS_PROXY=http://{a} HTTP_PROXY=http://{a}  (`eval \"$(tokenrelay ca)\"` sets both)"
+        );
+    }
+    if let Some(a) = running.demo_as_addr {
+        let scheme = if c.demo_as.as_ref().is_some_and(|d| d.tls) { "https" } else { "http" };
+        let _ = writeln!(out, "  demo AS    {scheme}://{a}");
+    }
+    let _ = writeln!(out, "  inspector  http://{}/.tokenrelay/", running.addr);
+    for r in &snapshot.routes {
+        let cfg = &r.cfg;
+        let mut what = Vec::new();
+        if let Some(client) = &cfg.client {
+            let mut auth = format!("{} as {:?}", client.auth.as_str(), client.id);
+            if let crate::snapshot::Credential::Key(k) = &r.credential {
+                let kid = client.kid.clone().unwrap_or_else(|| k.thumbprint().to_string());
+                let _ = write!(auth, " kid {kid}");
+            }
+            what.push(auth);
+        }
+        if let Some(k) = &r.dpop_key {
+            what.push(format!("dpop jkt {}", k.thumbprint()));
+        }
+        if let Some(t) = &r.cert_thumbprint {
+            what.push(format!("mtls x5t#S256 {t}"));
+        }
+        let hosts = if c.forward.is_some() {
+            format!(" (hosts {})", cfg.hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>().join(", "))
+        } else {
+            String::new()
+        };
+        let what = if what.is_empty() { "relay only".to_string() } else { what.join(", ") };
+        let _ = writeln!(out, "  route {}  {}{hosts} -> {}  {what}", cfg.name, cfg.prefix, cfg.upstream.url(""));
+    }
+    let watched = crate::reload::named_files(c).iter().filter(|f| f.exists()).count();
+    let _ = writeln!(out, "  watching {watched} files for changes (proxy.toml and the files it names); Ctrl-C stops");
+    out
 }
 
 /// SIGINT (Ctrl-C) and SIGTERM, registered once for the life of `run`.
@@ -343,6 +407,39 @@ fn check_report(snapshot: &crate::snapshot::Snapshot, discovered: &Discovered, o
     let c = &snapshot.config;
     let mut warnings: Vec<String> = snapshot.warnings.clone();
     warnings.extend(c.exposure_warning());
+    if snapshot.routes.is_empty() {
+        warnings.push(
+            "no routes: tokenrelay relays nothing (add a [routes.NAME] table; `tokenrelay init` in an empty folder writes a starter)"
+                .into(),
+        );
+    }
+    if let Some(demo) = c.demo_as.as_ref().filter(|d| d.tls) {
+        for r in snapshot
+            .routes
+            .iter()
+            .filter(|r| r.cfg.upstream.scheme == "http" && r.cfg.upstream.port == demo.listen.port())
+        {
+            warnings.push(format!(
+                "route {:?}: upstream is http:// but [demo_as] tls = true: use upstream = \"https://{}\" and trust = [\"certs/demo-as-ca.pem\"]",
+                r.cfg.name, demo.listen
+            ));
+        }
+    }
+    // Hosts claimed after the local CA was made are outside its name constraints.
+    if c.forward.is_some() && c.ca_cert.exists() && c.ca_key.exists() {
+        if let Ok(ca) = crate::local_ca::LocalCa::load(&c.ca_cert, &c.ca_key) {
+            for r in &snapshot.routes {
+                for entry in &r.cfg.hosts {
+                    if let Some(why) = ca.refusal(&entry.host) {
+                        warnings.push(format!(
+                            "route {:?}: forward mode cannot intercept {}: {why}",
+                            r.cfg.name, entry.host
+                        ));
+                    }
+                }
+            }
+        }
+    }
     let mut errors = Vec::new();
     let mut routes = Vec::new();
     for r in &snapshot.routes {

@@ -181,7 +181,7 @@ impl ForwardProxy {
             }
         };
         let _ = upstream.set_nodelay(true);
-        tracing::debug!(%target, %peer, "CONNECT tunnelled");
+        tracing::info!(%target, %peer, "CONNECT tunnelled (no route claims this host)");
         let on_upgrade = hyper::upgrade::on(&mut req);
         // The tunnel keeps the connection's slot: it counts against the cap until it ends.
         conn.slot.mark_tunnel();

@@ -5,7 +5,9 @@
 //! [`verify`]. Keeping josekit behind this wall means a change of JOSE library is a change
 //! of one file.
 
+use std::borrow::Cow;
 use std::fmt;
+use std::sync::OnceLock;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -18,7 +20,8 @@ use josekit::jws::alg::eddsa::EddsaJwsAlgorithm;
 use josekit::jws::alg::hmac::HmacJwsAlgorithm;
 use josekit::jws::alg::rsassa::RsassaJwsAlgorithm;
 use josekit::jws::alg::rsassa_pss::RsassaPssJwsAlgorithm;
-use josekit::jws::{JwsHeader, JwsSigner, JwsVerifier};
+use josekit::jws::{JwsSigner, JwsVerifier};
+use serde::Serialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
@@ -120,6 +123,9 @@ pub struct SigningKey {
     public_jwk: Map<String, Value>,
     thumbprint: String,
     pkcs8_pem: Vec<u8>,
+    /// `typ` and base64url of the header `{"alg", "jwk", "typ"}` [`SigningKey::sign_with_jwk`]
+    /// puts on every JWS (a DPoP proof's, RFC 9449 §4.2): serialized once, on first use.
+    jwk_header: OnceLock<(String, String)>,
 }
 
 impl fmt::Debug for SigningKey {
@@ -254,7 +260,7 @@ impl SigningKey {
         let public_jwk = public_members(&jwk);
         let thumbprint = thumbprint(&public_jwk);
         let pkcs8_pem = pair.as_key_pair().to_pem_private_key();
-        Ok(SigningKey { alg, signer, public_jwk, thumbprint, pkcs8_pem })
+        Ok(SigningKey { alg, signer, public_jwk, thumbprint, pkcs8_pem, jwk_header: OnceLock::new() })
     }
 
     pub fn alg(&self) -> Alg {
@@ -276,28 +282,73 @@ impl SigningKey {
         &self.pkcs8_pem
     }
 
-    /// Signs `claims` as a compact JWS with `header` (`alg` is set here).
-    pub fn sign(&self, header: Map<String, Value>, claims: &Map<String, Value>) -> Result<String, JoseError> {
+    /// Signs `claims` (a JSON object: a `Map` or a `Serialize` struct) as a compact JWS with
+    /// `header` (`alg` is set here).
+    pub fn sign(&self, header: Map<String, Value>, claims: &(impl Serialize + ?Sized)) -> Result<String, JoseError> {
         sign_with(self.signer.as_ref(), self.alg, header, claims)
+    }
+
+    /// Signs `claims` as a compact JWS whose header is `{"alg", "jwk": <public JWK>, "typ"}`
+    /// (RFC 7515 §4.1.3; a DPoP proof's, RFC 9449 §4.2). That header is the same for every
+    /// JWS of this key and `typ`, so it is serialized once and reused.
+    pub fn sign_with_jwk(&self, typ: &str, claims: &(impl Serialize + ?Sized)) -> Result<String, JoseError> {
+        let header = match self.jwk_header.get() {
+            Some((cached_typ, b64)) if cached_typ == typ => Cow::Borrowed(b64.as_str()),
+            _ => {
+                let mut header = Map::new();
+                header.insert("alg".into(), Value::String(self.alg.as_str().into()));
+                header.insert("jwk".into(), Value::Object(self.public_jwk.clone()));
+                header.insert("typ".into(), Value::String(typ.into()));
+                let b64 = URL_SAFE_NO_PAD.encode(to_json(&header)?);
+                // Only the first `typ` is kept (a key signs one kind of JWS with its JWK).
+                let _ = self.jwk_header.set((typ.to_string(), b64.clone()));
+                Cow::Owned(b64)
+            }
+        };
+        compact(self.signer.as_ref(), &header, &to_json(claims)?)
     }
 }
 
 /// HS256 signing for `client_secret_jwt` (RFC 7523 §2.2 with a shared secret).
-pub fn sign_hs256(secret: &[u8], header: Map<String, Value>, claims: &Map<String, Value>) -> Result<String, JoseError> {
+pub fn sign_hs256(
+    secret: &[u8],
+    header: Map<String, Value>,
+    claims: &(impl Serialize + ?Sized),
+) -> Result<String, JoseError> {
     let signer = HmacJwsAlgorithm::Hs256.signer_from_bytes(secret)?;
     sign_with(&signer, Alg::HS256, header, claims)
+}
+
+fn to_json(value: &(impl Serialize + ?Sized)) -> Result<Vec<u8>, JoseError> {
+    serde_json::to_vec(value).map_err(|e| JoseError(e.to_string()))
 }
 
 fn sign_with(
     signer: &dyn JwsSigner,
     alg: Alg,
     mut header: Map<String, Value>,
-    claims: &Map<String, Value>,
+    claims: &(impl Serialize + ?Sized),
 ) -> Result<String, JoseError> {
     header.insert("alg".into(), Value::String(alg.as_str().into()));
-    let header = JwsHeader::from_map(header)?;
-    let payload = serde_json::to_vec(claims).map_err(|e| JoseError(e.to_string()))?;
-    Ok(josekit::jws::serialize_compact(&payload, &header, signer)?)
+    let header = URL_SAFE_NO_PAD.encode(to_json(&header)?);
+    compact(signer, &header, &to_json(claims)?)
+}
+
+/// RFC 7515 §7.1 compact serialization: `header.payload.signature`, each base64url, the
+/// signature over the first two. Built here rather than by josekit's `serialize_compact`,
+/// which re-validates and re-serializes a header that tokenrelay built itself: the output is
+/// the same bytes, without that work per signature.
+fn compact(signer: &dyn JwsSigner, header_b64: &str, payload: &[u8]) -> Result<String, JoseError> {
+    let b64_len = |n: usize| n.div_ceil(3) * 4;
+    let mut jws =
+        String::with_capacity(header_b64.len() + b64_len(payload.len()) + b64_len(signer.signature_len()) + 2);
+    jws.push_str(header_b64);
+    jws.push('.');
+    URL_SAFE_NO_PAD.encode_string(payload, &mut jws);
+    let signature = signer.sign(jws.as_bytes())?;
+    jws.push('.');
+    URL_SAFE_NO_PAD.encode_string(signature, &mut jws);
+    Ok(jws)
 }
 
 /// The public key (or secret) a verifier checks a JWS against.
@@ -442,6 +493,44 @@ mod tests {
         let ec = SigningKey::generate(Alg::ES256).unwrap();
         let public = serde_json::to_vec(ec.public_jwk()).unwrap();
         assert!(matches!(SigningKey::load(&public, Alg::ES256), Err(KeyError::PublicOnly)));
+    }
+
+    #[test]
+    fn compact_serialization_is_josekit_s() {
+        // HS256 is deterministic: the JWS built here must be josekit's, byte for byte.
+        let secret = b"0123456789abcdef0123456789abcdef";
+        let mut header = Map::new();
+        header.insert("kid".into(), "k-1".into());
+        header.insert("typ".into(), "client-authentication+jwt".into());
+        let mut claims = Map::new();
+        claims.insert("iss".into(), "app".into());
+        claims.insert("iat".into(), 1_700_000_000u64.into());
+        let ours = sign_hs256(secret, header.clone(), &claims).unwrap();
+        header.insert("alg".into(), "HS256".into());
+        let josekit_header = josekit::jws::JwsHeader::from_map(header).unwrap();
+        let signer = HmacJwsAlgorithm::Hs256.signer_from_bytes(secret).unwrap();
+        let theirs =
+            josekit::jws::serialize_compact(&serde_json::to_vec(&claims).unwrap(), &josekit_header, &signer).unwrap();
+        assert_eq!(ours, theirs);
+    }
+
+    #[test]
+    fn sign_with_jwk_header_is_cached_and_right() {
+        let key = SigningKey::generate(Alg::ES256).unwrap();
+        let mut claims = Map::new();
+        claims.insert("htm".into(), "POST".into());
+        for _ in 0..2 {
+            let jws = key.sign_with_jwk("dpop+jwt", &claims).unwrap();
+            let v = verify(&jws, Alg::ES256, VerifyKey::Jwk(key.public_jwk())).unwrap();
+            assert_eq!(v.header.len(), 3, "{:?}", v.header);
+            assert_eq!(v.header["alg"], "ES256");
+            assert_eq!(v.header["typ"], "dpop+jwt");
+            assert_eq!(v.header["jwk"], Value::Object(key.public_jwk().clone()));
+            assert_eq!(v.claims, claims);
+        }
+        // Another typ is not served from the cache.
+        let jws = key.sign_with_jwk("other+jwt", &claims).unwrap();
+        assert_eq!(peek_header(&jws).unwrap()["typ"], "other+jwt");
     }
 
     #[test]

@@ -171,6 +171,36 @@ impl Route {
         meta?.mtls_alias(url).filter(|alias| alias.starts_with("https://"))
     }
 
+    /// The public keys to register at the AS for this route's client authentication (RFC 7517):
+    /// the client key (`kid`, `use`, `alg`), and for mTLS with a self-signed certificate the
+    /// certificate's key with `x5c` (RFC 8705 §2.2). Never the DPoP key.
+    pub fn client_jwks(&self) -> Vec<serde_json::Value> {
+        use crate::config::AuthMethod;
+        let mut keys = Vec::new();
+        if let Credential::Key(k) = &self.credential {
+            let mut jwk = k.public_jwk().clone();
+            let kid =
+                self.cfg.client.as_ref().and_then(|c| c.kid.clone()).unwrap_or_else(|| k.thumbprint().to_string());
+            jwk.insert("kid".into(), kid.into());
+            jwk.insert("use".into(), "sig".into());
+            jwk.insert("alg".into(), k.alg().as_str().into());
+            keys.push(serde_json::Value::Object(jwk));
+        }
+        let mtls_auth = self
+            .cfg
+            .client
+            .as_ref()
+            .is_some_and(|c| matches!(c.auth, AuthMethod::SelfSignedTlsClientAuth | AuthMethod::TlsClientAuth));
+        if let Some(der) = self.cert_der.as_deref().filter(|d| mtls_auth && crate::pki::is_self_signed(d)) {
+            use base64::Engine as _;
+            let mut jwk = crate::pki::public_jwk_of_cert(der).unwrap_or_default();
+            jwk.insert("x5c".into(), serde_json::json!([base64::engine::general_purpose::STANDARD.encode(der)]));
+            jwk.insert("use".into(), "sig".into());
+            keys.push(serde_json::Value::Object(jwk));
+        }
+        keys
+    }
+
     /// Does this route sign requests (so must never forward them unsigned)?
     pub fn signs(&self) -> bool {
         self.cfg.client.as_ref().is_some_and(|c| c.auth != AuthMethod::None) || self.dpop_key.is_some()

@@ -541,3 +541,42 @@ fn check_warns_on_an_empty_config_and_the_demo_as_scheme_mistake() {
         "{tls}"
     );
 }
+
+/// `GET /.tokenrelay/jwks/{route}` serves exactly what `tokenrelay jwks --route` prints, for
+/// ASes that register clients by `jwks_uri`; never the DPoP key.
+#[tokio::test(flavor = "multi_thread")]
+async fn served_jwks_url_matches_the_jwks_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("proxy.toml");
+    std::fs::write(
+        &config,
+        "[proxy]\nlisten = \"127.0.0.1:0\"\n[routes.as]\nprefix = \"/as\"\nupstream = \"https://as.example.com\"\n\
+         [routes.as.client]\nid = \"app\"\nauth = \"private_key_jwt\"\nkey = \"client.pem\"\ncreate = true\n\
+         [routes.as.dpop]\nkey = \"dpop.pem\"\ncreate = true\n",
+    )
+    .unwrap();
+    let proxy = common::process::ProxyProcess::start(&[], &config, "info");
+    let printed = std::process::Command::new(common::process::BIN)
+        .arg("--config")
+        .arg(&config)
+        .args(["jwks", "--route", "as"])
+        .output()
+        .unwrap();
+    assert!(printed.status.success(), "{}", String::from_utf8_lossy(&printed.stderr));
+    let printed: serde_json::Value = serde_json::from_slice(&printed.stdout).unwrap();
+    let served: serde_json::Value = common::proxy::client()
+        .get(format!("{}/.tokenrelay/jwks/as", proxy.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(served, printed);
+    let keys = served["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 1, "the client key only, never the DPoP key: {served}");
+    assert!(keys[0].get("d").is_none(), "public members only");
+    let dpop = std::fs::read(dir.path().join("dpop.pem")).unwrap();
+    let dpop = tokenrelay::jose::SigningKey::load(&dpop, tokenrelay::jose::Alg::ES256).unwrap();
+    assert_ne!(keys[0]["kid"], dpop.thumbprint());
+}

@@ -581,7 +581,6 @@ pub fn jwks_document(config: &Path, only: Option<&str>) -> anyhow::Result<Value>
         if only.is_some_and(|n| n != r.cfg.name) {
             continue;
         }
-        let mut keys = Vec::new();
         if let Credential::Key(k) = &r.credential {
             if r.dpop_key.as_ref().is_some_and(|d| d.thumbprint() == k.thumbprint()) {
                 // A DPoP key never goes into a client-authentication JWKS.
@@ -590,34 +589,18 @@ pub fn jwks_document(config: &Path, only: Option<&str>) -> anyhow::Result<Value>
                     r.cfg.name
                 );
             }
-            let mut jwk = k.public_jwk().clone();
-            let kid = r.cfg.client.as_ref().and_then(|c| c.kid.clone()).unwrap_or_else(|| k.thumbprint().to_string());
-            jwk.insert("kid".into(), kid.into());
-            jwk.insert("use".into(), "sig".into());
-            jwk.insert("alg".into(), k.alg().as_str().into());
-            keys.push(Value::Object(jwk));
         }
-        let mut entry = json!({ "jwks": { "keys": keys } });
+        let mut entry = json!({ "jwks": { "keys": r.client_jwks() } });
         if let Some(c) = &r.cfg.client {
             entry["client_id"] = c.id.clone().into();
             entry["token_endpoint_auth_method"] = c.auth.as_str().into();
-            if c.auth == AuthMethod::SelfSignedTlsClientAuth || c.auth == AuthMethod::TlsClientAuth {
-                if let Some(der) = &r.cert_der {
-                    if crate::pki::is_self_signed(der) {
-                        // RFC 8705 §2.2: the self-signed certificate is registered in x5c.
-                        use base64::Engine as _;
-                        let x5c = base64::engine::general_purpose::STANDARD.encode(der);
-                        let mut jwk = crate::pki::public_jwk_of_cert(der).unwrap_or_default();
-                        jwk.insert("x5c".into(), json!([x5c]));
-                        jwk.insert("use".into(), "sig".into());
-                        if let Some(Value::Array(keys)) = entry["jwks"].get_mut("keys") {
-                            keys.push(Value::Object(jwk));
-                        }
-                    }
-                    if let Some(dn) = crate::pki::subject_dn(der) {
-                        entry["tls_client_auth_subject_dn"] = dn.into();
-                    }
-                }
+            if let Some(dn) = r
+                .cert_der
+                .as_deref()
+                .filter(|_| c.auth == AuthMethod::TlsClientAuth || c.auth == AuthMethod::SelfSignedTlsClientAuth)
+                .and_then(crate::pki::subject_dn)
+            {
+                entry["tls_client_auth_subject_dn"] = dn.into();
             }
         }
         if let Some(t) = &r.cert_thumbprint {

@@ -4,6 +4,8 @@
 //! - `GET /.tokenrelay/status`: reload state (see [`crate::status`]);
 //! - `GET /.tokenrelay/exchanges[?route=NAME][&failed=1]`: the last exchanges, newest first;
 //! - `GET /.tokenrelay/exchanges/{id}`: one exchange;
+//! - `GET /.tokenrelay/jwks/{route}`: the route's public client keys (a JWKS for ASes that
+//!   register clients by `jwks_uri`; public keys only, never the DPoP key);
 //! - `GET /.tokenrelay/`: the inspector page (one embedded HTML file, inline JS and CSS, no
 //!   network access but its own JSON, under a strict CSP that allows exactly its inline
 //!   script and style by hash).
@@ -48,6 +50,14 @@ pub(super) fn answer(
             }
             let list = shared.exchanges.list(route.as_deref(), failed);
             Ok(json(serde_json::to_string(&list.iter().map(|r| &**r).collect::<Vec<_>>())))
+        }
+        other if other.starts_with("jwks/") => {
+            let name = &other["jwks/".len()..];
+            let snapshot = shared.snapshot.borrow().clone();
+            match snapshot.routes.iter().find(|r| r.cfg.name == name) {
+                Some(route) => Ok(json(serde_json::to_string(&serde_json::json!({ "keys": route.client_jwks() })))),
+                None => Err(ProxyError::NotFound(format!("no route named {name:?}"))),
+            }
         }
         other => match other.strip_prefix("exchanges/").and_then(|id| id.parse::<u64>().ok()) {
             Some(id) => match shared.exchanges.get(id) {

@@ -63,19 +63,24 @@ pub(super) async fn exchange(
     out: Outgoing<'_>,
     outcome: &mut Outcome,
 ) -> Result<Response<Body>, ProxyError> {
-    let Outgoing { method, target, headers, payload } = out;
+    let Outgoing { method, target, mut headers, mut payload } = out;
     let proof_key = match &payload {
         Payload::Token(_) => route.dpop_key.as_ref().filter(|_| target.wants_proof),
         Payload::Resource { .. } => route.dpop_key.as_ref(),
         Payload::Plain(_) => None,
     };
     let mut nonce = proof_key.and_then(|_| shared.nonces.get(&target.origin));
+    let mut first = true;
     loop {
-        let mut headers = headers.clone();
+        // Every attempt starts from the app's request: kept while a retry may follow (a first
+        // attempt with a proof), moved into the attempt otherwise.
+        let may_retry = proof_key.is_some() && first;
+        first = false;
+        let mut headers = if may_retry { headers.clone() } else { std::mem::take(&mut headers) };
         let now = unix_now();
-        let body = match &payload {
+        let body = match &mut payload {
             Payload::Token(form) => {
-                let mut form = form.clone();
+                let mut form = if may_retry { form.clone() } else { std::mem::take(form) };
                 let call = Call {
                     endpoint_url: &target.url,
                     token_endpoint: &target.token_endpoint,

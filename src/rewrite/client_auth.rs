@@ -8,6 +8,7 @@
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use http::header::{self, HeaderMap, HeaderValue};
+use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::form::Form;
@@ -146,13 +147,27 @@ fn set_assertion(form: &mut Form, client_id: &str, jwt: &str) {
     form.set("client_assertion", jwt);
 }
 
+/// The claims of a client assertion (RFC 7523 §3). Fields in name order: the JSON is what a
+/// sorted map of the same members gives, without building one per request.
+#[derive(Serialize)]
+struct AssertionClaims<'a> {
+    aud: String,
+    exp: u64,
+    iat: u64,
+    iss: &'a str,
+    jti: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nbf: Option<u64>,
+    sub: &'a str,
+}
+
 /// Header and claims of a client assertion (RFC 7523 §3).
-fn assertion_parts(
+fn assertion_parts<'a>(
     route: &RouteConfig,
-    client: &ClientConfig,
-    call: &Call<'_>,
+    client: &'a ClientConfig,
+    call: &'a Call<'_>,
     kid: Option<&str>,
-) -> (Map<String, Value>, Map<String, Value>) {
+) -> (Map<String, Value>, AssertionClaims<'a>) {
     let mut header = Map::new();
     if let Some(kid) = kid {
         header.insert("kid".into(), kid.into());
@@ -163,16 +178,15 @@ fn assertion_parts(
     if let Some(x5t) = call.x5t_s256 {
         header.insert("x5t#S256".into(), x5t.into());
     }
-    let mut claims = Map::new();
-    claims.insert("iss".into(), client.id.clone().into());
-    claims.insert("sub".into(), client.id.clone().into());
-    claims.insert("aud".into(), audience(route, client, call).into());
-    claims.insert("iat".into(), call.now.into());
-    if client.nbf {
-        claims.insert("nbf".into(), call.now.into());
-    }
-    claims.insert("exp".into(), (call.now + client.lifetime.as_secs()).into());
-    claims.insert("jti".into(), call.jti.clone().into());
+    let claims = AssertionClaims {
+        aud: audience(route, client, call),
+        exp: call.now + client.lifetime.as_secs(),
+        iat: call.now,
+        iss: &client.id,
+        jti: &call.jti,
+        nbf: client.nbf.then_some(call.now),
+        sub: &client.id,
+    };
     (header, claims)
 }
 

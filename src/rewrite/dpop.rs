@@ -8,7 +8,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use http::header::{HeaderMap, HeaderValue};
-use serde_json::{Map, Value};
+use serde::Serialize;
+use serde_json::Value;
 
 use crate::jose::{self, SigningKey};
 
@@ -36,23 +37,31 @@ impl std::fmt::Debug for ProofInput<'_> {
     }
 }
 
-/// Signs a DPoP proof JWT (RFC 9449 §4.2).
+/// The claims of a proof (RFC 9449 §4.2). Fields in name order: the JSON is what a sorted
+/// map of the same members gives, without building one per proof.
+#[derive(Serialize)]
+struct ProofClaims<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ath: Option<String>,
+    htm: &'a str,
+    htu: &'a str,
+    iat: u64,
+    jti: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nonce: Option<&'a str>,
+}
+
+/// Signs a DPoP proof JWT (RFC 9449 §4.2): header `typ: dpop+jwt` with the public `jwk`.
 pub fn proof(key: &SigningKey, input: &ProofInput<'_>) -> Result<String, jose::JoseError> {
-    let mut header = Map::new();
-    header.insert("typ".into(), "dpop+jwt".into());
-    header.insert("jwk".into(), Value::Object(key.public_jwk().clone()));
-    let mut claims = Map::new();
-    claims.insert("jti".into(), input.jti.clone().into());
-    claims.insert("htm".into(), input.htm.into());
-    claims.insert("htu".into(), input.htu.into());
-    claims.insert("iat".into(), input.now.into());
-    if let Some(nonce) = input.nonce {
-        claims.insert("nonce".into(), nonce.into());
-    }
-    if let Some(token) = input.access_token {
-        claims.insert("ath".into(), jose::sha256_b64url(token.as_bytes()).into());
-    }
-    key.sign(header, &claims)
+    let claims = ProofClaims {
+        ath: input.access_token.map(|token| jose::sha256_b64url(token.as_bytes())),
+        htm: input.htm,
+        htu: input.htu,
+        iat: input.now,
+        jti: &input.jti,
+        nonce: input.nonce,
+    };
+    key.sign_with_jwk("dpop+jwt", &claims)
 }
 
 /// RFC 9449 §8.1: `nonce = 1*NQCHAR`, NQCHAR = %x21 / %x23-5B / %x5D-7E.

@@ -60,12 +60,27 @@ fn decode(bytes: &[u8]) -> Vec<u8> {
     percent_encoding::percent_decode(&plus).collect()
 }
 
+/// Bytes `application/x-www-form-urlencoded` leaves as they are (WHATWG URL §5.2, the
+/// set `form_urlencoded::byte_serialize` keeps).
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'*' | b'-' | b'.' | b'_')
+}
+
+fn push_encoded(out: &mut Vec<u8>, part: &str) {
+    // Assertions, ids and URNs need no escaping: copied whole, not byte by byte.
+    if part.bytes().all(is_unreserved) {
+        out.extend_from_slice(part.as_bytes());
+    } else {
+        out.extend(form_urlencoded::byte_serialize(part.as_bytes()).flat_map(str::bytes));
+    }
+}
+
 fn encode_pair(name: &str, value: &str) -> Vec<u8> {
-    let mut out = String::new();
-    out.extend(form_urlencoded::byte_serialize(name.as_bytes()));
-    out.push('=');
-    out.extend(form_urlencoded::byte_serialize(value.as_bytes()));
-    out.into_bytes()
+    let mut out = Vec::with_capacity(name.len() + value.len() + 1);
+    push_encoded(&mut out, name);
+    out.push(b'=');
+    push_encoded(&mut out, value);
+    out
 }
 
 impl Form {
@@ -228,6 +243,16 @@ mod tests {
         let f = Form::parse(b"client_secret=hunter2&code=abc");
         let d = format!("{f:?}");
         assert!(d.contains("client_secret") && !d.contains("hunter2") && !d.contains("abc"), "{d}");
+    }
+
+    #[test]
+    fn encode_pair_matches_form_urlencoded() {
+        for (name, value) in
+            [("client_assertion", "eyJh.eyJz-_x*"), ("scope", "read write"), ("a b", "x~y/é&="), ("", ""), ("n", "")]
+        {
+            let expected: String = form_urlencoded::Serializer::new(String::new()).append_pair(name, value).finish();
+            assert_eq!(String::from_utf8(encode_pair(name, value)).unwrap(), expected, "{name}={value}");
+        }
     }
 
     #[test]

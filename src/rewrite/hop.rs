@@ -7,6 +7,12 @@ use crate::config::HOP_BY_HOP;
 /// Removes hop-by-hop headers, including those named in `Connection`, plus
 /// `Transfer-Encoding` (the body is re-framed by the next hop).
 pub fn strip(headers: &mut HeaderMap) {
+    // Most messages carry none: one pass over the names present instead of a removal
+    // (parse, hash, probe) per hop-by-hop name.
+    let hop = |name: &HeaderName| name == header::TRANSFER_ENCODING || HOP_BY_HOP.contains(&name.as_str());
+    if !headers.keys().any(hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -39,5 +45,18 @@ mod tests {
         strip(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn leaves_end_to_end_headers_alone() {
+        let mut h = HeaderMap::new();
+        h.insert("content-type", "application/json".parse().unwrap());
+        h.insert("x-kept", "1".parse().unwrap());
+        let before = h.clone();
+        strip(&mut h);
+        assert_eq!(h, before);
+        h.insert("te", "trailers".parse().unwrap());
+        strip(&mut h);
+        assert_eq!(h, before);
     }
 }

@@ -243,19 +243,29 @@ impl Snapshot {
                 client.into_iter().chain(dpop)
             })
             .collect();
-        let mut load =
-            |route: &str, field: &str, path: &PathBuf, alg: Alg, create: bool, warnings: &mut Vec<String>| {
-                if let Some(k) = key_cache.get(&(path.clone(), alg)) {
-                    return Ok::<_, KeyFileError>(k.clone());
-                }
-                let at = KeyRef { route, field, path };
-                let create =
-                    (create || creatable.contains(path)) && opts.create_missing && !opts.never_create.contains(path);
-                let (key, w) = keys::load_signing_key(&at, alg, create)?;
-                warnings.extend(w);
-                key_cache.insert((path.clone(), alg), key.clone());
-                Ok(key)
-            };
+        let mut load = |route: &str,
+                        field: &str,
+                        path: &PathBuf,
+                        alg: Alg,
+                        create: bool,
+                        warnings: &mut Vec<String>| {
+            if let Some(k) = key_cache.get(&(path.clone(), alg)) {
+                return Ok::<_, KeyFileError>(k.clone());
+            }
+            let at = KeyRef { route, field, path };
+            let marked = create || creatable.contains(path);
+            let create = marked && opts.create_missing && !opts.never_create.contains(path);
+            if marked && !create && !opts.create_missing && !path.exists() {
+                // `check`: the file is missing, but `run` would create it.
+                return Err(at.error(
+                        "not created yet: `tokenrelay run` creates it (create = true), or create it now with `tokenrelay init`",
+                    ));
+            }
+            let (key, w) = keys::load_signing_key(&at, alg, create)?;
+            warnings.extend(w);
+            key_cache.insert((path.clone(), alg), key.clone());
+            Ok(key)
+        };
         let mut routes = Vec::new();
         for rc in &config.routes {
             let name = rc.name.as_str();

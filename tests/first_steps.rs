@@ -540,6 +540,19 @@ fn check_warns_on_an_empty_config_and_the_demo_as_scheme_mistake() {
         tls.contains("upstream is http:// but [demo_as] tls = true") && tls.contains("certs/demo-as-ca.pem"),
         "{tls}"
     );
+    let full = check(
+        "[proxy]\nforward = \"127.0.0.1:8788\"\n[routes.r]\nprefix = \"/r\"\nupstream = \"https://as.example.com\"\n\
+         hosts = [\"as.example.com\"]\n[routes.r.headers]\nset = { \"x-api-key\" = \"planted-header-secret\" }\n\
+         remove = [\"cookie\"]\n[routes.r.params]\nadd = { scope = \"read\" }\n",
+    );
+    for shown in [
+        "forward mode intercepts as.example.com",
+        "headers: set [x-api-key] remove [cookie]",
+        "params: add {\"scope\":\"read\"}",
+    ] {
+        assert!(full.contains(shown), "{shown:?} missing from:\n{full}");
+    }
+    assert!(!full.contains("planted-header-secret"), "header values are not printed:\n{full}");
 }
 
 /// `GET /.tokenrelay/jwks/{route}` serves exactly what `tokenrelay jwks --route` prints, for

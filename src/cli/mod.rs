@@ -500,6 +500,24 @@ fn check_report(snapshot: &crate::snapshot::Snapshot, discovered: &Discovered, o
         if let Some(t) = &r.cert_thumbprint {
             route["mtls"] = json!({ "x5t#S256": t });
         }
+        if c.forward.is_some() {
+            route["hosts"] = cfg.hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>().into();
+        }
+        if !cfg.trust.is_empty() {
+            route["trust"] = cfg.trust.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().into();
+        }
+        let h = &cfg.headers;
+        if !h.set.is_empty() || !h.remove.is_empty() {
+            // Names only: configured header values may be API keys.
+            route["headers"] = json!({
+                "set": h.set.iter().map(|(n, _)| n.to_string()).collect::<Vec<_>>(),
+                "remove": h.remove.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+            });
+        }
+        let p = &cfg.params;
+        if p.names().next().is_some() {
+            route["params"] = json!({ "add": p.add, "set": p.set, "remove": p.remove });
+        }
         routes.push(route);
     }
     json!({
@@ -517,9 +535,11 @@ fn check_report(snapshot: &crate::snapshot::Snapshot, discovered: &Discovered, o
 fn print_check(report: &Value) {
     let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
     println!("config {} is valid", text(&report["config"]));
-    for key in ["listen", "listen_tls", "forward", "demo_as"] {
+    for (key, label) in
+        [("listen", "listen"), ("listen_tls", "listen tls"), ("forward", "forward"), ("demo_as", "demo AS")]
+    {
         if let Some(v) = report[key].as_str() {
-            println!("{} {v}", key.replace('_', " "));
+            println!("{label} {v}");
         }
     }
     for r in report["routes"].as_array().into_iter().flatten() {
@@ -546,6 +566,20 @@ fn print_check(report: &Value) {
         }
         if let Some(m) = r.get("mtls") {
             println!("  mtls cert x5t#S256 {}", text(&m["x5t#S256"]));
+        }
+        let list =
+            |v: &Value| v.as_array().into_iter().flatten().filter_map(Value::as_str).collect::<Vec<_>>().join(", ");
+        if let Some(h) = r.get("hosts") {
+            println!("  forward mode intercepts {}", list(h));
+        }
+        if let Some(t) = r.get("trust") {
+            println!("  trusts {}", list(t));
+        }
+        if let Some(h) = r.get("headers") {
+            println!("  headers: set [{}] remove [{}]", list(&h["set"]), list(&h["remove"]));
+        }
+        if let Some(p) = r.get("params") {
+            println!("  params: add {} set {} remove [{}]", p["add"], p["set"], list(&p["remove"]));
         }
     }
     for w in report["warnings"].as_array().into_iter().flatten() {

@@ -593,3 +593,39 @@ async fn served_jwks_url_matches_the_jwks_command() {
     let dpop = tokenrelay::jose::SigningKey::load(&dpop, tokenrelay::jose::Alg::ES256).unwrap();
     assert_ne!(keys[0]["kid"], dpop.thumbprint());
 }
+
+/// A host added after the local CA was made is outside its name constraints; `ca
+/// --regenerate` makes a new CA that covers it.
+#[test]
+fn ca_regenerate_covers_a_host_claimed_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("proxy.toml");
+    let write = |hosts: &str| {
+        std::fs::write(
+            &path,
+            format!("[proxy]\nforward = \"127.0.0.1:8788\"\n[routes.a]\nprefix = \"/a\"\nupstream = \"https://as.example.com\"\nhosts = [{hosts}]\n"),
+        )
+        .unwrap()
+    };
+    let ca = |extra: &[&str]| {
+        std::process::Command::new(common::process::BIN)
+            .arg("--config")
+            .arg(&path)
+            .arg("ca")
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    write("\"as.example.com\"");
+    assert!(ca(&[]).status.success());
+    let before = std::fs::read(dir.path().join("certs/ca.pem")).unwrap();
+    write("\"as.example.com\", \"later.example.org\"");
+    let stale = ca(&[]);
+    assert!(String::from_utf8_lossy(&stale.stderr).contains("later.example.org"), "the CA does not cover the new host");
+    let fresh = ca(&["--regenerate"]);
+    let stderr = String::from_utf8_lossy(&fresh.stderr);
+    assert!(fresh.status.success(), "{stderr}");
+    assert!(stderr.contains("replacing the local CA"), "{stderr}");
+    assert!(!stderr.contains("later.example.org"), "the new CA covers it: {stderr}");
+    assert_ne!(before, std::fs::read(dir.path().join("certs/ca.pem")).unwrap());
+}

@@ -14,8 +14,23 @@ use crate::local_ca::{permitted_names, LocalCa, CA_CN, LOOPBACK_NAMES};
 use crate::pki;
 
 /// `tokenrelay ca`: creates the CA when missing, writes the merged bundle, prints the exports.
-pub(super) fn run(config_path: &Path, shell: Shell) -> anyhow::Result<()> {
+pub(super) fn run(config_path: &Path, shell: Shell, regenerate: bool) -> anyhow::Result<()> {
     let config = crate::config::load(config_path)?;
+    if regenerate {
+        // A new CA constrained to the hosts claimed now; the old one stops being used.
+        for path in [&config.ca_cert, &config.ca_key] {
+            match std::fs::remove_file(path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("cannot remove {}", path.display())),
+            }
+        }
+        eprintln!(
+            "warning: replacing the local CA: apps and shells that trusted the old one must trust the new one \
+             (run `eval \"$(tokenrelay ca)\"` again, rebuild Java trust stores, and restart tokenrelay: it serves \
+             with the CA it loaded at start)"
+        );
+    }
     if config.forward.is_none() && config.listen_tls.is_none() {
         // The CA is name-constrained to the hosts forward mode claims when it is created:
         // creating it now would make a loopback-only CA that forward mode later cannot use.

@@ -142,6 +142,10 @@ pub enum Command {
         /// Syntax of the output.
         #[arg(long, value_enum, default_value = "posix")]
         shell: ca::Shell,
+        /// Make a new CA, name-constrained to the hosts the routes claim now (after adding a
+        /// host to `hosts`). Everything that trusted the old CA must trust the new one.
+        #[arg(long)]
+        regenerate: bool,
     },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     #[command(
@@ -164,7 +168,7 @@ pub fn main() -> ExitCode {
         Command::Check { offline, json } => check(&cli.config, offline, json),
         Command::Jwks { route, format } => jwks(&cli.config, route.as_deref(), format),
         Command::Init { template, only, force, yes } => init::run(&cli.config, template, only, force, yes),
-        Command::Ca { shell } => ca::run(&cli.config, shell),
+        Command::Ca { shell, regenerate } => ca::run(&cli.config, shell, regenerate),
         Command::Token { route, params, show_token, json } => {
             token::run(&cli.config, &route, &params, show_token, json)
         }

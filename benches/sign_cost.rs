@@ -7,7 +7,9 @@
 //! - `dpop_proof_us`: a whole DPoP proof as the pipeline makes it (header and claims JSON,
 //!   base64url, signature);
 //! - `assertion_us`: a whole `private_key_jwt` client assertion through
-//!   `rewrite::client_auth::apply` (form edits included).
+//!   `rewrite::client_auth::apply` (form edits included);
+//! - `es256_ring_us`: for comparison, the same signature by ring (which rustls links), not
+//!   what tokenrelay uses.
 //!
 //! `BENCH_MS` (default 800) bounds each of the three loops.
 
@@ -62,6 +64,20 @@ fn main() {
         std::hint::black_box(raw.sign(std::hint::black_box(&input)).ok());
     });
 
+    // For comparison only (tokenrelay signs with josekit/OpenSSL): the same signature by ring,
+    // which rustls already links, through rustls's signing API (ASN.1 DER output).
+    let ring_key = {
+        use rustls::pki_types::pem::PemObject as _;
+        let der = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.pkcs8_pem()).unwrap_or_else(|e| panic!("{e}"));
+        rustls::crypto::ring::sign::any_ecdsa_type(&der).unwrap_or_else(|e| panic!("ring key: {e}"))
+    };
+    let ring_signer = ring_key
+        .choose_scheme(&[rustls::SignatureScheme::ECDSA_NISTP256_SHA256])
+        .unwrap_or_else(|| panic!("ring: no ECDSA P-256 scheme"));
+    let ring = cpu_us_per_op(budget, || {
+        std::hint::black_box(ring_signer.sign(std::hint::black_box(&input)).ok());
+    });
+
     let mut i = 0u64;
     let dpop = cpu_us_per_op(budget, || {
         i += 1;
@@ -99,5 +115,7 @@ fn main() {
         std::hint::black_box(client_auth::apply(route, &credential, &call, &mut headers, &mut form).ok());
         std::hint::black_box(form.encode());
     });
-    println!(r#"{{"es256_sign_us":{es256:.2},"dpop_proof_us":{dpop:.2},"assertion_us":{assertion:.2}}}"#);
+    println!(
+        r#"{{"es256_sign_us":{es256:.2},"dpop_proof_us":{dpop:.2},"assertion_us":{assertion:.2},"es256_ring_us":{ring:.2}}}"#
+    );
 }

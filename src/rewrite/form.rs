@@ -52,6 +52,10 @@ impl std::fmt::Debug for Form {
 }
 
 fn decode(bytes: &[u8]) -> Vec<u8> {
+    // Most values (ids, grant types, assertions) have nothing to decode: copied whole.
+    if !bytes.iter().any(|&b| b == b'+' || b == b'%') {
+        return bytes.to_vec();
+    }
     let plus: Cow<'_, [u8]> = if bytes.contains(&b'+') {
         Cow::Owned(bytes.iter().map(|&b| if b == b'+' { b' ' } else { b }).collect())
     } else {
@@ -60,19 +64,39 @@ fn decode(bytes: &[u8]) -> Vec<u8> {
     percent_encoding::percent_decode(&plus).collect()
 }
 
-/// Bytes `application/x-www-form-urlencoded` leaves as they are (WHATWG URL §5.2, the
-/// set `form_urlencoded::byte_serialize` keeps).
-fn is_unreserved(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'*' | b'-' | b'.' | b'_')
-}
-
-fn push_encoded(out: &mut Vec<u8>, part: &str) {
-    // Assertions, ids and URNs need no escaping: copied whole, not byte by byte.
-    if part.bytes().all(is_unreserved) {
-        out.extend_from_slice(part.as_bytes());
-    } else {
-        out.extend(form_urlencoded::byte_serialize(part.as_bytes()).flat_map(str::bytes));
+/// Bytes `application/x-www-form-urlencoded` leaves as they are (the WHATWG URL standard's
+/// set, which `form_urlencoded::byte_serialize` keeps): ASCII alphanumerics and `*-._`.
+const UNRESERVED: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        table[i] = b.is_ascii_alphanumeric() || matches!(b, b'*' | b'-' | b'.' | b'_');
+        i += 1;
     }
+    table
+};
+
+/// Appends `part` form-urlencoded (as `form_urlencoded::byte_serialize` does: space as `+`,
+/// other bytes outside [`UNRESERVED`] as `%XX`), copying the runs that need no escaping whole:
+/// an assertion is one such run.
+fn push_encoded(out: &mut Vec<u8>, part: &str) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let bytes = part.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        if UNRESERVED[usize::from(b)] {
+            continue;
+        }
+        out.extend_from_slice(&bytes[start..i]);
+        if b == b' ' {
+            out.push(b'+');
+        } else {
+            out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]]);
+        }
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
 }
 
 fn encode_pair(name: &str, value: &str) -> Vec<u8> {
@@ -92,7 +116,9 @@ impl Form {
             .filter(|seg| !seg.is_empty())
             .map(|seg| {
                 let name_raw = seg.split(|&b| b == b'=').next().unwrap_or_default();
-                Pair { raw: seg.to_vec(), name: String::from_utf8_lossy(&decode(name_raw)).into_owned() }
+                let name = String::from_utf8(decode(name_raw))
+                    .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+                Pair { raw: seg.to_vec(), name }
             })
             .collect();
         Form { pairs }
@@ -247,9 +273,14 @@ mod tests {
 
     #[test]
     fn encode_pair_matches_form_urlencoded() {
-        for (name, value) in
-            [("client_assertion", "eyJh.eyJz-_x*"), ("scope", "read write"), ("a b", "x~y/é&="), ("", ""), ("n", "")]
-        {
+        for (name, value) in [
+            ("client_assertion", "eyJh.eyJz-_x*"),
+            ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
+            ("scope", "read write"),
+            ("a b", "x~y/é&=+%\u{0}\u{7f}"),
+            ("", ""),
+            ("n", ""),
+        ] {
             let expected: String = form_urlencoded::Serializer::new(String::new()).append_pair(name, value).finish();
             assert_eq!(String::from_utf8(encode_pair(name, value)).unwrap(), expected, "{name}={value}");
         }

@@ -7,26 +7,23 @@ use crate::config::HOP_BY_HOP;
 /// Removes hop-by-hop headers, including those named in `Connection`, plus
 /// `Transfer-Encoding` (the body is re-framed by the next hop).
 pub fn strip(headers: &mut HeaderMap) {
-    // Most messages carry none: one pass over the names present instead of a removal
-    // (parse, hash, probe) per hop-by-hop name.
+    // One pass over the names present (most messages carry none, or only `Connection`)
+    // rather than a removal (parse, hash, probe) per hop-by-hop name.
     let hop = |name: &HeaderName| name == header::TRANSFER_ENCODING || HOP_BY_HOP.contains(&name.as_str());
     if !headers.keys().any(hop) {
         return;
     }
-    let named: Vec<HeaderName> = headers
+    let mut remove: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
         .collect();
-    for name in named {
+    remove.extend(headers.keys().filter(|name| hop(name)).cloned());
+    for name in remove {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
-    headers.remove(header::TRANSFER_ENCODING);
 }
 
 #[cfg(test)]

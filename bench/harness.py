@@ -589,11 +589,6 @@ class CheckUpstream:
 # Report
 
 
-def med(xs):
-    xs = [x for x in xs if x is not None]
-    return statistics.median(xs) if xs else None
-
-
 def spread(xs, fmt="{:.0f}", scale=1.0):
     xs = [x * scale for x in xs if x is not None]
     if not xs:
@@ -814,7 +809,7 @@ def main() -> None:
             return
         if args.instructions:
             text = instructions(b, args, scenarios)
-            Path(args.out).with_name("instructions.md").write_text(text + "\n")
+            (b.dir / "instructions.md").write_text(text + "\n")
             print(text)
             return
         checks = {}
@@ -927,14 +922,14 @@ def profile(b: Bench, args) -> None:
         log(f"profiled {t['requests']} requests ({t['rps']:.0f} req/s) into {data}")
     finally:
         proc.stop()
-    flat = b.dir / "perf-flat.txt"
-    with open(flat, "w") as f:
-        subprocess.run(["perf", "report", "-i", str(data), "--no-children", "--sort", "dso,symbol", "--stdio",
-                        "--percent-limit", "0.3", "-g", "none"], stdout=f, stderr=subprocess.DEVNULL)
-    graph = b.dir / "perf-children.txt"
-    with open(graph, "w") as f:
-        subprocess.run(["perf", "report", "-i", str(data), "--children", "--sort", "symbol", "--stdio",
-                        "--percent-limit", "1", "-g", "none"], stdout=f, stderr=subprocess.DEVNULL)
+    flat, graph = b.dir / "perf-flat.txt", b.dir / "perf-children.txt"
+    for path, opts in ((flat, ["--no-children", "--sort", "dso,symbol", "--percent-limit", "0.3"]),
+                       (graph, ["--children", "--sort", "symbol", "--percent-limit", "1"])):
+        text = subprocess.run(["perf", "report", "-i", str(data), "--stdio", "-g", "none"] + opts,
+                              capture_output=True, text=True).stdout
+        # perf pads every line to its widest symbol: keep the text, drop the padding.
+        path.write_text("".join(line.rstrip().removesuffix("-      -").rstrip() + "\n"
+                                for line in text.splitlines() if line.strip() and not line.startswith("#")))
     print(f"flat profile: {flat}\ninclusive (children) profile: {graph}")
 
 

@@ -295,10 +295,12 @@ impl SigningKey {
         let header = match self.jwk_header.get() {
             Some((cached_typ, b64)) if cached_typ == typ => Cow::Borrowed(b64.as_str()),
             _ => {
+                // The members in the order `sign` would give them (a `Map` keeps insertion
+                // order: josekit turns on serde_json's `preserve_order`), `alg` last.
                 let mut header = Map::new();
-                header.insert("alg".into(), Value::String(self.alg.as_str().into()));
-                header.insert("jwk".into(), Value::Object(self.public_jwk.clone()));
                 header.insert("typ".into(), Value::String(typ.into()));
+                header.insert("jwk".into(), Value::Object(self.public_jwk.clone()));
+                header.insert("alg".into(), Value::String(self.alg.as_str().into()));
                 let b64 = URL_SAFE_NO_PAD.encode(to_json(&header)?);
                 // Only the first `typ` is kept (a key signs one kind of JWS with its JWK).
                 let _ = self.jwk_header.set((typ.to_string(), b64.clone()));
@@ -423,7 +425,8 @@ pub fn thumbprint(public_jwk: &Map<String, Value>) -> String {
         Some("OKP") => &["crv", "kty", "x"],
         _ => &["kty"],
     };
-    // serde_json's Map is a BTreeMap (no preserve_order feature), so keys serialize sorted.
+    // A `Map` keeps insertion order (josekit turns on serde_json's `preserve_order`): the
+    // members go in sorted, as RFC 7638 §3.3 wants them serialized.
     let canonical: Map<String, Value> =
         required.iter().filter_map(|n| public_jwk.get(*n).map(|v| ((*n).to_string(), v.clone()))).collect();
     let json = serde_json::to_string(&canonical).unwrap_or_default();

@@ -147,18 +147,19 @@ fn set_assertion(form: &mut Form, client_id: &str, jwt: &str) {
     form.set("client_assertion", jwt);
 }
 
-/// The claims of a client assertion (RFC 7523 §3). Fields in name order: the JSON is what a
-/// sorted map of the same members gives, without building one per request.
+/// The claims of a client assertion (RFC 7523 §3), in the order the map they replace had them
+/// (serde_json keeps insertion order here: josekit turns on `preserve_order`), so the JSON is
+/// the same bytes without a map of owned strings per request.
 #[derive(Serialize)]
 struct AssertionClaims<'a> {
-    aud: String,
-    exp: u64,
-    iat: u64,
     iss: &'a str,
-    jti: &'a str,
+    sub: &'a str,
+    aud: String,
+    iat: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     nbf: Option<u64>,
-    sub: &'a str,
+    exp: u64,
+    jti: &'a str,
 }
 
 /// Header and claims of a client assertion (RFC 7523 §3).
@@ -179,13 +180,13 @@ fn assertion_parts<'a>(
         header.insert("x5t#S256".into(), x5t.into());
     }
     let claims = AssertionClaims {
-        aud: audience(route, client, call),
-        exp: call.now + client.lifetime.as_secs(),
-        iat: call.now,
         iss: &client.id,
-        jti: &call.jti,
-        nbf: client.nbf.then_some(call.now),
         sub: &client.id,
+        aud: audience(route, client, call),
+        iat: call.now,
+        nbf: client.nbf.then_some(call.now),
+        exp: call.now + client.lifetime.as_secs(),
+        jti: &call.jti,
     };
     (header, claims)
 }

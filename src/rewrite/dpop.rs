@@ -37,29 +37,30 @@ impl std::fmt::Debug for ProofInput<'_> {
     }
 }
 
-/// The claims of a proof (RFC 9449 §4.2). Fields in name order: the JSON is what a sorted
-/// map of the same members gives, without building one per proof.
+/// The claims of a proof (RFC 9449 §4.2), in the order the map they replace had them (serde_json
+/// keeps insertion order here: josekit turns on `preserve_order`), so the JSON is the same bytes
+/// without a map of owned strings per proof.
 #[derive(Serialize)]
 struct ProofClaims<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    ath: Option<String>,
+    jti: &'a str,
     htm: &'a str,
     htu: &'a str,
     iat: u64,
-    jti: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     nonce: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ath: Option<String>,
 }
 
 /// Signs a DPoP proof JWT (RFC 9449 §4.2): header `typ: dpop+jwt` with the public `jwk`.
 pub fn proof(key: &SigningKey, input: &ProofInput<'_>) -> Result<String, jose::JoseError> {
     let claims = ProofClaims {
-        ath: input.access_token.map(|token| jose::sha256_b64url(token.as_bytes())),
+        jti: &input.jti,
         htm: input.htm,
         htu: input.htu,
         iat: input.now,
-        jti: &input.jti,
         nonce: input.nonce,
+        ath: input.access_token.map(|token| jose::sha256_b64url(token.as_bytes())),
     };
     key.sign_with_jwk("dpop+jwt", &claims)
 }

@@ -39,8 +39,8 @@ pub const SKEW_WARNING_S: i64 = 30;
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Record {
     pub id: u64,
-    /// RFC 3339, UTC.
-    pub time: String,
+    /// When the exchange ended; shown as RFC 3339, UTC, in milliseconds.
+    pub time: Timestamp,
     /// `reverse`, `reverse-tls` or `forward`.
     pub entry: &'static str,
     pub route: Option<String>,
@@ -48,9 +48,9 @@ pub struct Record {
     pub actions: Actions,
     pub attempts: Vec<Attempt>,
     /// The client assertion as signed (last attempt): JOSE header and claims.
-    pub assertion: Option<Jwt>,
+    pub assertion: Option<Sent>,
     /// The DPoP proof as signed (last attempt).
-    pub proof: Option<Jwt>,
+    pub proof: Option<Sent>,
     /// The status the app got.
     pub status: u16,
     pub answer: Option<Answer>,
@@ -58,6 +58,28 @@ pub struct Record {
     pub refused: Option<String>,
     pub hints: Vec<String>,
     pub total_ms: u64,
+}
+
+/// A wall-clock time, formatted (RFC 3339, UTC, milliseconds) only when shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timestamp(pub std::time::SystemTime);
+
+impl Default for Timestamp {
+    fn default() -> Self {
+        Timestamp(std::time::UNIX_EPOCH)
+    }
+}
+
+impl std::fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        humantime::format_rfc3339_millis(self.0).fmt(f)
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
 }
 
 /// The app's request, without secret values.
@@ -104,6 +126,30 @@ pub struct Attempt {
     pub error: Option<String>,
 }
 
+/// A JWT tokenrelay signed, kept as its signing input (`header.payload`, RFC 7515 §5.1): the
+/// signature is cut off when the exchange happens, and the JSON is decoded only when the
+/// record is shown (hints, the inspector, `tokenrelay token`), not on every request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sent(Box<str>);
+
+impl Sent {
+    /// The signing input of compact JWS `token` (everything before its last `.`).
+    pub fn of(token: &str) -> Sent {
+        Sent(token.rsplit_once('.').map_or("", |(input, _)| input).into())
+    }
+
+    /// Header and claims, `ath` and `nonce` shown as `"present"`.
+    pub fn decode(&self) -> Option<Jwt> {
+        Jwt::decode(&self.0)
+    }
+}
+
+impl Serialize for Sent {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.decode().serialize(s)
+    }
+}
+
 /// A signed JWT as it was sent, minus the signature.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Jwt {
@@ -112,7 +158,7 @@ pub struct Jwt {
 }
 
 impl Jwt {
-    /// Decodes a compact JWS we signed; `ath` and `nonce` become `"present"`.
+    /// Decodes the first two parts of a compact JWS; `ath` and `nonce` become `"present"`.
     pub fn decode(token: &str) -> Option<Jwt> {
         let mut parts = token.split('.');
         let (header, claims) = (parts.next()?, parts.next()?);
@@ -147,24 +193,147 @@ pub struct Answer {
     pub date: Option<String>,
     /// AS clock minus ours, in seconds, from `Date`.
     pub clock_skew_s: Option<i64>,
+    /// The body is a JSON object with an `access_token` member (of any value).
+    #[serde(skip)]
+    pub access_token: bool,
 }
 
 impl Answer {
     /// Reads the answer's headers and (JSON) body.
     pub fn read(headers: &http::HeaderMap, body: Option<&[u8]>, now: std::time::SystemTime) -> Answer {
-        let json = body.and_then(|b| serde_json::from_slice::<Value>(b).ok());
-        let text = |name: &str| json.as_ref().and_then(|j| j.get(name)).and_then(Value::as_str).map(str::to_string);
+        let fields = body.and_then(|b| serde_json::from_slice::<AnswerFields>(b).ok()).unwrap_or_default();
         let date = headers.get(http::header::DATE).and_then(|d| d.to_str().ok()).map(str::to_string);
         let clock_skew_s = date.as_deref().and_then(|d| httpdate_skew(d, now));
         Answer {
-            error: text("error"),
+            error: fields.error,
             // Descriptions are the AS's own words about the request; they carry no credential.
-            error_description: text("error_description"),
+            error_description: fields.error_description,
             dpop_nonce: headers.contains_key("dpop-nonce"),
-            token_type: text("token_type"),
+            token_type: fields.token_type,
             date,
             clock_skew_s,
+            access_token: fields.access_token,
         }
+    }
+}
+
+/// The members of a token or error answer (RFC 6749 §5.1, §5.2) that [`Answer`] shows, read
+/// without building the whole JSON document: a member that is not a string counts as absent,
+/// a repeated member's last value wins, anything but a JSON object gives nothing.
+#[derive(Default)]
+struct AnswerFields {
+    error: Option<String>,
+    error_description: Option<String>,
+    token_type: Option<String>,
+    access_token: bool,
+}
+
+impl<'de> serde::Deserialize<'de> for AnswerFields {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{IgnoredAny, MapAccess, Visitor};
+        struct Fields;
+        impl<'de> Visitor<'de> for Fields {
+            type Value = AnswerFields;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<AnswerFields, M::Error> {
+                let mut out = AnswerFields::default();
+                while let Some(key) = map.next_key::<Key>()? {
+                    match key {
+                        Key::Error => out.error = map.next_value::<StrOnly>()?.0,
+                        Key::ErrorDescription => out.error_description = map.next_value::<StrOnly>()?.0,
+                        Key::TokenType => out.token_type = map.next_value::<StrOnly>()?.0,
+                        Key::AccessToken => {
+                            map.next_value::<IgnoredAny>()?;
+                            out.access_token = true;
+                        }
+                        Key::Other => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_map(Fields)
+    }
+}
+
+/// A member name of [`AnswerFields`].
+enum Key {
+    Error,
+    ErrorDescription,
+    TokenType,
+    AccessToken,
+    Other,
+}
+
+impl<'de> serde::Deserialize<'de> for Key {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Name;
+        impl serde::de::Visitor<'_> for Name {
+            type Value = Key;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a member name")
+            }
+            fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<Key, E> {
+                Ok(match name {
+                    "error" => Key::Error,
+                    "error_description" => Key::ErrorDescription,
+                    "token_type" => Key::TokenType,
+                    "access_token" => Key::AccessToken,
+                    _ => Key::Other,
+                })
+            }
+        }
+        d.deserialize_str(Name)
+    }
+}
+
+/// A JSON value kept when it is a string (`Value::as_str`), skipped otherwise.
+struct StrOnly(Option<String>);
+
+impl<'de> serde::Deserialize<'de> for StrOnly {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
+        struct Any;
+        impl<'de> Visitor<'de> for Any {
+            type Value = StrOnly;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<StrOnly, E> {
+                Ok(StrOnly(Some(v.to_string())))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<StrOnly, E> {
+                Ok(StrOnly(Some(v)))
+            }
+            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<StrOnly, E> {
+                Ok(StrOnly(None))
+            }
+            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<StrOnly, E> {
+                Ok(StrOnly(None))
+            }
+            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<StrOnly, E> {
+                Ok(StrOnly(None))
+            }
+            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<StrOnly, E> {
+                Ok(StrOnly(None))
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<StrOnly, E> {
+                Ok(StrOnly(None))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<StrOnly, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(StrOnly(None))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<StrOnly, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(StrOnly(None))
+            }
+        }
+        d.deserialize_any(Any)
     }
 }
 
@@ -199,10 +368,11 @@ pub fn hints(record: &Record, route: Option<&RouteFacts>) -> Vec<String> {
     let name = route.map_or("NAME", |r| r.name.as_str());
     let answer = record.answer.as_ref();
     let error = answer.and_then(|a| a.error.as_deref());
-    let aud = record.assertion.as_ref().and_then(|a| a.claim("aud")).map(|v| v.to_string());
     match error {
         Some("invalid_client") => {
-            if let (Some(kid), Some(_)) = (&record.actions.kid, &record.assertion) {
+            let assertion = record.assertion.as_ref().and_then(Sent::decode);
+            let aud = assertion.as_ref().and_then(|a| a.claim("aud")).map(|v| v.to_string());
+            if let (Some(kid), Some(_)) = (&record.actions.kid, &assertion) {
                 out.push(format!(
                     "is kid {kid} registered at the AS for this client? `tokenrelay jwks --route {name}` prints the public key to register"
                 ));
@@ -227,7 +397,7 @@ pub fn hints(record: &Record, route: Option<&RouteFacts>) -> Vec<String> {
             }
         }
         Some("invalid_dpop_proof") => {
-            if let Some(proof) = &record.proof {
+            if let Some(proof) = record.proof.as_ref().and_then(Sent::decode) {
                 if let Some(htu) = proof.claim("htu") {
                     out.push(format!("the proof's htu was {htu}: it must be the URL the AS sees for this endpoint"));
                 }
@@ -318,13 +488,9 @@ pub fn render(record: &Record) -> String {
         let _ = writeln!(out, "  params: {}", a.params_changed.join(" "));
     }
     for (label, jwt) in [("assertion", &record.assertion), ("dpop proof", &record.proof)] {
-        if let Some(jwt) = jwt {
-            let _ = writeln!(
-                out,
-                "  {label}: header {} claims {}",
-                Value::Object(jwt.header.clone()),
-                Value::Object(jwt.claims.clone())
-            );
+        if let Some(jwt) = jwt.as_ref().and_then(Sent::decode) {
+            let _ =
+                writeln!(out, "  {label}: header {} claims {}", Value::Object(jwt.header), Value::Object(jwt.claims));
         }
     }
     for (i, attempt) in record.attempts.iter().enumerate() {
@@ -412,10 +578,46 @@ mod tests {
             enc(serde_json::json!({"typ": "dpop+jwt"})),
             enc(serde_json::json!({"htu": "https://as/token", "ath": "abc", "nonce": "n-1"}))
         );
-        let jwt = Jwt::decode(&token).unwrap();
+        let sent = Sent::of(&token);
+        let jwt = sent.decode().unwrap();
         assert_eq!(jwt.claims["ath"], "present");
         assert_eq!(jwt.claims["nonce"], "present");
-        assert!(!serde_json::to_string(&jwt).unwrap().contains("SIGNATURE"));
+        assert_eq!(jwt.header["typ"], "dpop+jwt");
+        let shown = serde_json::to_value(&sent).unwrap();
+        assert_eq!(shown["claims"]["htu"], "https://as/token");
+        assert!(!shown.to_string().contains("SIGNATURE"));
+        assert!(!format!("{sent:?}").contains("SIGNATURE"), "the signature is not kept");
+        assert_eq!(serde_json::to_value(Sent::of("garbage")).unwrap(), Value::Null);
+    }
+
+    #[test]
+    fn answers_read_like_json_values() {
+        // What `Answer` shows must be what a full JSON parse would show (`Value::as_str` per
+        // member, the last of a repeated member, nothing from a non-object).
+        let cases: [&[u8]; 11] = [
+            br#"{"error":"invalid_client","error_description":"bad \"aud\"","x":[1,{"error":"no"}]}"#,
+            br#"{"access_token":"t","token_type":"Bearer","expires_in":60}"#,
+            br#"{"access_token":null,"token_type":"DPoP"}"#,
+            br#"{"error":1,"token_type":null,"error_description":{"a":"b"}}"#,
+            br#"{"error":"first","error":"second"}"#,
+            br#"["invalid_client","x"]"#,
+            br#""invalid_client""#,
+            br#"{"error":"invalid_client"} trailing"#,
+            br#"{"error":"\u00e9t\u00e9"}"#,
+            b"not json",
+            br#"{"token_type":"DPoP","access_token":[1,2,3.5e10,true,false,null]}"#,
+        ];
+        for body in cases {
+            let answer = Answer::read(&http::HeaderMap::new(), Some(body), std::time::SystemTime::now());
+            let value = serde_json::from_slice::<Value>(body).ok();
+            let text =
+                |name: &str| value.as_ref().and_then(|v| v.get(name)).and_then(Value::as_str).map(str::to_string);
+            let shown = String::from_utf8_lossy(body);
+            assert_eq!(answer.error, text("error"), "{shown}");
+            assert_eq!(answer.error_description, text("error_description"), "{shown}");
+            assert_eq!(answer.token_type, text("token_type"), "{shown}");
+            assert_eq!(answer.access_token, value.as_ref().is_some_and(|v| v.get("access_token").is_some()), "{shown}");
+        }
     }
 
     #[test]
@@ -430,10 +632,14 @@ mod tests {
         let mut record = Record::default();
         record.actions.kid = Some("kid-1".into());
         record.actions.auth = Some("private_key_jwt");
-        record.assertion = Some(Jwt {
-            claims: [("aud".to_string(), "https://as/token".into())].into_iter().collect(),
-            ..Default::default()
-        });
+        use base64::Engine as _;
+        let enc = |v: serde_json::Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+        let token = format!(
+            "{}.{}.sig",
+            enc(serde_json::json!({"alg": "ES256"})),
+            enc(serde_json::json!({"aud": "https://as/token"}))
+        );
+        record.assertion = Some(Sent::of(&token));
         record.answer = Some(Answer { error: Some("invalid_client".into()), ..Default::default() });
         let facts = RouteFacts {
             name: "as".into(),

@@ -92,6 +92,8 @@ pub struct Route {
     pub assertion_x5t: Option<String>,
     /// AS metadata discovery, when the route names an `issuer` (see [`crate::discovery`]).
     pub discovery: Option<Arc<crate::discovery::Discovery>>,
+    /// The configured token endpoint URL ([`RouteConfig::token_endpoint_url`]), built once.
+    pub token_endpoint: String,
 }
 
 impl std::fmt::Debug for Route {
@@ -162,6 +164,17 @@ impl Route {
             out.extend(aliases);
         }
         out
+    }
+
+    /// Is `url` one of [`Route::signed_endpoints`]? Without building the list when the
+    /// answer is plain (every request asks this).
+    pub fn is_signed_endpoint(&self, url: &str, meta: Option<&crate::discovery::Metadata>) -> bool {
+        let cfg = &self.cfg;
+        let direct = match meta {
+            Some(meta) if !cfg.endpoints_configured => meta.client_auth_endpoints().iter().any(|(_, u)| *u == url),
+            _ => cfg.endpoints.iter().any(|e| cfg.upstream.is_url_of(e, url)),
+        };
+        direct || (meta.is_some() && cfg.mtls.is_some() && self.signed_endpoints(meta).iter().any(|e| e.url == url))
     }
 
     /// The mTLS alias to call instead of `url` (RFC 8705 §5), when the route presents a
@@ -328,6 +341,7 @@ impl Snapshot {
                 cert_der,
                 assertion_x5t,
                 discovery: None,
+                token_endpoint: rc.token_endpoint_url(),
             };
             route.discovery = rc.issuer.as_ref().map(|issuer| {
                 crate::discovery::Discovery::new(crate::discovery::Job {

@@ -152,6 +152,11 @@ impl Upstream {
         format!("{}{}{}", self.origin, self.base_path, path)
     }
 
+    /// Is `url` exactly [`Upstream::url`]`(path)`? (No allocation.)
+    pub fn is_url_of(&self, path: &str, url: &str) -> bool {
+        url.strip_prefix(self.origin.as_str()).and_then(|rest| rest.strip_prefix(self.base_path.as_str())) == Some(path)
+    }
+
     /// The same origin with no base path (an issuer-only route's upstream).
     pub fn origin_only(mut self) -> Upstream {
         self.base_path.clear();

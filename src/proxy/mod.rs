@@ -30,9 +30,9 @@ use tracing::Instrument as _;
 use crate::body::Body;
 use crate::error::ProxyError;
 use crate::explain::{
-    hints, Actions, Answer, AppRequest, Attempt, Exchanges, Jwt, Param, Record, RouteFacts, NEVER_SECRET,
+    hints, Actions, Answer, AppRequest, Attempt, Exchanges, Param, Record, RouteFacts, Sent, Timestamp, NEVER_SECRET,
+    SKEW_WARNING_S,
 };
-use crate::redact::Secret;
 use crate::rewrite::client_auth::{self, Injected};
 use crate::rewrite::dpop::NonceCache;
 use crate::rewrite::form::Form;
@@ -72,9 +72,8 @@ pub(crate) struct Outcome {
     upstream_ms: u128,
     changed_params: Vec<String>,
     attempt_log: Vec<Attempt>,
-    /// The last assertion and proof sent (decoded into the record, then dropped).
-    assertion: Option<Secret>,
-    proof: Option<Secret>,
+    /// The last DPoP proof sent, without its signature.
+    proof: Option<Sent>,
     answer: Option<Answer>,
 }
 
@@ -86,9 +85,9 @@ impl Outcome {
         }
     }
 
-    /// The record of this exchange, with hints.
-    fn record(&self, id: u64, entry: &'static str, status: u16, refused: Option<&str>, total_ms: u64) -> Record {
-        let decode = |jwt: &Option<Secret>| jwt.as_ref().and_then(|t| Jwt::decode(t.expose()));
+    /// The record of this exchange, with hints. Takes what only the record needs (the app's
+    /// request, the assertion and proof); the rest stays for the exchange's log line.
+    fn record(&mut self, id: u64, entry: &'static str, status: u16, refused: Option<&str>, total_ms: u64) -> Record {
         let mut actions = Actions {
             auth: (!self.injected.method.is_empty()).then_some(self.injected.method),
             kid: self.injected.kid.clone(),
@@ -99,32 +98,36 @@ impl Outcome {
             ..Actions::default()
         };
         if let Some(route) = &self.route_ref {
-            actions.headers_set = route.cfg.headers.set.iter().map(|(n, _)| n.to_string()).collect();
-            actions.headers_removed = route.cfg.headers.remove.iter().map(|n| n.to_string()).collect();
+            actions.headers_set = route.cfg.headers.set.iter().map(|(n, _)| n.as_str().to_owned()).collect();
+            actions.headers_removed = route.cfg.headers.remove.iter().map(|n| n.as_str().to_owned()).collect();
         }
         let mut record = Record {
             id,
-            time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            time: Timestamp(std::time::SystemTime::now()),
             entry,
             route: (!self.route.is_empty()).then(|| self.route.clone()),
-            request: self.request.clone(),
+            request: std::mem::take(&mut self.request),
             actions,
             attempts: self.attempt_log.clone(),
-            assertion: decode(&self.assertion),
-            proof: decode(&self.proof),
+            assertion: self.injected.assertion.take(),
+            proof: self.proof.take(),
             status,
             answer: self.answer.clone(),
             refused: refused.map(str::to_string),
             hints: Vec::new(),
             total_ms,
         };
-        let facts = self.route_ref.as_ref().map(|r| RouteFacts {
-            name: r.cfg.name.clone(),
-            client_id: r.cfg.client.as_ref().map(|c| c.id.clone()),
-            issuer: r.cfg.issuer.clone(),
-            token_endpoint: r.cfg.token_endpoint_url(),
-        });
-        record.hints = hints(&record, facts.as_ref());
+        // Hints (which name the route's client and endpoints) when something went wrong.
+        let skewed = self.answer.as_ref().and_then(|a| a.clock_skew_s).is_some_and(|s| s.abs() > SKEW_WARNING_S);
+        if status >= 400 || refused.is_some() || skewed || self.answer.as_ref().is_some_and(|a| a.error.is_some()) {
+            let facts = self.route_ref.as_ref().map(|r| RouteFacts {
+                name: r.cfg.name.clone(),
+                client_id: r.cfg.client.as_ref().map(|c| c.id.clone()),
+                issuer: r.cfg.issuer.clone(),
+                token_endpoint: r.token_endpoint.clone(),
+            });
+            record.hints = hints(&record, facts.as_ref());
+        }
         record
     }
 }
@@ -303,7 +306,7 @@ async fn relay<B: AppBody>(
             .query()
             .map(|q| form_urlencoded::parse(q.as_bytes()).map(|(k, _)| k.into_owned()).collect())
             .unwrap_or_default(),
-        header_names: parts.headers.keys().map(|k| k.to_string()).collect(),
+        header_names: parts.headers.keys().map(|k| k.as_str().to_owned()).collect(),
         params: Vec::new(),
     };
     let allow_origins = snapshot.config.allow_origins.as_slice();

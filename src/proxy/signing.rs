@@ -20,9 +20,8 @@ use super::target::Target;
 use super::{Outcome, Shared};
 use crate::body::{self, Body};
 use crate::error::ProxyError;
-use crate::explain::{Answer, Attempt};
+use crate::explain::{Answer, Attempt, Sent};
 use crate::jose::{new_jti, SigningKey};
-use crate::redact::Secret;
 use crate::rewrite::client_auth::{self, Call};
 use crate::rewrite::dpop::{self, ProofInput};
 use crate::rewrite::form::Form;
@@ -89,13 +88,6 @@ pub(super) async fn exchange(
                     x5t_s256: route.assertion_x5t.as_deref(),
                 };
                 outcome.injected = client_auth::apply(&route.cfg, &route.credential, &call, &mut headers, &mut form)?;
-                // Kept (in memory, until the record is built) only to show its header and claims.
-                outcome.assertion = form
-                    .get("client_assertion")
-                    .ok()
-                    .flatten()
-                    .filter(|_| outcome.injected.jti.is_some())
-                    .map(Secret::new);
                 Bytes::from(form.encode())
             }
             Payload::Resource { body, .. } | Payload::Plain(body) => body.clone(),
@@ -128,16 +120,17 @@ pub(super) async fn exchange(
                     route.cfg.name
                 ))
             })??;
-            outcome.answer = Some(Answer::read(resp.headers(), Some(&bytes), std::time::SystemTime::now()));
+            let answer = Answer::read(resp.headers(), Some(&bytes), std::time::SystemTime::now());
             if retry(resp.status(), resp.headers(), Some(&bytes)) {
+                outcome.answer = Some(answer);
                 tracing::debug!(route = %route.cfg.name, "use_dpop_nonce: re-signing with the new nonce");
                 outcome.retried("use_dpop_nonce");
                 nonce = fresh;
                 continue;
             }
-            if proof_key.is_some() {
-                check_token_type(route, &resp, &bytes)?;
-            }
+            let checked = if proof_key.is_some() { check_token_type(route, resp.status(), &answer) } else { Ok(()) };
+            outcome.answer = Some(answer);
+            checked?;
             return Ok(rebuild(resp, bytes));
         }
         outcome.answer = Some(Answer::read(resp.headers(), None, std::time::SystemTime::now()));
@@ -184,7 +177,7 @@ impl Proof<'_> {
             outcome.injected.method = "dpop";
         }
         outcome.dpop_jti = Some(jti);
-        outcome.proof = Some(Secret::new(proof));
+        outcome.proof = Some(Sent::of(&proof));
         Ok(())
     }
 }
@@ -246,17 +239,14 @@ async fn buffer_small(resp: Response<Incoming>) -> Result<(Response<()>, Bytes),
 
 /// RFC 9449 §5: a token answer on a DPoP route whose `token_type` is not `DPoP` means the
 /// token is not bound: a warning, or a 502 with `require_bound`.
-fn check_token_type(route: &Route, resp: &Response<()>, body: &[u8]) -> Result<(), ProxyError> {
-    if resp.status() != StatusCode::OK {
+fn check_token_type(route: &Route, status: StatusCode, answer: &Answer) -> Result<(), ProxyError> {
+    if status != StatusCode::OK || !answer.access_token {
         return Ok(());
     }
-    let Ok(json) = serde_json::from_slice::<serde_json::Value>(body) else {
+    let Some(token_type) = answer.token_type.as_deref() else {
         return Ok(());
     };
-    let Some(token_type) = json.get("token_type").and_then(|v| v.as_str()) else {
-        return Ok(());
-    };
-    if json.get("access_token").is_none() || token_type.eq_ignore_ascii_case("dpop") {
+    if token_type.eq_ignore_ascii_case("dpop") {
         return Ok(());
     }
     let msg = format!(

@@ -13,7 +13,8 @@ pub struct Target {
     pub full: String,
     /// Normalized origin of `url`: the nonce cache key (RFC 9449 §8: nonces are per server).
     pub origin: String,
-    /// The token endpoint URL as used (mTLS alias when the route presents a certificate).
+    /// The token endpoint URL as used (mTLS alias when the route presents a certificate);
+    /// empty unless `auth_endpoint`.
     pub token_endpoint: String,
     /// The route authenticates the client here (see `Route::signed_endpoints`).
     pub auth_endpoint: bool,
@@ -71,27 +72,33 @@ pub(super) async fn resolve_target(route: &Route, rest: &str, query: Option<&str
         .map_err(|e| ProxyError::Upstream(format!("route {:?} refuses to relay: AS discovery: {e}", route.cfg.name)))?;
     let meta = meta.as_deref();
     let mut url = route.cfg.upstream.url(rest);
-    let signed = route.signed_endpoints(meta);
-    let auth_endpoint = signed.iter().any(|e| e.url == url);
+    let auth_endpoint = route.is_signed_endpoint(&url, meta);
     if !auth_endpoint && route.signs() {
-        super::guard::check_spelling(&url, &signed)?;
+        super::guard::check_spelling(&url, &route.signed_endpoints(meta))?;
     }
-    let mut token_endpoint = match meta.and_then(|m| m.token_endpoint.clone()) {
-        Some(t) if !route.cfg.endpoints_configured => t,
-        _ => route.cfg.token_endpoint_url(),
-    };
-    if let Some(alias) = route.mtls_alias(&token_endpoint, meta) {
-        token_endpoint = alias.to_string();
-    }
+    let mut origin = None;
     if let Some(alias) = route.mtls_alias(&url, meta) {
         url = alias.to_string();
+        origin = Some(origin_of(&url));
     }
+    // Only a signed request needs the token endpoint (an assertion's `aud`).
+    let token_endpoint = if auth_endpoint {
+        let configured = match meta.and_then(|m| m.token_endpoint.as_deref()) {
+            Some(t) if !route.cfg.endpoints_configured => t,
+            _ => &route.token_endpoint,
+        };
+        route.mtls_alias(configured, meta).unwrap_or(configured).to_string()
+    } else {
+        String::new()
+    };
     let wants_proof = is_token_or_par(&url, meta);
     let full = match query {
         Some(q) => format!("{url}?{q}"),
         None => url.clone(),
     };
-    Ok(Target { origin: origin_of(&url), full, url, token_endpoint, auth_endpoint, wants_proof })
+    // The upstream's origin was normalized once, at load; an alias is normalized here.
+    let origin = origin.unwrap_or_else(|| route.cfg.upstream.origin().to_string());
+    Ok(Target { origin, full, url, token_endpoint, auth_endpoint, wants_proof })
 }
 
 #[cfg(test)]

@@ -30,6 +30,8 @@ pub struct Injected {
     pub kid: Option<String>,
     pub jti: Option<String>,
     pub removed: Vec<&'static str>,
+    /// The assertion sent, without its signature (for the exchange record).
+    pub assertion: Option<crate::explain::Sent>,
 }
 
 /// The request being signed, as the AS will see it.
@@ -113,6 +115,7 @@ pub fn apply(
                 ProxyError::Signing(format!("route {:?}: client_secret_jwt signing failed: {e}", route.name))
             })?;
             set_assertion(form, &client.id, &jwt);
+            injected.assertion = Some(crate::explain::Sent::of(&jwt));
             injected.jti = Some(call.jti.clone());
         }
         (AuthMethod::PrivateKeyJwt, Credential::Key(key)) => {
@@ -122,6 +125,7 @@ pub fn apply(
                 ProxyError::Signing(format!("route {:?}: signing with client.key failed: {e}", route.name))
             })?;
             set_assertion(form, &client.id, &jwt);
+            injected.assertion = Some(crate::explain::Sent::of(&jwt));
             injected.kid = Some(kid);
             injected.jti = Some(call.jti.clone());
         }

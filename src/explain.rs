@@ -339,18 +339,44 @@ impl<'de> serde::Deserialize<'de> for StrOnly {
 
 /// AS clock minus ours, from an HTTP `Date` (RFC 9110 §5.6.7).
 fn httpdate_skew(date: &str, now: std::time::SystemTime) -> Option<i64> {
-    let theirs = humantime::parse_rfc3339(&httpdate_to_rfc3339(date)?).ok()?;
-    let secs = |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).ok().map(|d| d.as_secs() as i64);
-    Some(secs(theirs)? - secs(now)?)
+    let ours = now.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs() as i64;
+    Some(httpdate_unix(date)? - ours)
 }
 
-/// `Sun, 06 Nov 1994 08:49:37 GMT` -> `1994-11-06T08:49:37Z` (IMF-fixdate only).
-fn httpdate_to_rfc3339(date: &str) -> Option<String> {
-    let mut it = date.split_whitespace();
-    let (_, day, month, year, time) = (it.next()?, it.next()?, it.next()?, it.next()?, it.next()?);
+/// `Sun, 06 Nov 1994 08:49:37 GMT` -> seconds since 1970 (IMF-fixdate only, RFC 9110
+/// §5.6.7), read in place: every answer carries a `Date`.
+fn httpdate_unix(date: &str) -> Option<i64> {
+    let mut it = date.split_ascii_whitespace();
+    let (_, day, month, year, time, zone) = (it.next()?, it.next()?, it.next()?, it.next()?, it.next()?, it.next()?);
+    if zone != "GMT" || it.next().is_some() {
+        return None;
+    }
     const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
-    let m = MONTHS.iter().position(|x| *x == month)? + 1;
-    Some(format!("{year}-{m:02}-{day:0>2}T{time}Z"))
+    let month = MONTHS.iter().position(|m| *m == month)? as i64 + 1;
+    let number = |s: &str, digits: std::ops::RangeInclusive<usize>| {
+        (digits.contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit())).then(|| s.parse::<i64>().ok()).flatten()
+    };
+    let (day, year) = (number(day, 1..=2)?, number(year, 4..=4)?);
+    let mut hms = time.split(':');
+    let (h, m, sec) = (number(hms.next()?, 2..=2)?, number(hms.next()?, 2..=2)?, number(hms.next()?, 2..=2)?);
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let days_in_month = match month {
+        2 if leap => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    };
+    if hms.next().is_some() || !(1..=days_in_month).contains(&day) || h > 23 || m > 59 || sec > 60 {
+        return None;
+    }
+    // Days from 1970-01-01 to year-month-day (proleptic Gregorian, March-based years).
+    let (y, mp) = if month > 2 { (year, month - 3) } else { (year - 1, month + 9) };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + h * 3600 + m * 60 + sec)
 }
 
 /// What the hints need to know about the route beyond the record.
@@ -625,6 +651,25 @@ mod tests {
         let now = humantime::parse_rfc3339("1994-11-06T08:49:00Z").unwrap();
         assert_eq!(httpdate_skew("Sun, 06 Nov 1994 08:49:37 GMT", now), Some(37));
         assert_eq!(httpdate_skew("garbage", now), None);
+        // Against an independent clock: humantime's RFC 3339 parser.
+        for (http, rfc) in [
+            ("Thu, 01 Jan 1970 00:00:00 GMT", "1970-01-01T00:00:00Z"),
+            ("Tue, 29 Feb 2000 23:59:59 GMT", "2000-02-29T23:59:59Z"),
+            ("Sun, 06 Dec 2026 02:30:00 GMT", "2026-12-06T02:30:00Z"),
+            ("Fri, 31 Dec 2038 12:00:01 GMT", "2038-12-31T12:00:01Z"),
+        ] {
+            let t = humantime::parse_rfc3339(rfc).unwrap().duration_since(std::time::UNIX_EPOCH).unwrap();
+            assert_eq!(httpdate_unix(http), Some(t.as_secs() as i64), "{http}");
+        }
+        for bad in [
+            "Sun, 29 Feb 2026 00:00:00 GMT",
+            "Sun, 06 Nov 1994 24:00:00 GMT",
+            "Sun, 06 Nov 94 08:49:37 GMT",
+            "Sun, 06 Nov 1994 08:49:37 PST",
+            "Sunday, 06-Nov-94 08:49:37 GMT",
+        ] {
+            assert_eq!(httpdate_unix(bad), None, "{bad}");
+        }
     }
 
     #[test]

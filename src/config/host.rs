@@ -50,7 +50,7 @@ fn normalize(host: &str) -> Option<String> {
 pub fn is_loopback_host(host: &str) -> bool {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     host.eq_ignore_ascii_case("localhost")
-        || host.to_ascii_lowercase().ends_with(".localhost")
+        || host.len() >= 10 && host.get(host.len() - 10..).is_some_and(|end| end.eq_ignore_ascii_case(".localhost"))
         || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 

@@ -31,12 +31,12 @@ pub(super) fn check_exposure(
         return Err(ProxyError::BadRequest("an HTTP/1.1 request without Host (RFC 9112 §3.2)".into()));
     }
     let raw = match first {
-        Some(h) => Some(h.to_str().map_err(|_| ProxyError::Forbidden("Host header is not ASCII".into()))?.to_string()),
-        None => uri.authority().map(|a| a.to_string()),
+        Some(h) => Some(h.to_str().map_err(|_| ProxyError::Forbidden("Host header is not ASCII".into()))?),
+        None => uri.authority().map(|a| a.as_str()),
     };
     if let Some(raw) = raw {
         // Parse strictly: `localhost:8787.evil` or `localhost@evil` is not a loopback Host.
-        let loopback = split_host_port(&raw).is_some_and(|(host, _)| is_loopback_host(host));
+        let loopback = split_host_port(raw).is_some_and(|(host, _)| is_loopback_host(host));
         if !loopback {
             return Err(ProxyError::Forbidden(format!(
                 "Host {raw:?} is not a loopback name; tokenrelay answers only localhost / 127.0.0.1 / [::1] (DNS-rebinding guard)"

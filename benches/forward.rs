@@ -125,7 +125,7 @@ async fn main() {
     let dir = ok(tempfile::tempdir());
     let as_addr = tls_upstream(&dir.path().join("as-ca.pem")).await;
     let key = ok(tokenrelay::jose::SigningKey::generate(tokenrelay::jose::Alg::ES256));
-    ok(tokenrelay::keys::write_private(&dir.path().join("client.pem"), key.pkcs8_pem()));
+    ok(tokenrelay::keys::write_private(&dir.path().join("client.pem"), &key.pkcs8_pem()));
     let (listen, forward, tls) = (
         ok(TcpListener::bind("127.0.0.1:0").await),
         ok(TcpListener::bind("127.0.0.1:0").await),

@@ -68,7 +68,7 @@ fn main() {
     // which rustls already links, through rustls's signing API (ASN.1 DER output).
     let ring_key = {
         use rustls::pki_types::pem::PemObject as _;
-        let der = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.pkcs8_pem()).unwrap_or_else(|e| panic!("{e}"));
+        let der = rustls::pki_types::PrivateKeyDer::from_pem_slice(&key.pkcs8_pem()).unwrap_or_else(|e| panic!("{e}"));
         rustls::crypto::ring::sign::any_ecdsa_type(&der).unwrap_or_else(|e| panic!("ring key: {e}"))
     };
     let ring_signer = ring_key

@@ -122,7 +122,9 @@ pub struct SigningKey {
     signer: Box<dyn JwsSigner>,
     public_jwk: Map<String, Value>,
     thumbprint: String,
-    pkcs8_pem: Vec<u8>,
+    /// The key as loaded, for [`SigningKey::pkcs8_pem`] (PEM encoding is left until asked
+    /// for: OpenSSL's encoders are code a running proxy never needs in memory).
+    pair: Pair,
     /// `typ` and base64url of the header `{"alg", "jwk", "typ"}` [`SigningKey::sign_with_jwk`]
     /// puts on every JWS (a DPoP proof's, RFC 9449 §4.2): serialized once, on first use.
     jwk_header: OnceLock<(String, String)>,
@@ -259,8 +261,7 @@ impl SigningKey {
         let jwk = pair.as_key_pair().to_jwk_public_key();
         let public_jwk = public_members(&jwk);
         let thumbprint = thumbprint(&public_jwk);
-        let pkcs8_pem = pair.as_key_pair().to_pem_private_key();
-        Ok(SigningKey { alg, signer, public_jwk, thumbprint, pkcs8_pem, jwk_header: OnceLock::new() })
+        Ok(SigningKey { alg, signer, public_jwk, thumbprint, pair, jwk_header: OnceLock::new() })
     }
 
     pub fn alg(&self) -> Alg {
@@ -278,8 +279,8 @@ impl SigningKey {
     }
 
     /// PKCS#8 PEM of the private key, for writing generated keys to disk.
-    pub fn pkcs8_pem(&self) -> &[u8] {
-        &self.pkcs8_pem
+    pub fn pkcs8_pem(&self) -> Vec<u8> {
+        self.pair.as_key_pair().to_pem_private_key()
     }
 
     /// Signs `claims` (a JSON object: a `Map` or a `Serialize` struct) as a compact JWS with
@@ -469,7 +470,7 @@ mod tests {
             assert_eq!(v.header["alg"], alg.as_str());
             assert!(!key.public_jwk().contains_key("d"));
             // Round trip through PEM keeps the thumbprint.
-            let again = SigningKey::load(key.pkcs8_pem(), alg).unwrap();
+            let again = SigningKey::load(&key.pkcs8_pem(), alg).unwrap();
             assert_eq!(again.thumbprint(), key.thumbprint());
         }
     }
@@ -485,9 +486,9 @@ mod tests {
     #[test]
     fn pkj6_wrong_key_type_is_named() {
         let ec = SigningKey::generate(Alg::ES256).unwrap();
-        let err = SigningKey::load(ec.pkcs8_pem(), Alg::RS256).unwrap_err().to_string();
+        let err = SigningKey::load(&ec.pkcs8_pem(), Alg::RS256).unwrap_err().to_string();
         assert!(err.contains("RSA") && err.contains("EC P-256"), "{err}");
-        let err = SigningKey::load(ec.pkcs8_pem(), Alg::ES384).unwrap_err().to_string();
+        let err = SigningKey::load(&ec.pkcs8_pem(), Alg::ES384).unwrap_err().to_string();
         assert!(err.contains("P-384"), "{err}");
     }
 

@@ -70,7 +70,7 @@ pub fn load_signing_key(
 ) -> Result<(Arc<SigningKey>, Vec<String>), KeyFileError> {
     if create && !at.path.exists() {
         let key = SigningKey::generate(alg).map_err(|e| at.error(format!("cannot generate a {alg} key: {e}")))?;
-        write_private(at.path, key.pkcs8_pem()).map_err(|e| at.error(format!("cannot create: {e}")))?;
+        write_private(at.path, &key.pkcs8_pem()).map_err(|e| at.error(format!("cannot create: {e}")))?;
         tracing::info!(route = at.route, file = %at.path.display(), %alg, kid = key.thumbprint(), "created {}", at.field);
     }
     let bytes = read(at)?;

@@ -188,7 +188,7 @@ fn make(config: &Config, item: &Item, replace: bool) -> Result<Vec<String>, Prov
                 None
             } else {
                 let key = SigningKey::generate(*alg).map_err(|e| generate(&format!("{what} ({alg})"), e))?;
-                write_private(path, key.pkcs8_pem()).map_err(write_error(what, path))?;
+                write_private(path, &key.pkcs8_pem()).map_err(write_error(what, path))?;
                 made.push(format!("{} ({what}, {alg}, kid {})", path.display(), key.thumbprint()));
                 Some(key)
             };
@@ -201,7 +201,8 @@ fn make(config: &Config, item: &Item, replace: bool) -> Result<Vec<String>, Prov
                         SigningKey::load(&bytes, *alg).map_err(|e| generate(what, e))?
                     }
                 };
-                let pem = std::str::from_utf8(key.pkcs8_pem()).map_err(|e| generate(what, e))?;
+                let pem = key.pkcs8_pem();
+                let pem = std::str::from_utf8(&pem).map_err(|e| generate(what, e))?;
                 let cert_pem = crate::pki::self_signed_for_key(pem, cn, 365).map_err(|e| generate(what, e))?;
                 write_public(cert_path, cert_pem.as_bytes()).map_err(write_error(what, cert_path))?;
                 made.push(format!(

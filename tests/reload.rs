@@ -101,7 +101,7 @@ fn pkjwt_proxy(upstream: &str) -> Builder {
 }
 
 fn key_pem(key: &SigningKey) -> Vec<u8> {
-    key.pkcs8_pem().to_vec()
+    key.pkcs8_pem()
 }
 
 /// Writes a private key file (0600), replacing whatever is there.

@@ -11,6 +11,13 @@ Scenarios, all against the same upstream (nginx `return 200`, 1 worker, plain an
     full          wrk -> tokenrelay, private_key_jwt + DPoP ES256 + mTLS -> mTLS upstream
     node          wrk -> Node signing proxy (2x ES256, jose) -> mTLS upstream
     mitmproxy     wrk -> mitmproxy + PyJWT addon (2x ES256) -> mTLS upstream
+    https         wrk -> tokenrelay's HTTPS listener (listen_tls), as `full` -> mTLS upstream
+    forward       connect_load -> tokenrelay forward mode (CONNECT localhost:PORT, TLS with a leaf
+                  from its local CA), as `full` -> mTLS upstream
+    mitmproxy-fwd connect_load -> mitmproxy regular (forward) mode + the same addon -> mTLS upstream
+
+wrk cannot send CONNECT: the forward scenarios are driven by `benches/connect_load.rs`
+(--connect-load), which prints its figures in the wrk script's format.
 
 Each round starts every proxy afresh, in a rotated order (interleaved rounds), and measures:
 idle RSS, req/s at c=32, p50/p99 at c=1, req/s at c=64 and the peak RSS (VmHWM) after it,
@@ -48,8 +55,16 @@ TOKEN = '{"access_token":"bench-token","token_type":"DPoP","expires_in":60}'
 BODY = "grant_type=client_credentials&scope=read"
 PATH = "/b/token"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-SCENARIOS = ["direct", "nginx", "nginx-mtls", "relay", "pkjwt", "full", "node", "mitmproxy"]
+SCENARIOS = ["direct", "nginx", "nginx-mtls", "relay", "pkjwt", "full", "https", "forward", "node", "mitmproxy",
+             "mitmproxy-fwd"]
 TOKENRELAY = {"relay", "pkjwt", "full"}
+# tokenrelay with the full path's signing behind its HTTPS listener or forward proxy (not run by
+# --baseline or --instructions, which drive plain HTTP).
+TOKENRELAY_TLS = {"https", "forward"}
+# Driven through CONNECT by benches/connect_load.rs: the app talks to the AS by this host name.
+CONNECT = {"forward", "mitmproxy-fwd"}
+FORWARD_HOST = "localhost"
+FORWARD_PATH = "/token"
 BASE = "@base"  # suffix: the same tokenrelay scenario run by the --baseline binary (A/B)
 
 
@@ -82,6 +97,17 @@ def wait_port(port: int, proc: subprocess.Popen, timeout: float = 20.0) -> None:
 
 def run(cmd: list[str], **kw) -> str:
     return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw).stdout
+
+
+def load_result(out: str, who: str) -> dict:
+    """The `RESULT {...}` line of wrk's post.lua (or of benches/connect_load.rs, same format)."""
+    for line in out.splitlines():
+        if line.startswith("RESULT "):
+            r = json.loads(line[7:])
+            r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
+            r["failed"] = r["connect"] + r["read"] + r["write"] + r["status"] + r["timeout"]
+            return r
+    raise RuntimeError(f"{who} printed no result: {out}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -236,17 +262,27 @@ def nginx_proxy_conf(d: Path, name: str, port: int, upstream_port: int, mtls: bo
 
 
 def tokenrelay_conf(d: Path, name: str, port: int, upstream: str, kind: str) -> Path:
+    """`port` is the listener the scenario uses: `listen`, `listen_tls` (https) or `forward`."""
     route = f'[routes.b]\nprefix = "/b"\nupstream = "{upstream}"\n'
     if kind == "relay":
         route += '[routes.b.client]\nid = "bench"\nauth = "none"\n'
     else:
         route += f'[routes.b.client]\nid = "bench"\nauth = "private_key_jwt"\nkey = "{d}/tr-client.pem"\ncreate = true\n'
-    if kind == "full":
+    if kind in ("full", "https", "forward"):
         route = route.replace('"\n[routes.b.client]', f'"\ntrust = ["{d}/ca.pem"]\n[routes.b.client]', 1)
         route += f'[routes.b.dpop]\nkey = "{d}/tr-dpop.pem"\ncreate = true\n'
         route += f'[routes.b.mtls]\ncert = "{d}/client.pem"\nkey = "{d}/client.key"\n'
+    if kind == "forward":
+        # Forward mode: the route claims the upstream's host name (its port only).
+        route = route.replace('"\ntrust = [', f'"\nhosts = ["{FORWARD_HOST}"]\ntrust = [', 1)
+    proxy = f'listen = "127.0.0.1:{port}"\n'
+    if kind in TOKENRELAY_TLS:
+        # The plain listener is not used, but always runs: keep it off the default port.
+        other = "listen_tls" if kind == "https" else "forward"
+        proxy = (f'listen = "127.0.0.1:{free_port()}"\n{other} = "127.0.0.1:{port}"\n'
+                 f'ca_cert = "{d}/{name}-ca.pem"\nca_key = "{d}/{name}-ca-key.pem"\n')
     conf = d / f"{name}.toml"
-    conf.write_text(f'[proxy]\nlisten = "127.0.0.1:{port}"\n\n{route}')
+    conf.write_text(f'[proxy]\n{proxy}\n{route}')
     return conf
 
 
@@ -296,6 +332,7 @@ class Bench:
         self.binary = Path(args.tokenrelay)
         self.baseline = Path(args.baseline) if args.baseline else None
         self.sign_cost_bin = Path(args.sign_cost) if args.sign_cost else None
+        self.connect_load_bin = Path(args.connect_load) if getattr(args, "connect_load", None) else None
         make_pki(self.dir)
         self.up_plain, self.up_tls = free_port(), free_port()
         lua = self.dir / "post.lua"
@@ -337,13 +374,24 @@ end
             conf = nginx_proxy_conf(d, scenario, port, tls if mtls else plain, mtls)
             p = Proc(["nginx", "-p", str(d), "-c", str(conf), "-e", str(d / f"{scenario}-error.log")],
                      self.proxy_cpu)
-        elif kind(scenario) in TOKENRELAY:
+        elif kind(scenario) in TOKENRELAY | TOKENRELAY_TLS:
             k = kind(scenario)
-            upstream = f"https://127.0.0.1:{tls}" if k == "full" else f"http://127.0.0.1:{plain}"
+            upstream = f"https://127.0.0.1:{tls}" if k in ("full", "https") else f"http://127.0.0.1:{plain}"
+            if k == "forward":
+                upstream = f"https://{FORWARD_HOST}:{tls}"
             name = scenario.replace("@", "-")
             conf = tokenrelay_conf(d, name, port, upstream, k)
             env["RUST_LOG"] = "warn"
             binary = self.baseline if scenario.endswith(BASE) else self.binary
+            if k in TOKENRELAY_TLS:
+                # What an app would run (`eval "$(tokenrelay ca)"`): creates the local CA on the
+                # first start (reused by the later ones) and names it; the app trusts it alone.
+                ca_env = json.loads(run([str(binary), "ca", "--config", str(conf), "--shell", "json"], env=env))
+                info["ca"] = ca_env["NODE_EXTRA_CA_CERTS"]
+                if k == "forward":
+                    if ca_env.get("https_proxy") != f"http://127.0.0.1:{port}":
+                        raise RuntimeError(f"tokenrelay ca: unexpected https_proxy {ca_env.get('https_proxy')!r}")
+                    info["target"] = f"{FORWARD_HOST}:{tls}"
             p = Proc((wrap or []) + [str(binary), "run", "--config", str(conf)], self.proxy_cpu, env=env,
                      log_path=d / f"{name}.log")
             info["config"] = conf
@@ -359,48 +407,90 @@ end
             info["jwk"] = json.loads(line.split(" ", 1)[1])
         elif scenario == "mitmproxy":
             env["BENCH_MITM_JWK"] = str(d / "mitm-jwk.json")
+            confdir = d / "mitmproxy-conf"
+            confdir.mkdir(exist_ok=True)
             p = Proc([str(TOOLS / "venv" / "bin" / "mitmdump"), "-q", "--listen-host", "127.0.0.1",
                       "--listen-port", str(port), "--mode", f"reverse:https://127.0.0.1:{tls}",
                       "-s", str(ROOT / "bench" / "mitm_sign.py"),
+                      "--set", f"confdir={confdir}",
                       "--set", f"client_certs={d / 'client-bundle.pem'}",
                       "--set", f"ssl_verify_upstream_trusted_ca={d / 'ca.pem'}",
                       "--set", "termlog_verbosity=error", "--set", "flow_detail=0"],
                      self.proxy_cpu, env=env, log_path=d / "mitmproxy.log")
+        elif scenario == "mitmproxy-fwd":
+            # Regular mode: an HTTPS_PROXY. Its CA goes to confdir, under the work dir (not ~).
+            confdir = d / "mitmproxy-fwd-conf"
+            confdir.mkdir(exist_ok=True)
+            env["BENCH_MITM_JWK"] = str(d / "mitm-fwd-jwk.json")
+            p = Proc([str(TOOLS / "venv" / "bin" / "mitmdump"), "-q", "--listen-host", "127.0.0.1",
+                      "--listen-port", str(port), "--mode", "regular",
+                      "-s", str(ROOT / "bench" / "mitm_sign.py"),
+                      "--set", f"confdir={confdir}",
+                      "--set", f"client_certs={d / 'client-bundle.pem'}",
+                      "--set", f"ssl_verify_upstream_trusted_ca={d / 'ca.pem'}",
+                      "--set", "termlog_verbosity=error", "--set", "flow_detail=0"],
+                     self.proxy_cpu, env=env, log_path=d / "mitmproxy-fwd.log")
+            info["ca"] = str(confdir / "mitmproxy-ca-cert.pem")
+            info["target"] = f"{FORWARD_HOST}:{tls}"
         else:
             raise ValueError(scenario)
         wait_port(port, p.p, timeout=180 if wrap else 60)
         if scenario == "mitmproxy":
             info["jwk"] = json.loads((d / "mitm-jwk.json").read_text())
+        if scenario == "mitmproxy-fwd":
+            info["jwk"] = json.loads((d / "mitm-fwd-jwk.json").read_text())
+            if not Path(info["ca"]).exists():
+                p.stop()
+                raise RuntimeError(f"mitmproxy wrote no CA to {info['ca']}")
         return p, info
+
+    def driver(self, scenario: str, port: int, info: dict):
+        """The load generator for `scenario`'s app side: (connections, seconds) -> result."""
+        k = kind(scenario)
+        if k in CONNECT:
+            return lambda conns, secs: self.connect_load(port, info["target"], info["ca"], conns, secs)
+        if k == "https":
+            url = f"https://localhost:{port}{PATH}"
+        else:
+            url = f"http://127.0.0.1:{port}{PATH}"
+        return lambda conns, secs: self.wrk(url, conns, secs)
 
     def wrk(self, url: str, conns: int, secs: float) -> dict:
         cmd = ["wrk", "-t1", f"-c{conns}", f"-d{max(1, round(secs))}s", "--timeout", "5s", "-s", str(self.lua), url]
         if self.load_cpu is not None:
             cmd = ["taskset", "-c", self.load_cpu] + cmd
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=secs + 60).stdout
-        for line in out.splitlines():
-            if line.startswith("RESULT "):
-                r = json.loads(line[7:])
-                r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
-                r["failed"] = r["connect"] + r["read"] + r["write"] + r["status"] + r["timeout"]
-                return r
-        raise RuntimeError(f"wrk printed no result: {out}")
+        return load_result(out, "wrk")
+
+    def connect_load(self, port: int, target: str, ca: str, conns: int, secs: float) -> dict:
+        """benches/connect_load.rs: CONNECT target through the proxy on `port`, TLS trusting `ca`,
+        kept-alive POSTs; the same figures as wrk, bounded in time the same way."""
+        if not self.connect_load_bin:
+            raise RuntimeError("the forward scenarios need --connect-load (bench/run.sh builds it)")
+        cmd = [str(self.connect_load_bin), f"127.0.0.1:{port}", target, FORWARD_PATH, str(ca), str(conns),
+               str(max(1, round(secs)))]
+        if self.load_cpu is not None:
+            cmd = ["taskset", "-c", self.load_cpu] + cmd
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=secs + 60)
+        if done.stderr.strip():
+            log("  connect_load: " + done.stderr.strip().replace("\n", "\n  connect_load: "))
+        return load_result(done.stdout, "connect_load")
 
     # -- one scenario, one round --------------------------------------------------------------
 
     def measure(self, scenario: str) -> dict:
         a = self.args
         port = self.up_plain if scenario == "direct" else free_port()
-        proc, _ = self.start(scenario, port, self.up_plain, self.up_tls)
-        url = f"http://127.0.0.1:{port}{PATH}"
+        proc, info = self.start(scenario, port, self.up_plain, self.up_tls)
+        load = self.driver(scenario, port, info)
         try:
             r: dict = {}
             if proc:
                 time.sleep(0.3)
                 r["idle_kib"] = mem_kib(proc.pid, "VmRSS")
-            self.wrk(url, 32, a.warmup)
+            load(32, a.warmup)
             cpu0 = cpu_seconds(proc.pid) if proc else (0.0, 0.0)
-            t = self.wrk(url, 32, a.secs)
+            t = load(32, a.secs)
             cpu1 = cpu_seconds(proc.pid) if proc else (0.0, 0.0)
             r["rps32"] = t["rps"]
             r["failed"] = t["failed"]
@@ -409,7 +499,7 @@ end
                 r["cpu_us"] = (sum(cpu1) - sum(cpu0)) * 1e6 / t["requests"]
                 r["sys_us"] = (cpu1[1] - cpu0[1]) * 1e6 / t["requests"]
             cpu0 = cpu_seconds(proc.pid) if proc else (0.0, 0.0)
-            lat = self.wrk(url, 1, a.lat_secs)
+            lat = load(1, a.lat_secs)
             cpu1 = cpu_seconds(proc.pid) if proc else (0.0, 0.0)
             r["p50"], r["p99"] = lat["p50"], lat["p99"]
             if proc and lat["requests"]:
@@ -417,7 +507,7 @@ end
                 # kernel's share is comparable across proxies of very different throughput.
                 r["cpu1_us"] = (sum(cpu1) - sum(cpu0)) * 1e6 / lat["requests"]
             r["failed"] += lat["failed"]
-            peak = self.wrk(url, 64, a.peak_secs)
+            peak = load(64, a.peak_secs)
             r["rps64"] = peak["rps"]
             r["failed"] += peak["failed"]
             if proc:
@@ -453,17 +543,29 @@ end
                 proc, info = self.start(s, port, check.plain_port, check.tls_port)
                 try:
                     check.last = None
-                    status = post(f"http://127.0.0.1:{port}{PATH}")
-                    results[s] = self.judge(s, status, check.last, info)
+                    status = self.app_request(s, port, info)
+                    results[s] = self.judge(s, status, check.last, info, check.tls_port)
                 finally:
                     if proc:
                         proc.stop()
-                log(f"  check {s:<11} {results[s]}")
+                log(f"  check {s:<13} {results[s]}")
         finally:
             check.stop()
         return results
 
-    def judge(self, scenario: str, status: int, seen: dict | None, info: dict) -> str:
+    @staticmethod
+    def app_request(scenario: str, port: int, info: dict) -> int:
+        """One token request as the scenario's app side sends it (Python's own HTTP and TLS:
+        the proxy's certificate is verified against the CA the scenario's app trusts)."""
+        k = kind(scenario)
+        if k in CONNECT:
+            host, target_port = info["target"].rsplit(":", 1)
+            return post_tunnel(port, host, int(target_port), FORWARD_PATH, info["ca"])
+        if k == "https":
+            return post(f"https://localhost:{port}{PATH}", cafile=info["ca"])
+        return post(f"http://127.0.0.1:{port}{PATH}")
+
+    def judge(self, scenario: str, status: int, seen: dict | None, info: dict, tls_port: int) -> str:
         import jwt  # PyJWT: in the bench venv
 
         s = kind(scenario)
@@ -473,7 +575,7 @@ end
         form = dict(urllib.parse.parse_qsl(seen["body"]))
         if form.get("grant_type") != "client_credentials":
             raise RuntimeError(f"{s}: the app's form did not arrive: {seen['body']!r}")
-        wants_mtls = s in ("nginx-mtls", "full", "node", "mitmproxy")
+        wants_mtls = s in ("nginx-mtls", "full", "https", "forward", "node", "mitmproxy", "mitmproxy-fwd")
         if wants_mtls != seen["client_cert"]:
             raise RuntimeError(f"{s}: client certificate presented = {seen['client_cert']}")
         said = ["mTLS client cert"] if wants_mtls else []
@@ -486,7 +588,7 @@ end
         assertion = form.get("client_assertion")
         if not assertion or form.get("client_assertion_type") != "urn:ietf:params:oauth:client-assertion-type:jwt-bearer":
             raise RuntimeError(f"{s}: no client assertion")
-        if s in TOKENRELAY:
+        if s in TOKENRELAY | TOKENRELAY_TLS:
             jwks = json.loads(run([str(info["binary"]), "jwks", "--config", str(info["config"])]))
             key_jwk = find_jwk(jwks)
         else:
@@ -496,7 +598,7 @@ end
         if claims.get("iss") != "bench" or claims.get("sub") != "bench":
             raise RuntimeError(f"{s}: assertion claims {claims}")
         said.insert(0, "assertion ES256 verified")
-        if s in ("full", "node", "mitmproxy"):
+        if s in ("full", "https", "forward", "node", "mitmproxy", "mitmproxy-fwd"):
             proof = seen["headers"].get("dpop")
             if not proof:
                 raise RuntimeError(f"{s}: no DPoP proof")
@@ -504,9 +606,14 @@ end
             if header.get("typ") != "dpop+jwt" or header.get("alg") != "ES256":
                 raise RuntimeError(f"{s}: proof header {header}")
             pc = jwt.decode(proof, jwt.PyJWK(header["jwk"], algorithm="ES256").key, algorithms=["ES256"])
-            if pc.get("htm") != "POST" or not pc.get("htu", "").startswith("https://127.0.0.1:"):
-                raise RuntimeError(f"{s}: proof claims {pc}")
-            said.insert(1, "DPoP proof ES256 verified")
+            # htu: the URL the AS was called at, as it saw it (RFC 9449 §4.2: no query).
+            host = FORWARD_HOST if s in CONNECT else "127.0.0.1"
+            htu = f"https://{host}:{tls_port}{seen['path'].split('?')[0]}"
+            if pc.get("htm") != "POST" or pc.get("htu") != htu:
+                raise RuntimeError(f"{s}: proof claims {pc}, expected htm POST and htu {htu}")
+            said.insert(1, f"DPoP proof ES256 verified (htm POST, htu {htu})")
+        if s in CONNECT or s == "https":
+            said.append("app TLS verified against the proxy's CA")
         return ", ".join(said)
 
 
@@ -527,18 +634,37 @@ def find_jwk(doc) -> dict:
     return {}
 
 
-def post(url: str) -> int:
+def post(url: str, cafile: str | None = None) -> int:
     import urllib.request
 
     req = urllib.request.Request(url, data=BODY.encode(), method="POST",
                                  headers={"Content-Type": "application/x-www-form-urlencoded"})
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    handlers = [urllib.request.ProxyHandler({})]
+    if cafile:
+        handlers.append(urllib.request.HTTPSHandler(context=ssl.create_default_context(cafile=cafile)))
+    opener = urllib.request.build_opener(*handlers)
     try:
         with opener.open(req, timeout=10) as resp:
             resp.read()
             return resp.status
     except urllib.error.HTTPError as e:
         return e.code
+
+
+def post_tunnel(proxy_port: int, host: str, port: int, path: str, cafile: str) -> int:
+    """POST through an HTTPS proxy: CONNECT host:port, TLS (SNI host, `cafile` the only root)."""
+    import http.client
+
+    conn = http.client.HTTPSConnection("127.0.0.1", proxy_port, timeout=10,
+                                       context=ssl.create_default_context(cafile=cafile))
+    conn.set_tunnel(host, port)
+    try:
+        conn.request("POST", path, body=BODY, headers={"Content-Type": "application/x-www-form-urlencoded"})
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status
+    finally:
+        conn.close()
 
 
 class CheckUpstream:
@@ -555,7 +681,7 @@ class CheckUpstream:
                 body = self.rfile.read(n).decode()
                 cert = isinstance(self.connection, ssl.SSLSocket) and bool(self.connection.getpeercert())
                 outer.last = {"headers": {k.lower(): v for k, v in self.headers.items()}, "body": body,
-                              "client_cert": cert}
+                              "client_cert": cert, "path": self.path}
                 data = TOKEN.encode()
                 self.send_response(200)
                 self.send_header("content-type", "application/json")
@@ -634,6 +760,9 @@ def report(results: dict, signs: list, args, loads: list, checks: dict, started:
         "full": "tokenrelay pkjwt + DPoP ES256 + mTLS",
         "node": "Node signing proxy (2× ES256) → mTLS",
         "mitmproxy": "mitmproxy + PyJWT (2× ES256) → mTLS",
+        "https": "tokenrelay full path, app over HTTPS (listen_tls)",
+        "forward": "tokenrelay forward mode (CONNECT + TLS), full path",
+        "mitmproxy-fwd": "mitmproxy regular (forward) mode + PyJWT → mTLS",
     }
     out = []
     rounds = args.rounds
@@ -743,6 +872,23 @@ def report(results: dict, signs: list, args, loads: list, checks: dict, started:
             target(f"full path req/s ÷ {other} req/s (c=32)",
                    per_round(lambda i: get("full", i, "rps32") / get(other, i, "rps32")), "{:.1f}", f"≥ {goal}",
                    lambda m, goal=goal: m >= goal, lambda m, goal=goal: f"×{m:.1f} of ×{goal}")
+    if "forward" in results and "mitmproxy-fwd" in results:
+        target("forward req/s ÷ mitmproxy-fwd req/s (c=32)",
+               per_round(lambda i: get("forward", i, "rps32") / get("mitmproxy-fwd", i, "rps32")), "{:.1f}", "≥ 25",
+               lambda m: m >= 25, lambda m: f"×{m:.1f} of ×25")
+    # What the app side's TLS (listen_tls) and CONNECT + TLS (forward mode) add to the full path:
+    # no target, the figures themselves in the last column.
+    for mode, keys in (("https", ("rps32", "cpu_us", "cpu1_us")), ("forward", ("rps32", "cpu_us", "cpu1_us"))):
+        if mode not in results or "full" not in results:
+            continue
+        for key in keys:
+            what, fmt = {"rps32": ("req/s (c=32)", "{:.0f}"), "cpu_us": ("CPU µs/req (c=32)", "{:.1f}"),
+                         "cpu1_us": ("CPU µs/req (c=1)", "{:.1f}")}[key]
+            vals = per_round(lambda i, key=key, mode=mode: get(mode, i, key) / get("full", i, key))
+            if vals:
+                lines.append(f"| {mode} {what} ÷ full {what} | {spread(vals, '{:.2f}')} | informational | "
+                             f"{spread([r.get(key) for r in results[mode]], fmt)} vs "
+                             f"{spread([r.get(key) for r in results['full']], fmt)} |")
     if sign_proof and sign_josekit:
         target("JOSE layer: a whole DPoP proof ÷ the bare josekit ES256 sign call",
                per_round(lambda i: signs[i]["dpop_proof_us"] / signs[i]["es256_josekit_us"]), "{:.2f}", "≤ 1.2",
@@ -782,6 +928,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tokenrelay", default=str(ROOT / "target" / "release" / "tokenrelay"))
     ap.add_argument("--sign-cost", default=None, help="benches/sign_cost.rs executable")
+    ap.add_argument("--connect-load", default=None,
+                    help="benches/connect_load.rs executable: the CONNECT load generator of the forward scenarios")
     ap.add_argument("--baseline", default=None,
                     help="another tokenrelay binary: its relay/pkjwt/full run beside the others, for before/after")
     ap.add_argument("--rounds", type=int, default=int(os.environ.get("BENCH_ROUNDS", 5)))
@@ -803,6 +951,14 @@ def main() -> None:
     ap.add_argument("--profile-secs", type=float, default=8)
     args = ap.parse_args()
     scenarios = [s for s in SCENARIOS if not args.only or s in args.only.split(",")]
+    if args.only:
+        unknown = {s for s in args.only.split(",") if s} - set(SCENARIOS)
+        if unknown:
+            ap.error(f"--only: unknown scenario(s) {', '.join(sorted(unknown))} (known: {', '.join(SCENARIOS)})")
+    uses = [args.profile_scenario] if args.profile else [] if args.instructions else scenarios
+    if any(kind(s) in CONNECT for s in uses) and not args.connect_load:
+        ap.error("the forward scenarios (" + ", ".join(sorted(CONNECT)) + ") need --connect-load "
+                 "(bench/run.sh builds benches/connect_load.rs and passes it)")
     if args.baseline:
         scenarios = [v for s in scenarios for v in ([s, s + BASE] if s in TOKENRELAY else [s])]
     started = time.time()
@@ -830,7 +986,7 @@ def main() -> None:
             for s in order:
                 r = b.measure(s)
                 results[s].append(r)
-                log(f"round {rnd + 1}/{args.rounds} {s:<11} " + " ".join(
+                log(f"round {rnd + 1}/{args.rounds} {s:<13} " + " ".join(
                     f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()))
             loads.append(loadavg())
         # Rows in the rotated order are re-aligned by round index: results[s][i] is round i.
@@ -901,7 +1057,7 @@ def instructions(b: Bench, args, scenarios: list[str]) -> str:
         sign = next((v for v in signs.values() if v), 0)
         n = args.instr_requests
         rows.append((s, total / n / 1000, sign / n / 1000))
-        log(f"instructions {s:<11} {total / n / 1000:.1f} k/request, ES256 signing {sign / n / 1000:.1f} k")
+        log(f"instructions {s:<13} {total / n / 1000:.1f} k/request, ES256 signing {sign / n / 1000:.1f} k")
     lines = [f"Instructions per request (callgrind, {args.instr_requests} sequential requests after a warm-up; "
              "user space of the tokenrelay process):", "",
              "| scenario | k instructions/request | … in ES256 signing | … the rest (non-crypto) |",
@@ -923,15 +1079,15 @@ def instructions(b: Bench, args, scenarios: list[str]) -> str:
 def profile(b: Bench, args) -> None:
     """perf record (DWARF call graphs) of one scenario's proxy under c=32 load."""
     port = free_port()
-    proc, _ = b.start(args.profile_scenario, port, b.up_plain, b.up_tls)
-    url = f"http://127.0.0.1:{port}{PATH}"
+    proc, info = b.start(args.profile_scenario, port, b.up_plain, b.up_tls)
+    load = b.driver(args.profile_scenario, port, info)
     data = b.dir / "perf.data"
     try:
-        b.wrk(url, 32, 1)
+        load(32, 1)
         perf = subprocess.Popen(["perf", "record", "-F", "1999", "--call-graph", "dwarf,32768", "-p", str(proc.pid),
                                  "-o", str(data)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(0.5)
-        t = b.wrk(url, 32, args.profile_secs)
+        t = load(32, args.profile_secs)
         perf.send_signal(signal.SIGINT)
         perf.wait(timeout=120)
         log(f"profiled {t['requests']} requests ({t['rps']:.0f} req/s) into {data}")

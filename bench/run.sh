@@ -6,10 +6,13 @@
 #   bench/run.sh --profile       # perf record of the full path instead (build with [profile.bench])
 #   bench/run.sh --instructions  # instructions per request of the tokenrelay scenarios (valgrind)
 #   bench/run.sh --baseline BIN  # also run relay/pkjwt/full with another tokenrelay binary (before/after)
+#   bench/run.sh --only full,https,forward,mitmproxy,mitmproxy-fwd   # some scenarios only
 #
 # Installs when missing: nginx and wrk (Debian packages, apt-get), `jose` (npm, pinned by
 # bench/node/package-lock.json) and mitmproxy + PyJWT (PyPI, bench/requirements.txt) into
-# target/bench-tools/. Everything listens on 127.0.0.1 only; every loop is bounded in time.
+# target/bench-tools/. Builds benches/sign_cost.rs and benches/connect_load.rs (the CONNECT
+# load generator of the forward-mode scenarios). Everything listens on 127.0.0.1 only; every
+# loop is bounded in time.
 # The table goes to stdout and to target/bench-run/results.md (raw numbers: results.json).
 set -euo pipefail
 
@@ -73,13 +76,21 @@ main() {
         say "building tokenrelay --release"
         cargo build -q --release --bin tokenrelay >&2
     fi
-    sign_cost=$(cargo build -q --release --bench sign_cost --message-format=json 2>/dev/null |
-        "$venv/bin/python" -c 'import json, sys
+    # The executable of benches/$1.rs, built --release (harness = false: a plain program).
+    bench_exe() {
+        cargo build -q --release --bench "$1" --message-format=json 2>/dev/null |
+            "$venv/bin/python" -c 'import json, sys
 [print(m["executable"]) for m in map(json.loads, sys.stdin)
- if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "sign_cost" and m.get("executable")]')
+ if m.get("reason") == "compiler-artifact" and m["target"]["name"] == sys.argv[1] and m.get("executable")]' "$1"
+    }
+    sign_cost=$(bench_exe sign_cost)
     [[ -n "$sign_cost" ]] || { say "could not build benches/sign_cost.rs"; exit 1; }
+    # The CONNECT load generator of the forward scenarios (wrk cannot send CONNECT).
+    connect_load=$(bench_exe connect_load)
+    [[ -n "$connect_load" ]] || { say "could not build benches/connect_load.rs"; exit 1; }
 
-    exec "$venv/bin/python" bench/harness.py --tokenrelay "$root/target/release/tokenrelay" --sign-cost "$sign_cost" "$@"
+    exec "$venv/bin/python" bench/harness.py --tokenrelay "$root/target/release/tokenrelay" --sign-cost "$sign_cost" \
+        --connect-load "$connect_load" "$@"
 }
 
 main "$@"

@@ -129,8 +129,15 @@ pub struct Attempt {
 /// A JWT tokenrelay signed, kept as its signing input (`header.payload`, RFC 7515 §5.1): the
 /// signature is cut off when the exchange happens, and the JSON is decoded only when the
 /// record is shown (hints, the inspector, `tokenrelay token`), not on every request.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Sent(Box<str>);
+
+/// Shows what serializing shows (decoded, `ath` and `nonce` hidden), never the raw parts.
+impl std::fmt::Debug for Sent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Sent").field(&self.decode()).finish()
+    }
+}
 
 impl Sent {
     /// The signing input of compact JWS `token` (everything before its last `.`).
@@ -612,7 +619,9 @@ mod tests {
         let shown = serde_json::to_value(&sent).unwrap();
         assert_eq!(shown["claims"]["htu"], "https://as/token");
         assert!(!shown.to_string().contains("SIGNATURE"));
-        assert!(!format!("{sent:?}").contains("SIGNATURE"), "the signature is not kept");
+        let debug = format!("{sent:?}");
+        assert!(!debug.contains("SIGNATURE") && !debug.contains("n-1") && !debug.contains("abc"), "{debug}");
+        assert!(debug.contains("dpop+jwt") && debug.contains("present"), "{debug}");
         assert_eq!(serde_json::to_value(Sent::of("garbage")).unwrap(), Value::Null);
     }
 

@@ -47,36 +47,7 @@ pub enum BuildError {
     Route { route: String, message: String },
 }
 
-/// Where a signed endpoint's URL came from (what `tokenrelay check` shows).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EndpointSource {
-    /// `endpoints` in the config.
-    Config,
-    /// `/token`, when neither config nor metadata names endpoints.
-    Default,
-    /// The AS metadata member that lists it.
-    Metadata(&'static str),
-    /// An RFC 8705 §5 `mtls_endpoint_aliases` entry.
-    Alias,
-}
-
-impl std::fmt::Display for EndpointSource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            EndpointSource::Config => f.write_str("config"),
-            EndpointSource::Default => f.write_str("default"),
-            EndpointSource::Metadata(member) => write!(f, "metadata {member}"),
-            EndpointSource::Alias => f.write_str("mtls alias"),
-        }
-    }
-}
-
-/// One endpoint a route authenticates the client on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SignedEndpoint {
-    pub url: String,
-    pub source: EndpointSource,
-}
+pub use crate::endpoints::{EndpointSource, Endpoints, SignedEndpoint};
 
 /// One route, ready to serve.
 pub struct Route {
@@ -94,6 +65,11 @@ pub struct Route {
     pub discovery: Option<Arc<crate::discovery::Discovery>>,
     /// The configured token endpoint URL ([`RouteConfig::token_endpoint_url`]), built once.
     pub token_endpoint: String,
+    /// The signed endpoints without metadata (configured or `/token`), built once.
+    configured: Arc<Endpoints>,
+    /// The signed endpoints for the last metadata document seen (discovery replaces the
+    /// document rarely; every request asks).
+    by_meta: std::sync::Mutex<Option<(Arc<crate::discovery::Metadata>, Arc<Endpoints>)>>,
 }
 
 impl std::fmt::Debug for Route {
@@ -135,53 +111,24 @@ impl Route {
         }
     }
 
-    /// The endpoints this route authenticates the client on, as upstream URLs, and where each
-    /// came from: the configured `endpoints`; else, when metadata is in use, every
-    /// client-authenticated endpoint it lists (token, PAR, introspection, revocation, device
-    /// authorization, CIBA); else `/token`. Plus their RFC 8705 §5 mTLS aliases when the
-    /// route presents a certificate (https aliases only: a certificate-bound call never goes
-    /// out in clear).
-    pub fn signed_endpoints(&self, meta: Option<&crate::discovery::Metadata>) -> Vec<SignedEndpoint> {
-        let cfg = &self.cfg;
-        let mut out: Vec<SignedEndpoint> = match meta {
-            Some(meta) if !cfg.endpoints_configured => meta
-                .client_auth_endpoints()
-                .into_iter()
-                .map(|(member, url)| SignedEndpoint { url: url.to_string(), source: EndpointSource::Metadata(member) })
-                .collect(),
-            _ => {
-                let source = if cfg.endpoints_configured { EndpointSource::Config } else { EndpointSource::Default };
-                cfg.endpoints.iter().map(|e| SignedEndpoint { url: cfg.upstream.url(e), source }).collect()
+    /// The endpoints this route authenticates the client on, keyed by the path the app calls
+    /// (see [`crate::endpoints`]). Built afresh: for `check` and other one-off callers.
+    pub fn signed_endpoints(&self, meta: Option<&crate::discovery::Metadata>) -> Endpoints {
+        Endpoints::build(&self.cfg, meta)
+    }
+
+    /// [`Route::signed_endpoints`] for the request path: built once per metadata document.
+    pub fn endpoints(&self, meta: Option<&Arc<crate::discovery::Metadata>>) -> Arc<Endpoints> {
+        let Some(meta) = meta else { return self.configured.clone() };
+        let mut cached = self.by_meta.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((m, table)) = cached.as_ref() {
+            if Arc::ptr_eq(m, meta) {
+                return table.clone();
             }
-        };
-        if let (Some(meta), Some(_)) = (meta, &cfg.mtls) {
-            let aliases: Vec<SignedEndpoint> = out
-                .iter()
-                .filter_map(|e| meta.mtls_alias(&e.url))
-                .filter(|alias| alias.starts_with("https://"))
-                .map(|alias| SignedEndpoint { url: alias.to_string(), source: EndpointSource::Alias })
-                .collect();
-            out.extend(aliases);
         }
-        out
-    }
-
-    /// Is `url` one of [`Route::signed_endpoints`]? Without building the list when the
-    /// answer is plain (every request asks this).
-    pub fn is_signed_endpoint(&self, url: &str, meta: Option<&crate::discovery::Metadata>) -> bool {
-        let cfg = &self.cfg;
-        let direct = match meta {
-            Some(meta) if !cfg.endpoints_configured => meta.client_auth_endpoints().iter().any(|(_, u)| *u == url),
-            _ => cfg.endpoints.iter().any(|e| cfg.upstream.is_url_of(e, url)),
-        };
-        direct || (meta.is_some() && cfg.mtls.is_some() && self.signed_endpoints(meta).iter().any(|e| e.url == url))
-    }
-
-    /// The mTLS alias to call instead of `url` (RFC 8705 §5), when the route presents a
-    /// certificate and the metadata has an https alias for it.
-    pub fn mtls_alias<'m>(&self, url: &str, meta: Option<&'m crate::discovery::Metadata>) -> Option<&'m str> {
-        self.cfg.mtls.as_ref()?;
-        meta?.mtls_alias(url).filter(|alias| alias.starts_with("https://"))
+        let table = Arc::new(Endpoints::build(&self.cfg, Some(meta)));
+        *cached = Some((meta.clone(), table.clone()));
+        table
     }
 
     /// The public keys to register at the AS for this route's client authentication (RFC 7517):
@@ -342,6 +289,8 @@ impl Snapshot {
                 assertion_x5t,
                 discovery: None,
                 token_endpoint: rc.token_endpoint_url(),
+                configured: Arc::new(Endpoints::build(rc, None)),
+                by_meta: std::sync::Mutex::new(None),
             };
             route.discovery = rc.issuer.as_ref().map(|issuer| {
                 crate::discovery::Discovery::new(crate::discovery::Job {
@@ -394,16 +343,7 @@ fn metadata_warnings(
     meta: &crate::discovery::Metadata,
 ) -> Vec<String> {
     let mut out = meta.unsupported(expect);
-    if cfg.rewrite_metadata {
-        for (member, url) in meta.client_auth_endpoints() {
-            if cfg.proxy_path(url).is_none() {
-                out.push(format!(
-                    "rewrite_metadata: {member} {url} is outside the upstream {}; the rewritten metadata leaves it as published (tokenrelay does not sign it)",
-                    cfg.upstream.url("")
-                ));
-            }
-        }
-    }
+    out.extend(Endpoints::build(cfg, Some(meta)).notes);
     out
 }
 

@@ -475,8 +475,20 @@ fn check_report(snapshot: &crate::snapshot::Snapshot, discovered: &Discovered, o
         };
         let signed: Vec<Value> = if cfg.client.is_some() || r.dpop_key.is_some() {
             r.signed_endpoints(meta)
+                .list
                 .into_iter()
-                .map(|e| json!({ "url": e.url, "from": e.source.to_string(), "proxy_path": cfg.proxy_path(&e.url) }))
+                .map(|e| {
+                    let mut v = json!({
+                        "url": e.url.to_string(),
+                        "from": e.source.to_string(),
+                        "proxy_path": format!("{}{}", cfg.prefix, e.app_path),
+                        "origin": e.url.origin(),
+                    });
+                    if e.send != e.url {
+                        v["sent_to"] = e.send.to_string().into();
+                    }
+                    v
+                })
                 .collect()
         } else {
             Vec::new()
@@ -560,7 +572,8 @@ fn print_check(report: &Value) {
         }
         for e in r["signed_endpoints"].as_array().into_iter().flatten() {
             let via = e["proxy_path"].as_str().map(|p| format!(" (app calls {p})")).unwrap_or_default();
-            println!("  signs {} [{}]{via}", text(&e["url"]), text(&e["from"]));
+            let alias = e["sent_to"].as_str().map(|a| format!(", sent to the mTLS alias {a}")).unwrap_or_default();
+            println!("  signs {} [{}]{via}{alias}", text(&e["url"]), text(&e["from"]));
         }
         if let Some(c) = r.get("client").filter(|c| c.get("kid").is_some()) {
             println!("  client key: {} kid {}", text(&c["alg"]), text(&c["kid"]));

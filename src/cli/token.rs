@@ -103,18 +103,13 @@ async fn exchange(
     Ok(status.is_success())
 }
 
-/// Where the app would POST for a token: the metadata's token endpoint under the prefix when
-/// discovery has one, else the first configured endpoint.
+/// Where the app would POST for a token: the token endpoint's path under the prefix (the
+/// metadata's when discovery has one, else the first configured endpoint).
 async fn token_path(route: &crate::snapshot::Route) -> String {
-    let from_metadata = match route.metadata().await {
-        Ok(Some(meta)) if !route.cfg.endpoints_configured => {
-            meta.token_endpoint.as_deref().and_then(|t| route.cfg.proxy_path(t))
-        }
-        _ => None,
-    };
-    from_metadata.unwrap_or_else(|| {
-        format!("{}{}", route.cfg.prefix, route.cfg.endpoints.first().map(String::as_str).unwrap_or("/token"))
-    })
+    let meta = route.metadata().await.ok().flatten();
+    let table = route.endpoints(meta.as_ref());
+    let app_path = table.token().map_or("/token", |e| e.app_path.as_str());
+    format!("{}{app_path}", route.cfg.prefix)
 }
 
 /// Starts the config's demo AS in-process when the route points at it and nothing listens

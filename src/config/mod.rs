@@ -260,16 +260,6 @@ impl Config {
 }
 
 impl RouteConfig {
-    /// The path under tokenrelay (`<prefix><rest>`) that relays to upstream `url`, when `url`
-    /// lies under the route's upstream; `None` for another origin or base path.
-    pub fn proxy_path(&self, url: &str) -> Option<String> {
-        let rest = url.strip_prefix(&self.upstream.url(""))?;
-        if !(rest.is_empty() || rest.starts_with(['/', '?'])) {
-            return None;
-        }
-        Some(format!("{}{rest}", self.prefix))
-    }
-
     /// Where the route's token endpoint is: the first configured endpoint.
     pub fn token_endpoint_url(&self) -> String {
         let path = self.endpoints.first().map(String::as_str).unwrap_or("/token");

@@ -8,7 +8,6 @@
 
 use std::sync::Arc;
 
-use http::header::HeaderValue;
 use http::Uri;
 
 use crate::config::host::Authority as Target;
@@ -56,18 +55,18 @@ pub fn rest_of(path: &str, base: &str) -> Option<String> {
 
 /// Checks that the URI authority and `Host` of a request name `target` (RFC 9110 §7.4: a
 /// request for another origin on this connection is misdirected). At least one must be present.
-pub fn check_authority(
-    uri: &Uri,
-    host: Option<&HeaderValue>,
-    target: &Target,
-    default_port: u16,
-) -> Result<(), String> {
+pub fn check_authority(uri: &Uri, headers: &http::HeaderMap, target: &Target, default_port: u16) -> Result<(), String> {
+    let mut hosts = headers.get_all(http::header::HOST).iter();
+    let host = hosts.next();
     let mut named = false;
     if let Some(a) = uri.authority() {
         named = true;
         if Target::parse(a.as_str(), default_port).as_ref() != Some(target) {
             return Err(format!("request authority {:?} does not match the proxied host {target}", a.as_str()));
         }
+    }
+    if hosts.next().is_some() {
+        return Err("two Host headers (RFC 9112 §3.2); refused".into());
     }
     if let Some(h) = host {
         named = true;
@@ -86,6 +85,7 @@ pub fn check_authority(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use http::header::HeaderValue;
 
     use crate::snapshot::BuildOptions;
 
@@ -136,17 +136,27 @@ hosts = ["as.example.com:443"]
     fn connect_target_and_host_must_agree() {
         let target = t("as.example.com", 443);
         let origin: Uri = "/token".parse().unwrap();
-        let ok = |h: &str| check_authority(&origin, Some(&HeaderValue::from_str(h).unwrap()), &target, 443);
+        let ok = |h: &str| check_authority(&origin, &host_map(&[h]), &target, 443);
         assert!(ok("as.example.com").is_ok());
         assert!(ok("AS.example.com:443").is_ok());
         assert!(ok("as.example.com:8443").is_err());
         assert!(ok("evil.example").is_err());
-        assert!(check_authority(&origin, None, &target, 443).is_err(), "no Host at all");
+        assert!(check_authority(&origin, &host_map(&[]), &target, 443).is_err(), "no Host at all");
         let h2: Uri = "https://as.example.com/token".parse().unwrap();
-        assert!(check_authority(&h2, None, &target, 443).is_ok());
+        assert!(check_authority(&h2, &host_map(&[]), &target, 443).is_ok());
         let h2_other: Uri = "https://evil.example/token".parse().unwrap();
-        assert!(check_authority(&h2_other, None, &target, 443).is_err());
-        let both = HeaderValue::from_static("evil.example");
-        assert!(check_authority(&h2, Some(&both), &target, 443).is_err(), ":authority and Host disagree");
+        assert!(check_authority(&h2_other, &host_map(&[]), &target, 443).is_err());
+        let both = host_map(&["evil.example"]);
+        assert!(check_authority(&h2, &both, &target, 443).is_err(), ":authority and Host disagree");
+        let twice = host_map(&["as.example.com", "as.example.com"]);
+        assert!(check_authority(&origin, &twice, &target, 443).is_err(), "a second Host");
+    }
+
+    fn host_map(hosts: &[&str]) -> http::HeaderMap {
+        let mut map = http::HeaderMap::new();
+        for h in hosts {
+            map.append(http::header::HOST, HeaderValue::from_str(h).unwrap());
+        }
+        map
     }
 }

@@ -230,7 +230,13 @@ impl ForwardProxy {
                 "no route claims {target} any more (the config changed); open a new connection"
             ));
         };
-        match rest_of(req.uri().path(), &route.cfg.upstream.base_path) {
+        // The path as the AS will resolve it (RFC 3986 §5.2.4): `/base/../token` is `/token`,
+        // outside the base path, never the pipeline's `/base` + `/../token`.
+        let resolved = match proxy::resolve_upstream_path(route, req.uri().path()) {
+            Ok(p) => p.into_owned(),
+            Err(e) => return e.into_response(),
+        };
+        match rest_of(&resolved, &route.cfg.upstream.base_path) {
             Some(rest) => {
                 let entry = Entry::Forward { snapshot: snapshot.clone(), route: route.clone(), rest };
                 proxy::handle_entry(self.shared.clone(), req, peer, entry).await
@@ -248,7 +254,7 @@ impl ForwardProxy {
         let Some(target) = req.uri().authority().and_then(|a| Target::parse(a.as_str(), default_port)) else {
             return text(StatusCode::BAD_REQUEST, "tokenrelay: absolute-form request without a host");
         };
-        if let Err(why) = check_authority(req.uri(), req.headers().get(header::HOST), &target, default_port) {
+        if let Err(why) = check_authority(req.uri(), req.headers(), &target, default_port) {
             tracing::warn!(%target, %peer, "refused: {why}");
             return misdirected(&why);
         }
@@ -308,7 +314,7 @@ struct Intercepted {
 impl Handler for Intercepted {
     async fn call(self: Arc<Self>, req: Request<Incoming>, conn: server::Conn) -> Response<Body> {
         let peer = conn.peer;
-        if let Err(why) = check_authority(req.uri(), req.headers().get(header::HOST), &self.target, 443) {
+        if let Err(why) = check_authority(req.uri(), req.headers(), &self.target, 443) {
             tracing::warn!(target = %self.target, %peer, "refused: {why}");
             return misdirected(&why);
         }
@@ -395,9 +401,9 @@ async fn passthrough(route: &Route, limit: usize, req: Request<Incoming>) -> Res
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("application/x-www-form-urlencoded"));
     if route.signs() {
-        // A spelling of a signed endpoint (`/b/../oauth2/token`) outside the base path.
-        let url = format!("{}{}", route.cfg.upstream.origin(), parts.uri.path());
-        proxy::check_unsigned(route, &url).await?;
+        // A spelling of a signed endpoint (`/b/../oauth2/token`) outside the base path, or
+        // credentials on their way to the AS unsigned.
+        proxy::check_unsigned(route, parts.uri.path(), parts.uri.query(), &parts.headers, &body).await?;
     }
     if route.signs() && parts.method == http::Method::POST && is_form {
         return Err(ProxyError::Signing(format!(

@@ -7,10 +7,9 @@
 //! `<prefix>/.well-known/oauth-authorization-server`. The AS's document is returned as
 //! published, except that every client-authenticated endpoint (and its RFC 8705 §5 mTLS
 //! alias) points at the proxy URL the app used: same scheme, host and port as the request,
-//! the endpoint's path under the route prefix. `issuer`, `jwks_uri`,
-//! `authorization_endpoint` and `userinfo_endpoint` stay as published, so ID token `iss`
-//! checks still pass. An endpoint outside the route's upstream is left as published (a
-//! warning says so when the metadata is found).
+//! the path the app calls for it under the route prefix ([`crate::endpoints`]; endpoints on
+//! other origins included). `issuer`, `jwks_uri`, `authorization_endpoint` and
+//! `userinfo_endpoint` stay as published, so ID token `iss` checks still pass.
 
 use std::sync::Arc;
 
@@ -22,7 +21,7 @@ use crate::body::{full, Body};
 use crate::config::RouteConfig;
 use crate::discovery::Metadata;
 use crate::error::ProxyError;
-use crate::snapshot::{Route, Snapshot};
+use crate::snapshot::{EndpointSource, Endpoints, Route, Snapshot};
 
 const OIDC: &str = "/.well-known/openid-configuration";
 const RFC8414: &str = "/.well-known/oauth-authorization-server";
@@ -60,7 +59,8 @@ pub(super) async fn answer(
         None => parts.uri.authority().map(|a| a.to_string()).unwrap_or_default(),
     };
     let base = format!("{}://{host}", if https { "https" } else { "http" });
-    let doc = rewrite(&route.cfg, &meta, &base);
+    let table = route.endpoints(Some(&meta));
+    let doc = rewrite(&route.cfg, &table, &meta, &base);
     let mut resp = Response::new(full(Bytes::from(Value::Object(doc).to_string())));
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -69,13 +69,14 @@ pub(super) async fn answer(
 }
 
 /// `meta`'s document with the client-authenticated endpoints and their mTLS aliases at
-/// `base` (`scheme://host:port` as the app called tokenrelay).
-pub fn rewrite(cfg: &RouteConfig, meta: &Metadata, base: &str) -> Map<String, Value> {
+/// `base` (`scheme://host:port` as the app called tokenrelay): each at the path the app calls
+/// for it ([`crate::endpoints`]), wherever the AS publishes it.
+pub fn rewrite(cfg: &RouteConfig, table: &Endpoints, meta: &Metadata, base: &str) -> Map<String, Value> {
     let mut doc = meta.document.clone();
     let mut aliases = Map::new();
-    for (member, url) in meta.client_auth_endpoints() {
-        let Some(path) = cfg.proxy_path(url) else { continue };
-        let proxied = format!("{base}{path}");
+    for e in &table.list {
+        let EndpointSource::Metadata(member) = e.source else { continue };
+        let proxied = format!("{base}{}{}", cfg.prefix, e.app_path);
         doc.insert(member.into(), proxied.clone().into());
         // The proxy presents the certificate and calls the alias itself: the app's "alias"
         // is the same proxy URL.
@@ -111,10 +112,12 @@ mod tests {
         .unwrap();
         let mut meta: Metadata = serde_json::from_value(Value::Object(document.clone())).unwrap();
         meta.document = document;
-        let doc = rewrite(cfg, &meta, "http://127.0.0.1:8787");
+        let table = Endpoints::build(cfg, Some(&meta));
+        let doc = rewrite(cfg, &table, &meta, "http://127.0.0.1:8787");
         assert_eq!(doc["token_endpoint"], "http://127.0.0.1:8787/okta/oauth2/default/v1/token");
         assert_eq!(doc["introspection_endpoint"], "http://127.0.0.1:8787/okta/oauth2/default/v1/introspect");
-        assert_eq!(doc["revocation_endpoint"], "https://elsewhere.example/revoke", "another origin: as published");
+        // Another origin: signed too, at its own path under the prefix.
+        assert_eq!(doc["revocation_endpoint"], "http://127.0.0.1:8787/okta/revoke");
         assert_eq!(
             doc["mtls_endpoint_aliases"]["token_endpoint"],
             "http://127.0.0.1:8787/okta/oauth2/default/v1/token"

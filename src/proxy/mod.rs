@@ -41,7 +41,7 @@ use crate::snapshot::{Route, Snapshot};
 use crate::status::ReloadStatus;
 use guard::{check_exposure, check_origin};
 use signing::{Outgoing, Payload};
-use target::resolve_target;
+use target::{resolve_target, Called};
 
 /// State shared by every connection: the live snapshot and what outlives reloads.
 #[derive(Debug)]
@@ -151,22 +151,38 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>, conn: crate::se
     handle_entry(shared, req, conn.peer, Entry::Reverse { https: conn.tls }).await
 }
 
-/// Fails when relaying a request for upstream `url` unsigned would reach one of `route`'s
-/// signed endpoints under another spelling (for paths the pipeline does not sign, such as
-/// forward mode's requests outside the upstream's base path).
-pub async fn check_unsigned(route: &Route, url: &str) -> Result<(), ProxyError> {
+/// Fails when relaying a request unsigned at `path` (absolute, on the route's upstream origin)
+/// would reach one of `route`'s signed endpoints under any spelling, or would carry client
+/// credentials or a grant to the AS (for paths the pipeline does not sign, such as forward
+/// mode's requests outside the upstream's base path).
+pub async fn check_unsigned(
+    route: &Route,
+    path: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(), ProxyError> {
+    let resolved = target::resolve_rest(route, path, target::Called::Upstream)?;
     let meta = route
         .metadata()
         .await
         .map_err(|e| ProxyError::Upstream(format!("route {:?} refuses to relay: AS discovery: {e}", route.cfg.name)))?;
-    let signed = route.signed_endpoints(meta.as_deref());
-    if signed.iter().any(|e| e.url == url) {
+    let table = route.endpoints(meta.as_ref());
+    let url = crate::urlnorm::EndpointUrl::join(route.cfg.upstream.origin(), "", &resolved);
+    if let Some(e) = table.by_url(&url) {
         return Err(ProxyError::Signing(format!(
-            "route {:?}: {url} is a signed endpoint but reached the unsigned path; refused",
-            route.cfg.name
+            "route {:?}: {url} is the signed endpoint {} but reached the unsigned path; refused (call it as {}{})",
+            route.cfg.name, e.url, route.cfg.prefix, e.app_path
         )));
     }
-    guard::check_spelling(url, &signed)
+    target::check_spelling(route, &table, &resolved, &url)?;
+    guard::check_no_credentials(&route.cfg.name, path, query, headers, body)
+}
+
+/// `path` (absolute, on `route`'s upstream origin) resolved as the AS will resolve it; a path
+/// whose dot segments climb above the root, strictly or leniently decoded, is refused.
+pub fn resolve_upstream_path<'a>(route: &Route, path: &'a str) -> Result<std::borrow::Cow<'a, str>, ProxyError> {
+    target::resolve_rest(route, path, target::Called::Upstream)
 }
 
 /// Serves one request that entered through `entry`.
@@ -298,6 +314,7 @@ async fn relay<B: AppBody>(
 ) -> Result<Response<Body>, ProxyError> {
     let (parts, body) = req.into_parts();
     let path = parts.uri.path();
+    let reverse_entry = matches!(entry, Entry::Reverse { .. });
     outcome.request = AppRequest {
         method: parts.method.to_string(),
         path: path.to_string(),
@@ -369,7 +386,8 @@ async fn relay<B: AppBody>(
         .await
         .map_err(|_| ProxyError::BadRequest("the request body did not arrive in time".into()))??;
 
-    let target = resolve_target(route, rest, parts.uri.query()).await?;
+    let called = if reverse_entry { Called::Prefix } else { Called::Upstream };
+    let target = resolve_target(route, rest, parts.uri.query(), called).await?;
     let mut headers = parts.headers.clone();
     hop::strip(&mut headers);
     headers.remove(header::HOST);
@@ -379,6 +397,11 @@ async fn relay<B: AppBody>(
     if target.auth_endpoint {
         let owned: Vec<&str> = client_auth::OWNED_PARAMS.iter().copied().chain(route.cfg.params.names()).collect();
         guard::check_query(parts.uri.query(), &owned)?;
+        if route.cfg.client.as_ref().is_some_and(|c| c.auth != crate::config::AuthMethod::None) {
+            guard::strip_browser_headers(&mut headers);
+        }
+    } else if route.signs() {
+        guard::check_no_credentials(&route.cfg.name, &target.url, parts.uri.query(), &parts.headers, &body)?;
     }
     let exchange = if target.auth_endpoint {
         Exchange::token(route, &parts.method, &headers, &body)?

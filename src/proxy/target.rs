@@ -1,9 +1,9 @@
 //! Where a request goes upstream, as the AS will see it: the route's upstream URL, or the
 //! RFC 8705 §5 mTLS alias, and whether the request is one that carries a DPoP proof.
 
-use crate::discovery::Metadata;
 use crate::error::ProxyError;
-use crate::snapshot::Route;
+use crate::snapshot::{Endpoints, Route};
+use crate::urlnorm::{loose_path, loose_segments, normalize_path, EndpointUrl};
 
 #[derive(Debug, Clone)]
 pub struct Target {
@@ -23,106 +23,123 @@ pub struct Target {
     pub wants_proof: bool,
 }
 
-/// Is `url` a token or PAR endpoint? By metadata when known, else by the last path segment.
-fn is_token_or_par(url: &str, meta: Option<&Metadata>) -> bool {
-    if let Some(meta) = meta {
-        let named = [&meta.token_endpoint, &meta.pushed_authorization_request_endpoint];
-        let aliases =
-            ["token_endpoint", "pushed_authorization_request_endpoint"].map(|n| meta.mtls_endpoint_aliases.get(n));
-        if named.iter().any(|u| u.as_deref() == Some(url)) || aliases.iter().any(|u| u.map(String::as_str) == Some(url))
-        {
-            return true;
-        }
-        if meta.client_auth_endpoints().iter().any(|(_, u)| *u == url) {
-            return false;
-        }
-    }
-    let last = url.rsplit('/').next().unwrap_or_default().to_ascii_lowercase();
-    ![
-        "introspect",
-        "introspection",
-        "revoke",
-        "revocation",
-        "device_authorization",
-        "device",
-        "bc-authorize",
-        "backchannel",
-    ]
-    .contains(&last.as_str())
+/// How the app named the endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Called {
+    /// Reverse mode: a path under the route prefix ([`crate::endpoints::SignedEndpoint::app_path`]).
+    Prefix,
+    /// Forward mode: the AS's own URL, under the route's upstream.
+    Upstream,
 }
 
-/// Normalized origin of an absolute URL: lowercase scheme and host, default port omitted.
-pub fn origin_of(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(u) if u.has_host() => u.origin().ascii_serialization(),
-        _ => url.to_string(),
-    }
+/// The 400 for a path whose dot segments leave the route (README "Failure policy").
+fn leaves(route: &Route, rest: &str, called: Called) -> ProxyError {
+    let what = match called {
+        Called::Prefix => format!(
+            "the route prefix {} and the upstream base path {:?}",
+            route.cfg.prefix, route.cfg.upstream.base_path
+        ),
+        Called::Upstream => format!("the upstream base path {:?}", route.cfg.upstream.base_path),
+    };
+    ProxyError::BadRequest(format!(
+        "path {rest:?} climbs out of {what} with dot segments (`..`, encoded or not); refused, never relayed"
+    ))
 }
 
-/// Resolves the upstream URL for `rest`: the route's upstream, or the RFC 8705 §5 mTLS
-/// alias when the route presents a certificate and the AS metadata has one (`htu` and `aud`
-/// follow the URL actually used). Metadata comes from the route's background discovery; an
-/// issuer mismatch (RFC 8414 §3.3) refuses the request before anything is sent. On a route
-/// that signs, a path that is not exactly a signed endpoint but that a lenient server would
-/// treat as one is refused (see [`super::guard::check_spelling`]).
-pub(super) async fn resolve_target(route: &Route, rest: &str, query: Option<&str>) -> Result<Target, ProxyError> {
+/// The path relative to the route's upstream base, resolved (RFC 3986 §5.2.4, §6.2.2):
+/// dot segments applied, percent-encoding normalized. A path whose dot segments climb above
+/// its root, strictly or as a lenient server decodes them (`..%2f`, `%c0%ae%c0%ae`), is refused.
+pub(super) fn resolve_rest<'a>(
+    route: &Route,
+    rest: &'a str,
+    called: Called,
+) -> Result<std::borrow::Cow<'a, str>, ProxyError> {
+    let strict = normalize_path(rest).map_err(|_| leaves(route, rest, called))?;
+    if loose_segments(rest).is_err() {
+        return Err(leaves(route, rest, called));
+    }
+    Ok(strict)
+}
+
+/// Resolves where `rest` (relative to the upstream base path, as the app called it) goes: a
+/// signed endpoint (sent to its URL or RFC 8705 §5 mTLS alias; `htu` and `aud` follow the
+/// URL actually used) or the upstream. Metadata comes from the route's background discovery;
+/// an issuer mismatch (RFC 8414 §3.3) refuses the request before anything is sent. On a route
+/// that signs, a path that is not a signed endpoint but that a lenient server would treat as
+/// one is refused.
+pub(super) async fn resolve_target(
+    route: &Route,
+    rest: &str,
+    query: Option<&str>,
+    called: Called,
+) -> Result<Target, ProxyError> {
+    let rest = resolve_rest(route, rest, called)?;
     let meta = route
         .metadata()
         .await
         .map_err(|e| ProxyError::Upstream(format!("route {:?} refuses to relay: AS discovery: {e}", route.cfg.name)))?;
-    let meta = meta.as_deref();
-    let mut url = route.cfg.upstream.url(rest);
-    let auth_endpoint = route.is_signed_endpoint(&url, meta);
-    if !auth_endpoint && route.signs() {
-        super::guard::check_spelling(&url, &route.signed_endpoints(meta))?;
-    }
-    let mut origin = None;
-    if let Some(alias) = route.mtls_alias(&url, meta) {
-        url = alias.to_string();
-        origin = Some(origin_of(&url));
-    }
-    // Only a signed request needs the token endpoint (an assertion's `aud`).
-    let token_endpoint = if auth_endpoint {
-        let configured = match meta.and_then(|m| m.token_endpoint.as_deref()) {
-            Some(t) if !route.cfg.endpoints_configured => t,
-            _ => &route.token_endpoint,
-        };
-        route.mtls_alias(configured, meta).unwrap_or(configured).to_string()
-    } else {
-        String::new()
+    let table = route.endpoints(meta.as_ref());
+    let upstream = &route.cfg.upstream;
+    let plain = EndpointUrl::join(upstream.origin(), &upstream.base_path, &rest);
+    let hit = match called {
+        Called::Prefix => table.by_app_path(&rest).or_else(|| table.by_url(&plain)),
+        Called::Upstream => table.by_url(&plain),
     };
-    let wants_proof = is_token_or_par(&url, meta);
-    let full = match query {
-        Some(q) => format!("{url}?{q}"),
-        None => url.clone(),
+    let with_query = |url: &str, published: Option<&str>| {
+        let mut full = url.to_string();
+        for (i, q) in published.into_iter().chain(query).enumerate() {
+            full.push(if i == 0 { '?' } else { '&' });
+            full.push_str(q);
+        }
+        full
     };
-    // The upstream's origin was normalized once, at load; an alias is normalized here.
-    let origin = origin.unwrap_or_else(|| route.cfg.upstream.origin().to_string());
-    Ok(Target { origin, full, url, token_endpoint, auth_endpoint, wants_proof })
+    let Some(endpoint) = hit else {
+        if route.signs() {
+            check_spelling(route, &table, &rest, &plain)?;
+        }
+        let url = plain.to_string();
+        return Ok(Target {
+            full: with_query(&url, None),
+            origin: upstream.origin().to_string(),
+            url,
+            token_endpoint: String::new(),
+            auth_endpoint: false,
+            wants_proof: false,
+        });
+    };
+    let url = endpoint.send.to_string();
+    let token_endpoint = table.token().map_or_else(|| route.token_endpoint.clone(), |t| t.send.to_string());
+    Ok(Target {
+        full: with_query(&url, endpoint.send.query()),
+        origin: endpoint.send.origin().to_string(),
+        url,
+        token_endpoint,
+        auth_endpoint: true,
+        wants_proof: endpoint.wants_proof(),
+    })
 }
 
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    #[test]
-    fn proofs_only_for_token_and_par() {
-        assert!(is_token_or_par("https://as/token", None));
-        assert!(is_token_or_par("https://as/par", None));
-        assert!(!is_token_or_par("https://as/token/introspect", None));
-        assert!(!is_token_or_par("https://as/oauth2/revoke", None));
-        let meta: Metadata = serde_json::from_str(
-            r#"{"issuer":"https://as","token_endpoint":"https://as/t","introspection_endpoint":"https://as/check"}"#,
-        )
-        .unwrap();
-        assert!(is_token_or_par("https://as/t", Some(&meta)));
-        assert!(!is_token_or_par("https://as/check", Some(&meta)));
-    }
-
-    #[test]
-    fn origins_are_normalized() {
-        assert_eq!(origin_of("HTTPS://AS.example:443/x"), "https://as.example");
-        assert_eq!(origin_of("http://127.0.0.1:8080/t?q"), "http://127.0.0.1:8080");
+/// Fail closed on spellings: `rest` (resolved) is not a signed endpoint, but a lenient server
+/// may read it as one (`//token`, `/%74oken`, `/Token`, `/token/`, `/token;x`, `/token.json`,
+/// look-alikes): refused with the spelling to use instead of being relayed unsigned.
+pub(super) fn check_spelling(
+    route: &Route,
+    table: &Endpoints,
+    rest: &str,
+    plain: &EndpointUrl,
+) -> Result<(), ProxyError> {
+    let loose_rest = loose_path(rest);
+    let loose_url = loose_path(plain.path());
+    let hit = table.list.iter().find(|e| {
+        loose_path(&e.app_path) == loose_rest
+            || (e.url.origin() == plain.origin() && loose_path(e.url.path()) == loose_url)
+            || (e.send.origin() == plain.origin() && loose_path(e.send.path()) == loose_url)
+    });
+    match hit {
+        Some(e) => Err(ProxyError::BadRequest(format!(
+            "path {rest:?} is an unusual spelling of the client-authenticated endpoint {}; send it as \"{}{}\"",
+            e.url, route.cfg.prefix, e.app_path
+        ))),
+        None => Ok(()),
     }
 }

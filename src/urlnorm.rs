@@ -121,6 +121,20 @@ impl fmt::Display for EndpointUrl {
     }
 }
 
+/// An origin (`scheme://host[:port]`, RFC 6454) in its serialization (§6.1): lower-case, no
+/// default port, no trailing `/`. `None` for anything with a path, query, user info or fragment,
+/// and for opaque origins.
+pub fn normalize_origin(raw: &str) -> Option<String> {
+    let url = url::Url::parse(raw.trim()).ok()?;
+    let plain = matches!(url.path(), "" | "/")
+        && url.query().is_none()
+        && url.fragment().is_none()
+        && url.username().is_empty()
+        && url.password().is_none();
+    let origin = url.origin();
+    (plain && origin.is_tuple()).then(|| origin.ascii_serialization())
+}
+
 fn is_unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
 }
@@ -360,6 +374,16 @@ mod tests {
         assert!(EndpointUrl::parse("ftp://x/y").is_err());
         assert!(EndpointUrl::parse("https://u:p@x/y").is_err());
         assert!(EndpointUrl::parse("/token").is_err());
+    }
+
+    #[test]
+    fn origins_serialize_once() {
+        assert_eq!(normalize_origin("https://App.example/").as_deref(), Some("https://app.example"));
+        assert_eq!(normalize_origin("http://localhost:80").as_deref(), Some("http://localhost"));
+        assert_eq!(normalize_origin("http://[::1]:3000").as_deref(), Some("http://[::1]:3000"));
+        assert_eq!(normalize_origin("https://app.example/path"), None);
+        assert_eq!(normalize_origin("null"), None);
+        assert_eq!(normalize_origin("app.example"), None);
     }
 
     #[test]

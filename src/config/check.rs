@@ -346,6 +346,24 @@ impl Cx<'_> {
             }
         }
         routes.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()).then(a.name.cmp(&b.name)));
+        // Parsed into origins once (RFC 6454 §6.1 serialization): `https://App.example/` is
+        // `https://app.example`, and every comparison is between normalized origins.
+        let allow_origins = p
+            .allow_origins
+            .iter()
+            .map(|o| {
+                crate::urlnorm::normalize_origin(o.get_ref()).ok_or_else(|| {
+                    self.err(
+                        o.span(),
+                        "proxy.allow_origins",
+                        format!(
+                            "{:?} is not an origin; write scheme://host[:port] with no path, like \"http://localhost:3000\"",
+                            o.get_ref()
+                        ),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Config {
             path: self.path.to_path_buf(),
             dir: self.dir(),
@@ -357,7 +375,7 @@ impl Cx<'_> {
             ca_key: self.resolve(p.ca_key.as_deref().unwrap_or("certs/ca-key.pem")),
             ca_named: p.ca_cert.is_some() || p.ca_key.is_some(),
             max_body,
-            allow_origins: p.allow_origins,
+            allow_origins,
             allow_remote: remote,
             exchanges: p.exchanges.unwrap_or(200),
             max_connections,

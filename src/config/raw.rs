@@ -39,7 +39,7 @@ pub struct RawProxy {
     pub max_connections: Option<Spanned<usize>>,
     /// Extra `Origin` values allowed to use the proxy (default: none; a form POST needs no CORS preflight, so other origins are refused).
     #[serde(default)]
-    pub allow_origins: Vec<String>,
+    pub allow_origins: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]

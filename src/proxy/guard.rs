@@ -30,6 +30,18 @@ pub(super) fn check_exposure(
     if first.is_none() && uri.authority().is_none() && version == http::Version::HTTP_11 {
         return Err(ProxyError::BadRequest("an HTTP/1.1 request without Host (RFC 9112 §3.2)".into()));
     }
+    // An absolute-form target (RFC 9112 §3.2.2) names the authority the request is for, and
+    // a server uses it over `Host`: it must be loopback too, whatever `Host` says.
+    if let Some(authority) = uri.authority() {
+        let loopback = split_host_port(authority.as_str()).is_some_and(|(host, _)| is_loopback_host(host));
+        if !loopback {
+            return Err(ProxyError::Forbidden(format!(
+                "request target names {:?}; this is tokenrelay's reverse listener, which answers only for \
+                 localhost / 127.0.0.1 / [::1] (for HTTPS_PROXY use [proxy] forward)",
+                authority.as_str()
+            )));
+        }
+    }
     let raw = match first {
         Some(h) => Some(h.to_str().map_err(|_| ProxyError::Forbidden("Host header is not ASCII".into()))?),
         None => uri.authority().map(|a| a.as_str()),
@@ -60,7 +72,18 @@ fn single<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h http::Hea
 /// The request's `Origin` when it is one of `allow_origins` (exactly): it gets real CORS.
 pub(super) fn cors_origin(headers: &HeaderMap, allow_origins: &[String]) -> Option<String> {
     let origin = single(headers, "origin").ok()??.to_str().ok()?;
-    allow_origins.iter().any(|o| o == origin).then(|| origin.to_string())
+    listed(origin, allow_origins).then(|| origin.to_string())
+}
+
+/// Is `origin` (as the browser sent it) one of `allow_origins` (normalized at load)?
+fn listed(origin: &str, allow_origins: &[String]) -> bool {
+    if allow_origins.is_empty() {
+        return false;
+    }
+    match crate::urlnorm::normalize_origin(origin) {
+        Some(o) => allow_origins.contains(&o),
+        None => false,
+    }
 }
 
 /// The browser half of the exposure guard: a foreign `Origin`, and `Sec-Fetch-Site:
@@ -70,7 +93,7 @@ pub(super) fn check_origin(headers: &HeaderMap, allow_origins: &[String]) -> Res
     let mut listed = false;
     if let Some(origin) = single(headers, "origin")? {
         let origin = origin.to_str().unwrap_or("");
-        listed = allow_origins.iter().any(|o| o == origin);
+        listed = self::listed(origin, allow_origins);
         let loopback = origin.parse::<http::Uri>().ok().and_then(|u| u.host().map(is_loopback_host)).unwrap_or(false);
         if !listed && !loopback {
             return Err(ProxyError::Forbidden(format!(

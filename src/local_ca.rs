@@ -207,8 +207,9 @@ impl LocalCa {
         }
         Some(format!(
             "the local CA {:?} is name-constrained to [{}] (the hosts routes claimed when it was created) and cannot \
-             issue a certificate for {host:?}; delete it and its key ([proxy] ca_cert / ca_key), restart tokenrelay \
-             to create a new one, and trust that again (`tokenrelay ca`)",
+             issue a certificate for {host:?}; add it to the route's `hosts` (a metadata endpoint on another host \
+             is claimed by its route, but the CA covers only what the config lists), run `tokenrelay ca --regenerate` \
+             for a new CA covering every listed host, and trust that again (`tokenrelay ca`)",
             self.cert_path.display().to_string(),
             c.describe()
         ))

@@ -89,6 +89,17 @@ impl EndpointUrl {
         self.query.as_deref()
     }
 
+    /// The port, explicit or the scheme's default.
+    pub fn port(&self) -> u16 {
+        let rest = self.origin.split_once("://").map_or("", |(_, r)| r);
+        let after_host = rest.rsplit_once(']').map_or(rest, |(_, p)| p);
+        match after_host.rsplit_once(':') {
+            Some((_, p)) => p.parse().unwrap_or(0),
+            None if self.is_https() => 443,
+            None => 80,
+        }
+    }
+
     pub fn is_https(&self) -> bool {
         self.origin.starts_with("https://")
     }
@@ -371,6 +382,10 @@ mod tests {
         assert_eq!(d.to_string(), "https://as.example/t~oken/x%2Fy");
         assert_eq!(d.host(), "as.example");
         assert_eq!(EndpointUrl::parse("http://[::1]:9/t").unwrap().host(), "::1");
+        assert_eq!(EndpointUrl::parse("http://[::1]:9/t").unwrap().port(), 9);
+        assert_eq!(EndpointUrl::parse("https://[::1]/t").unwrap().port(), 443);
+        assert_eq!(d.port(), 443);
+        assert_eq!(EndpointUrl::parse("http://a:8080/").unwrap().port(), 8080);
         assert!(EndpointUrl::parse("ftp://x/y").is_err());
         assert!(EndpointUrl::parse("https://u:p@x/y").is_err());
         assert!(EndpointUrl::parse("/token").is_err());

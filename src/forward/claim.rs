@@ -4,7 +4,8 @@
 //! A `hosts` entry is `name` or `name:port`. An entry with a port claims that port only; a
 //! bare entry that is the upstream's own host claims the upstream's port only (so other
 //! services on `127.0.0.1` are not caught by a route to a local AS); any other bare entry
-//! claims every port. The most specific claim wins.
+//! claims every port. The most specific claim wins. A route with an `issuer` also claims the
+//! host and port of each metadata endpoint it signs on another origin.
 
 use std::sync::Arc;
 
@@ -34,6 +35,19 @@ pub fn claim<'a>(snapshot: &'a Snapshot, target: &Target) -> Option<&'a Arc<Rout
             };
             if best.is_none_or(|(s, _)| score > s) {
                 best = Some((score, route));
+            }
+        }
+        // A route with an `issuer` also claims the hosts of its metadata's client-authenticated
+        // endpoints on other origins (Google: `oauth2.googleapis.com` for issuer
+        // `accounts.google.com`), so they are signed, never tunnelled.
+        let found = route.discovery.as_ref().map(|d| d.state());
+        if let Some(crate::discovery::State::Found(meta)) = found {
+            let table = route.endpoints(Some(&meta));
+            let named = table.list.iter().flat_map(|e| [&e.url, &e.send]).any(|u| {
+                u.origin() != route.cfg.upstream.origin() && u.host() == target.host && u.port() == target.port
+            });
+            if named && best.is_none_or(|(s, _)| s < 2) {
+                best = Some((2, route));
             }
         }
     }

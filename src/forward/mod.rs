@@ -223,7 +223,13 @@ impl ForwardProxy {
 
     /// A request for a claimed host: the pipeline when the path is under the route's upstream
     /// path, untouched otherwise. The route is looked up again on the live snapshot.
-    async fn relay_claimed(&self, req: Request<Incoming>, peer: SocketAddr, target: &Target) -> Response<Body> {
+    async fn relay_claimed(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        target: &Target,
+        scheme: &str,
+    ) -> Response<Body> {
         let snapshot = self.snapshot();
         let Some(route) = claim(&snapshot, target) else {
             return misdirected(&format!(
@@ -236,12 +242,19 @@ impl ForwardProxy {
             Ok(p) => p.into_owned(),
             Err(e) => return e.into_response(),
         };
-        match rest_of(&resolved, &route.cfg.upstream.base_path) {
+        let origin = match crate::urlnorm::EndpointUrl::parse(&format!("{scheme}://{target}/")) {
+            Ok(u) => u.origin().to_string(),
+            Err(e) => return text(StatusCode::BAD_REQUEST, format!("tokenrelay: {e}")),
+        };
+        // A host claimed for a metadata endpoint on another origin has no base path: every
+        // path on it goes through the pipeline (signed at the endpoint, guarded elsewhere).
+        let base = if origin == route.cfg.upstream.origin() { route.cfg.upstream.base_path.as_str() } else { "" };
+        match rest_of(&resolved, base) {
             Some(rest) => {
-                let entry = Entry::Forward { snapshot: snapshot.clone(), route: route.clone(), rest };
+                let entry = Entry::Forward { snapshot: snapshot.clone(), route: route.clone(), origin, rest };
                 proxy::handle_entry(self.shared.clone(), req, peer, entry).await
             }
-            None => match passthrough(route, snapshot.config.max_body, req).await {
+            None => match passthrough(route, &origin, snapshot.config.max_body, req).await {
                 Ok(resp) => resp,
                 Err(e) => e.into_response(),
             },
@@ -260,7 +273,8 @@ impl ForwardProxy {
         }
         let snapshot = self.snapshot();
         if claim(&snapshot, &target).is_some() {
-            return self.relay_claimed(req, peer, &target).await;
+            let scheme = req.uri().scheme_str().unwrap_or("http").to_ascii_lowercase();
+            return self.relay_claimed(req, peer, &target, &scheme).await;
         }
         if snapshot.config.unknown_hosts == UnknownHosts::Refuse {
             return text(
@@ -318,7 +332,7 @@ impl Handler for Intercepted {
             tracing::warn!(target = %self.target, %peer, "refused: {why}");
             return misdirected(&why);
         }
-        self.proxy.relay_claimed(req, peer, &self.target).await
+        self.proxy.relay_claimed(req, peer, &self.target, "https").await
     }
 }
 
@@ -380,7 +394,12 @@ async fn tunnel(
 
 /// Relays a request on a claimed host outside the route's upstream path as it is, through
 /// the route's client (its TLS identity and trust), hop-by-hop headers removed.
-async fn passthrough(route: &Route, limit: usize, req: Request<Incoming>) -> Result<Response<Body>, ProxyError> {
+async fn passthrough(
+    route: &Route,
+    origin: &str,
+    limit: usize,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ProxyError> {
     let (parts, body) = req.into_parts();
     // A client that stalls mid-body must not hold its connection slot.
     let collected = tokio::time::timeout(server::HEADER_READ_TIMEOUT, Limited::new(body, limit).collect())
@@ -403,7 +422,7 @@ async fn passthrough(route: &Route, limit: usize, req: Request<Incoming>) -> Res
     if route.signs() {
         // A spelling of a signed endpoint (`/b/../oauth2/token`) outside the base path, or
         // credentials on their way to the AS unsigned.
-        proxy::check_unsigned(route, parts.uri.path(), parts.uri.query(), &parts.headers, &body).await?;
+        proxy::check_unsigned(route, origin, parts.uri.path(), parts.uri.query(), &parts.headers, &body).await?;
     }
     if route.signs() && parts.method == http::Method::POST && is_form {
         return Err(ProxyError::Signing(format!(
@@ -416,9 +435,9 @@ async fn passthrough(route: &Route, limit: usize, req: Request<Incoming>) -> Res
         )));
     }
     let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let url = format!("{}{path}", route.cfg.upstream.origin());
+    let url = format!("{origin}{path}");
     // Logs and error texts name the URL without its query (it may carry tokens or codes).
-    let shown = format!("{}{}", route.cfg.upstream.origin(), parts.uri.path());
+    let shown = format!("{origin}{}", parts.uri.path());
     let mut headers = parts.headers;
     hop::strip(&mut headers);
     headers.remove(header::HOST);

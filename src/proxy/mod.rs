@@ -142,7 +142,9 @@ pub enum Entry {
     /// that target, SNI and Host agree); `rest` is the path relative to the route's upstream.
     /// `snapshot` is the one the route was chosen from, so a reload in between cannot send
     /// the request to an upstream that no longer claims the host.
-    Forward { snapshot: Arc<Snapshot>, route: Arc<Route>, rest: String },
+    /// `origin` is the host the app called (the upstream's, or a metadata endpoint's on
+    /// another origin, which has no base path).
+    Forward { snapshot: Arc<Snapshot>, route: Arc<Route>, origin: String, rest: String },
 }
 
 /// Serves one reverse-mode request from the app. Never panics on input; every failure is
@@ -157,18 +159,20 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>, conn: crate::se
 /// mode's requests outside the upstream's base path).
 pub async fn check_unsigned(
     route: &Route,
+    origin: &str,
     path: &str,
     query: Option<&str>,
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<(), ProxyError> {
-    let resolved = target::resolve_rest(route, path, target::Called::Upstream)?;
+    let called = target::Called::Upstream { origin };
+    let resolved = target::resolve_rest(route, path, called)?;
     let meta = route
         .metadata()
         .await
         .map_err(|e| ProxyError::Upstream(format!("route {:?} refuses to relay: AS discovery: {e}", route.cfg.name)))?;
     let table = route.endpoints(meta.as_ref());
-    let url = crate::urlnorm::EndpointUrl::join(route.cfg.upstream.origin(), "", &resolved);
+    let url = crate::urlnorm::EndpointUrl::join(origin, "", &resolved);
     if let Some(e) = table.by_url(&url) {
         return Err(ProxyError::Signing(format!(
             "route {:?}: {url} is the signed endpoint {} but reached the unsigned path; refused (call it as {}{})",
@@ -179,10 +183,10 @@ pub async fn check_unsigned(
     guard::check_no_credentials(&route.cfg.name, path, query, headers, body)
 }
 
-/// `path` (absolute, on `route`'s upstream origin) resolved as the AS will resolve it; a path
+/// `path` (absolute, on the host the app called) resolved as the AS will resolve it; a path
 /// whose dot segments climb above the root, strictly or leniently decoded, is refused.
 pub fn resolve_upstream_path<'a>(route: &Route, path: &'a str) -> Result<std::borrow::Cow<'a, str>, ProxyError> {
-    target::resolve_rest(route, path, target::Called::Upstream)
+    target::resolve_rest(route, path, target::Called::Upstream { origin: route.cfg.upstream.origin() })
 }
 
 /// Serves one request that entered through `entry`.
@@ -314,7 +318,6 @@ async fn relay<B: AppBody>(
 ) -> Result<Response<Body>, ProxyError> {
     let (parts, body) = req.into_parts();
     let path = parts.uri.path();
-    let reverse_entry = matches!(entry, Entry::Reverse { .. });
     outcome.request = AppRequest {
         method: parts.method.to_string(),
         path: path.to_string(),
@@ -353,6 +356,7 @@ async fn relay<B: AppBody>(
             return metadata::answer(route, &parts, https).await;
         }
     }
+    let mut called = Called::Prefix;
     let (route, rest) = match &entry {
         Entry::Reverse { .. } => {
             check_exposure(parts.version, &parts.headers, &parts.uri, allow_origins)?;
@@ -360,9 +364,10 @@ async fn relay<B: AppBody>(
                 .route_for(path)
                 .ok_or_else(|| ProxyError::NoRoute { path: path.to_string(), prefixes: snapshot.prefixes() })?
         }
-        Entry::Forward { route, rest, .. } => {
+        Entry::Forward { route, rest, origin, .. } => {
             // Browsers can be configured to use a forward proxy too: same cross-site guard.
             check_origin(&parts.headers, allow_origins)?;
+            called = Called::Upstream { origin: origin.as_str() };
             (route, rest.as_str())
         }
     };
@@ -386,7 +391,6 @@ async fn relay<B: AppBody>(
         .await
         .map_err(|_| ProxyError::BadRequest("the request body did not arrive in time".into()))??;
 
-    let called = if reverse_entry { Called::Prefix } else { Called::Upstream };
     let target = resolve_target(route, rest, parts.uri.query(), called).await?;
     let mut headers = parts.headers.clone();
     hop::strip(&mut headers);

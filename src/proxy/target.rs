@@ -25,21 +25,22 @@ pub struct Target {
 
 /// How the app named the endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Called {
+pub(super) enum Called<'a> {
     /// Reverse mode: a path under the route prefix ([`crate::endpoints::SignedEndpoint::app_path`]).
     Prefix,
-    /// Forward mode: the AS's own URL, under the route's upstream.
-    Upstream,
+    /// Forward mode: the AS's own URL on `origin` (normalized): below the upstream's base
+    /// path on the upstream's origin, the whole path on another origin a metadata endpoint is on.
+    Upstream { origin: &'a str },
 }
 
 /// The 400 for a path whose dot segments leave the route (README "Failure policy").
-fn leaves(route: &Route, rest: &str, called: Called) -> ProxyError {
+fn leaves(route: &Route, rest: &str, called: Called<'_>) -> ProxyError {
     let what = match called {
         Called::Prefix => format!(
             "the route prefix {} and the upstream base path {:?}",
             route.cfg.prefix, route.cfg.upstream.base_path
         ),
-        Called::Upstream => format!("the upstream base path {:?}", route.cfg.upstream.base_path),
+        Called::Upstream { .. } => format!("the upstream base path {:?}", route.cfg.upstream.base_path),
     };
     ProxyError::BadRequest(format!(
         "path {rest:?} climbs out of {what} with dot segments (`..`, encoded or not); refused, never relayed"
@@ -52,7 +53,7 @@ fn leaves(route: &Route, rest: &str, called: Called) -> ProxyError {
 pub(super) fn resolve_rest<'a>(
     route: &Route,
     rest: &'a str,
-    called: Called,
+    called: Called<'_>,
 ) -> Result<std::borrow::Cow<'a, str>, ProxyError> {
     let strict = normalize_path(rest).map_err(|_| leaves(route, rest, called))?;
     if loose_segments(rest).is_err() {
@@ -71,7 +72,7 @@ pub(super) async fn resolve_target(
     route: &Route,
     rest: &str,
     query: Option<&str>,
-    called: Called,
+    called: Called<'_>,
 ) -> Result<Target, ProxyError> {
     let rest = resolve_rest(route, rest, called)?;
     let meta = route
@@ -80,10 +81,14 @@ pub(super) async fn resolve_target(
         .map_err(|e| ProxyError::Upstream(format!("route {:?} refuses to relay: AS discovery: {e}", route.cfg.name)))?;
     let table = route.endpoints(meta.as_ref());
     let upstream = &route.cfg.upstream;
-    let plain = EndpointUrl::join(upstream.origin(), &upstream.base_path, &rest);
+    let (origin, base) = match called {
+        Called::Upstream { origin } if origin != upstream.origin() => (origin, ""),
+        _ => (upstream.origin(), upstream.base_path.as_str()),
+    };
+    let plain = EndpointUrl::join(origin, base, &rest);
     let hit = match called {
         Called::Prefix => table.by_app_path(&rest).or_else(|| table.by_url(&plain)),
-        Called::Upstream => table.by_url(&plain),
+        Called::Upstream { .. } => table.by_url(&plain),
     };
     let with_query = |url: &str, published: Option<&str>| {
         let mut full = url.to_string();
@@ -100,7 +105,7 @@ pub(super) async fn resolve_target(
         let url = plain.to_string();
         return Ok(Target {
             full: with_query(&url, None),
-            origin: upstream.origin().to_string(),
+            origin: origin.to_string(),
             url,
             token_endpoint: String::new(),
             auth_endpoint: false,

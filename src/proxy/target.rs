@@ -66,10 +66,8 @@ pub fn origin_of(url: &str) -> String {
 /// that signs, a path that is not exactly a signed endpoint but that a lenient server would
 /// treat as one is refused (see [`super::guard::check_spelling`]).
 pub(super) async fn resolve_target(route: &Route, rest: &str, query: Option<&str>) -> Result<Target, ProxyError> {
-    let meta = route
-        .metadata()
-        .await
-        .map_err(|e| ProxyError::Upstream(format!("route {:?} refuses to relay: AS discovery: {e}", route.cfg.name)))?;
+    let meta =
+        route.metadata().await.map_err(|error| ProxyError::Discovery { route: route.cfg.name.clone(), error })?;
     let meta = meta.as_deref();
     let mut url = route.cfg.upstream.url(rest);
     let auth_endpoint = route.is_signed_endpoint(&url, meta);

@@ -509,7 +509,8 @@ async fn an_http_upstream_that_speaks_tls_says_use_https() {
     let (status, body) = proxy.post_form("/as/token", "grant_type=client_credentials").await;
     assert_eq!(status, 502, "{body}");
     let why = body["error_description"].as_str().unwrap();
-    assert!(why.contains("does it speak TLS? use https://") && why.contains("routes.as.upstream"), "{why}");
+    let https = format!("routes.as.upstream = \"https://127.0.0.1:{}\"", up.port());
+    assert!(why.contains("it speaks TLS; use") && why.contains(&https) && why.contains("routes.as.trust"), "{why}");
     assert!(!why.contains("invalid HTTP version"), "{why}");
     proxy.stop().await;
 }

@@ -1238,12 +1238,14 @@ mod tests {
     #[test]
     fn the_first_hint_is_the_one_the_as_names() {
         let table: &[(&str, &str, &str, &str)] = &[
-            // oidc-provider, lib/shared/jwt_client_auth.js
+            // oidc-provider, lib/shared/jwt_client_auth.js (`InvalidClientAuth`: its answer's description is
+            // "client authentication failed"; these are its `error_detail`, what its events and logs show)
             ("invalid_client", "audience (aud) must equal the endpoint url, issuer identifier or token endpoint url", "client.audience", "oidc-provider"),
             ("invalid_client", "client assertion tokens must only be used once", "jti before", "oidc-provider"),
             ("invalid_client", "alg mismatch", "does not accept the alg", "oidc-provider"),
             ("invalid_client", "iss (JWT issuer) must be the client_id", "is client_id", "oidc-provider"),
-            // oidc-provider, lib/helpers/validate_dpop.js and its token grants
+            // oidc-provider, lib/helpers/validate_dpop.js (`InvalidDpopProof` descriptions) and its
+            // token grants (the replay one is an `InvalidGrant` detail)
             ("invalid_dpop_proof", "DPoP proof htu mismatch", "htu was", "oidc-provider"),
             ("invalid_dpop_proof", "DPoP proof iat is not recent enough", "time claims", "oidc-provider"),
             ("invalid_dpop_proof", "invalid DPoP key binding", "bound to another DPoP key", "oidc-provider"),
@@ -1332,5 +1334,28 @@ mod tests {
         }
         let none = serde_json::to_value(Record::default()).unwrap();
         assert!(none.get("refused").is_none() && none.get("refused_kind").is_none(), "{none}");
+    }
+
+    proptest::proptest! {
+        /// Whatever an AS writes, reading it never panics, and a challenge's own `error`
+        /// parameter is found wherever it stands.
+        #[test]
+        fn any_answer_text_is_read_without_panicking(
+            text in "[ -~]{0,120}",
+            params in "([a-z_]{1,8}=(\"[ !#-\\[\\]-~]{0,8}\"|[a-z0-9]{1,8}), ){0,3}",
+            error in "[a-z_]{1,20}",
+        ) {
+            let (mut record, facts) = refused_by_as("invalid_client", &text);
+            let _ = hints(&record, Some(&facts));
+            let _ = topics_named(&text);
+            let _ = auth_param(&text, "error");
+            let header = format!("DPoP {params}error=\"{error}\", error_description=\"x\"");
+            let found = auth_param(&header, "error");
+            if !params.contains("error=") {
+                proptest::prop_assert_eq!(found, Some(error.clone()));
+            }
+            record.answer = Some(Answer { error: None, error_description: None, ..Default::default() });
+            let _ = hints(&record, None);
+        }
     }
 }

@@ -1231,7 +1231,7 @@ mod tests {
     /// Sources, per line: oidc-provider `lib/shared/jwt_client_auth.js` and
     /// `lib/helpers/validate_dpop.js`; Keycloak `AbstractBaseJWTValidator.java`,
     /// `JWTClientValidator.java`, `JWTClientAuthenticator.java` (wrapping its messages in
-    /// "Client authentication with signed JWT failed: ...") and `TokenEndpoint.java`; Entra
+    /// "Client authentication with signed JWT failed: ...") and its code-to-token answer; Entra
     /// texts as its error-code reference (learn.microsoft.com, "reference-error-codes") and
     /// the answers quoted in public issues print them; Okta's support articles; Auth0's
     /// community answers and grant-type docs; RFC 9449 §7.1's example; tokenrelay's demo AS.
@@ -1257,7 +1257,7 @@ mod tests {
             ("invalid_client", "Client authentication with signed JWT failed: Token was issued in the future", "time claims", "Keycloak AbstractBaseJWTValidator"),
             ("invalid_client", "Invalid signature algorithm", "does not accept the alg", "Keycloak AbstractBaseJWTValidator"),
             ("invalid_client", "Client authentication with signed JWT failed: Signature on JWT token failed validation", "is kid", "Keycloak JWTClientAuthenticator"),
-            ("invalid_grant", "Incorrect redirect_uri", "redirect_uri must be", "Keycloak TokenEndpoint"),
+            ("invalid_grant", "Incorrect redirect_uri", "redirect_uri must be", "Keycloak code-to-token answer, as quoted in public issues"),
             // Entra (AADSTS codes)
             ("invalid_client", "AADSTS700027: The certificate with identifier used to sign the client assertion is not registered on application. [Reason - The key was not found., Please visit the Azure Portal, Graph Explorer or directly use MS Graph to see configured keys for app Id '8b76b6d9-4732-4558-a4b5-40d5ff2ed6ef'. Review the documentation at https://docs.microsoft.com/en-us/graph/deployments to determine the corresponding service endpoint and https://docs.microsoft.com/en-us/graph/api/application-get?view=graph-rest-1.0&tabs=http to build a query request URL, such as '[https://graph.microsoft.com/beta/applications/8b76b6d9-4732-4558-a4b5-40d5ff2ed6ef']]. Trace ID: 40dccc8c-276d-4927-b6e0-583bf24f9000 Correlation ID: 55f49a48-adab-4470-b42d-f100f63bc15d Timestamp: 2026-06-09 14:01:21Z", "is kid", "Entra AADSTS700027 (Microsoft Q&A)"),
             ("invalid_client", "AADSTS7000215: Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '00000000-0000-0000-0000-000000000000'.", "client.secret", "Entra AADSTS7000215"),

@@ -1332,6 +1332,22 @@ mod tests {
         for field in ["routes.demo.upstream", "routes.demo.issuer", "routes.demo.trust"] {
             assert!(hints[0].contains(field), "{field}: {hints:?}");
         }
+        // An issuer mismatch on another origin: issuer, upstream and trust change together.
+        let mismatch = ProxyError::Discovery {
+            route: "demo".into(),
+            error: std::sync::Arc::new(crate::discovery::DiscoveryError::IssuerMismatch {
+                route: "demo".into(),
+                url: "http://127.0.0.1:9443/.well-known/openid-configuration".into(),
+                found: "https://127.0.0.1:9443".into(),
+                configured: "http://127.0.0.1:9443".into(),
+            }),
+        };
+        let record = Record { refused: Some(Refusal(mismatch)), status: 502, ..Default::default() };
+        assert_eq!(serde_json::to_value(&record).unwrap()["refused_kind"], "issuer_mismatch");
+        let shown = super::hints(&record, None);
+        for field in ["routes.demo.issuer = \"https://127.0.0.1:9443\"", "routes.demo.upstream", "routes.demo.trust"] {
+            assert!(shown[0].contains(field), "{field}: {shown:?}");
+        }
         let none = serde_json::to_value(Record::default()).unwrap();
         assert!(none.get("refused").is_none() && none.get("refused_kind").is_none(), "{none}");
     }

@@ -736,11 +736,13 @@ fn hint_for(topic: Topic, ev: &Evidence, named: bool) -> Option<String> {
             // The AS names its issuer on another scheme: every field spelling it changes.
             if let Some(route) = ev.route {
                 let changes = route.urls.https_changes(sent);
-                let moved = named_urls.iter().any(|u| u.strip_prefix("https") == sent.strip_prefix("http"));
+                let moved = sent
+                    .strip_prefix("http://")
+                    .is_some_and(|rest| named_urls.iter().any(|u| u.strip_prefix("https://") == Some(rest)));
                 if moved && !changes.is_empty() {
                     hint.push_str(&format!(
                         "; it serves https://: change {} together",
-                        crate::upstream::https_advice(&route.name, &changes, "\"<its CA certificate, PEM>\"")
+                        crate::upstream::https_advice(&route.name, &changes, crate::upstream::trust_value(route.urls.trust))
                     ));
                 }
             }
@@ -849,7 +851,7 @@ fn refusal_hint(refusal: &ProxyError) -> Option<String> {
                 "nothing accepts connections for {url}: start the AS, or correct the host and port in routes.{route}.upstream"
             ),
             UpstreamError::NotHttp { route, changes, trust, .. } => {
-                let trust = if *trust { "its CA among the files it names" } else { "\"<the AS's CA certificate, PEM>\"" };
+                let trust = crate::upstream::trust_value(*trust);
                 if changes.is_empty() {
                     format!("the AS speaks TLS on this port: use its https:// URL, and routes.{route}.trust for its CA")
                 } else {

@@ -146,12 +146,22 @@ fn http_origin(url: &str) -> Option<(String, u16)> {
     Some((u.host_str()?.to_ascii_lowercase(), u.port_or_known_default()?))
 }
 
+/// What `routes.NAME.trust` must become for an AS moving to TLS, as [`https_advice`] takes
+/// it: a placeholder when it names nothing yet, `None` (keep it, with the AS's CA) otherwise.
+pub fn trust_value(trust_set: bool) -> Option<&'static str> {
+    (!trust_set).then_some("\"<the AS's CA certificate, PEM>\"")
+}
+
 /// `routes.demo.upstream = "https://…", routes.demo.issuer = "https://…" and
-/// routes.demo.trust = [...]`: every field that changes when an AS moves to TLS.
-pub fn https_advice(route: &str, changes: &[(&'static str, String)], trust: &str) -> String {
+/// routes.demo.trust = [...]`: every field that changes when an AS moves to TLS. `trust` is
+/// the new `trust` entry, or `None` when the route's `trust` stays (holding the AS's CA).
+pub fn https_advice(route: &str, changes: &[(&'static str, String)], trust: Option<&str>) -> String {
     let mut parts: Vec<String> =
         changes.iter().map(|(field, value)| format!("routes.{route}.{field} = {value:?}")).collect();
-    parts.push(format!("routes.{route}.trust = [{trust}]"));
+    parts.push(match trust {
+        Some(value) => format!("routes.{route}.trust = [{value}]"),
+        None => format!("routes.{route}.trust (with the AS's CA among its files)"),
+    });
     let last = parts.pop().unwrap_or_default();
     if parts.is_empty() {
         last
@@ -198,8 +208,7 @@ impl std::fmt::Display for NotHttpFix<'_> {
         if self.changes.is_empty() {
             return write!(f, "an https:// URL for it (and routes.{route}.trust for its CA)");
         }
-        let trust = if self.trust { "its CA among the files it names" } else { "\"<the AS's CA certificate, PEM>\"" };
-        f.write_str(&https_advice(route, self.changes, trust))
+        f.write_str(&https_advice(route, self.changes, trust_value(self.trust)))
     }
 }
 

@@ -444,7 +444,7 @@ fn check_report(snapshot: &crate::snapshot::Snapshot, discovered: &Discovered, o
                 r.cfg.name,
                 named.join(" and "),
                 if named.len() == 1 { "is" } else { "are" },
-                crate::upstream::https_advice(&r.cfg.name, &changes, "\"certs/demo-as-ca.pem\"")
+                crate::upstream::https_advice(&r.cfg.name, &changes, Some("\"certs/demo-as-ca.pem\""))
             ));
         }
     }

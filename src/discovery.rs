@@ -28,7 +28,7 @@ use serde::Deserialize;
 use tokio::sync::watch;
 
 use crate::jose::Alg;
-use crate::upstream::HttpClient;
+use crate::upstream::{HttpClient, RouteUrls, UpstreamError};
 
 /// The first retry after a failed attempt.
 pub const FIRST_RETRY: Duration = Duration::from_secs(10);
@@ -118,7 +118,7 @@ pub struct Expect {
 }
 
 /// Why metadata could not be used.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DiscoveryError {
     /// RFC 8414 §3.3: the metadata's `issuer` must be identical to the configured one.
     #[error(
@@ -129,7 +129,7 @@ pub enum DiscoveryError {
     #[error("{url}: no answer within {} (routes.{route}.timeout)", humantime::format_duration(*after))]
     Timeout { route: String, url: String, after: Duration },
     #[error("{0}")]
-    Unreachable(String),
+    Unreachable(UpstreamError),
     #[error("{url}: HTTP {status}")]
     Status { url: String, status: u16 },
     #[error("{url}: not AS metadata: {reason}")]
@@ -161,16 +161,17 @@ pub fn well_known_urls(issuer: &str) -> [String; 2] {
 }
 
 /// Fetches and checks `issuer`'s metadata: the RFC 8414 URL first, then the OIDC one, each
-/// bounded by `timeout`. `route` names the route in error messages.
+/// bounded by `timeout`. `urls` names the route (and the fields a fix changes) in errors.
 pub async fn fetch(
     client: &HttpClient,
     issuer: &str,
     timeout: Duration,
-    route: &str,
+    urls: &RouteUrls,
 ) -> Result<Metadata, DiscoveryError> {
+    let route = urls.route.as_str();
     let mut last = None;
     for url in well_known_urls(issuer) {
-        match fetch_one(client, &url, timeout, route).await {
+        match fetch_one(client, &url, timeout, urls).await {
             Ok(meta) if meta.issuer != issuer => {
                 return Err(DiscoveryError::IssuerMismatch {
                     route: route.to_string(),
@@ -186,7 +187,13 @@ pub async fn fetch(
     Err(last.unwrap_or_else(|| DiscoveryError::BadUrl(issuer.to_string())))
 }
 
-async fn fetch_one(client: &HttpClient, url: &str, timeout: Duration, route: &str) -> Result<Metadata, DiscoveryError> {
+async fn fetch_one(
+    client: &HttpClient,
+    url: &str,
+    timeout: Duration,
+    urls: &RouteUrls,
+) -> Result<Metadata, DiscoveryError> {
+    let route = urls.route.as_str();
     let mut req = Request::new(Full::new(Bytes::new()));
     *req.method_mut() = Method::GET;
     *req.uri_mut() = url.parse().map_err(|_| DiscoveryError::BadUrl(url.to_string()))?;
@@ -196,7 +203,7 @@ async fn fetch_one(client: &HttpClient, url: &str, timeout: Duration, route: &st
     let resp = tokio::time::timeout_at(deadline, client.request(req))
         .await
         .map_err(|_| timed_out())?
-        .map_err(|e| DiscoveryError::Unreachable(crate::upstream::describe_error(&e, url, route)))?;
+        .map_err(|e| DiscoveryError::Unreachable(crate::upstream::classify(&e, url, urls)))?;
     let status = resp.status();
     if !status.is_success() {
         return Err(DiscoveryError::Status { url: url.to_string(), status: status.as_u16() });
@@ -234,6 +241,8 @@ pub type MetadataCheck = Arc<dyn Fn(&Metadata) -> Vec<String> + Send + Sync>;
 #[derive(Clone)]
 pub struct Job {
     pub route: String,
+    /// The route's URLs, for errors whose fix changes them.
+    pub urls: RouteUrls,
     pub issuer: String,
     pub client: HttpClient,
     pub timeout: Duration,
@@ -298,7 +307,7 @@ async fn run(discovery: Weak<Discovery>, job: Job) {
     let mut retry = FIRST_RETRY;
     let mut streak = 0u32;
     loop {
-        let result = fetch(&job.client, &job.issuer, job.timeout, &job.route).await;
+        let result = fetch(&job.client, &job.issuer, job.timeout, &job.urls).await;
         let Some(d) = discovery.upgrade() else { return };
         match result {
             Ok(meta) => {

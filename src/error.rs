@@ -3,12 +3,21 @@
 //! Every answer names the cause and, where there is one, the fix. The app always gets
 //! `{"error": ..., "error_description": ...}` so OAuth client libraries surface the text.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use bytes::Bytes;
 use http::{header, Response, StatusCode};
 
 use crate::body::{full, Body};
+use crate::discovery::DiscoveryError;
+use crate::upstream::UpstreamError;
 
 /// An answer tokenrelay gives instead of (or after failing to get) the upstream's.
+///
+/// The error stays typed until it is shown: the exchange record keeps it (its text as
+/// `refused`, its [`ProxyError::kind`] as `refused_kind`) and hints are chosen by variant
+/// (see [`crate::explain::hints`]), never by matching its text.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum ProxyError {
     /// The app's request is malformed (RFC 6749 §5.2 `invalid_request`).
@@ -27,11 +36,57 @@ pub enum ProxyError {
     /// Signing could not happen; the request was not forwarded.
     #[error("{0}")]
     Signing(String),
-    /// The upstream could not be reached or failed mid-exchange.
-    #[error("{0}")]
-    Upstream(String),
-    #[error("{0}")]
-    Timeout(String),
+    /// The upstream could not be reached or failed mid-exchange (classified by type in
+    /// [`crate::upstream::classify`]).
+    #[error(transparent)]
+    Upstream(UpstreamError),
+    /// The upstream did not answer, or did not finish its answer, within `routes.NAME.timeout`.
+    #[error(
+        "upstream {url} did not {} within {} (routes.{route}.timeout)",
+        if *finishing { "finish its answer" } else { "answer" },
+        humantime::format_duration(*after)
+    )]
+    Timeout { url: String, route: String, after: Duration, finishing: bool },
+    /// AS discovery found another AS than configured (RFC 8414 §3.3): the route refuses
+    /// everything until the config is fixed.
+    #[error("route {route:?} refuses to relay: AS discovery: {error}")]
+    Discovery { route: String, error: Arc<DiscoveryError> },
+    /// `rewrite_metadata` was asked for the AS's metadata before any was found.
+    #[error(
+        "route {route:?}: the AS's metadata is not available yet (discovery failed or is still running; see the log)"
+    )]
+    MetadataUnavailable { route: String },
+    /// RFC 9449 §5: a DPoP route got a token that is not DPoP-bound, and `require_bound` is on.
+    #[error(
+        "route {route:?} sent a DPoP proof but the AS issued token_type {token_type:?}, not \"DPoP\" (RFC 9449 §5): \
+         the token is not bound to the DPoP key; refused because routes.{route}.dpop.require_bound = true"
+    )]
+    Unbound { route: String, token_type: String },
+}
+
+/// What kind of refusal a [`ProxyError`] is, for scripts reading the exchange record
+/// (`refused_kind`): one stable name per cause.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefusalKind {
+    BadRequest,
+    Forbidden,
+    NotFound,
+    NoRoute,
+    TooLarge,
+    Signing,
+    UpstreamUntrusted,
+    UpstreamWrongName,
+    UpstreamClientCertRefused,
+    UpstreamRefused,
+    UpstreamNotHttp,
+    UpstreamUnreadable,
+    UpstreamFailed,
+    Timeout,
+    IssuerMismatch,
+    Discovery,
+    MetadataUnavailable,
+    Unbound,
 }
 
 impl ProxyError {
@@ -41,8 +96,38 @@ impl ProxyError {
             ProxyError::Forbidden(_) => StatusCode::FORBIDDEN,
             ProxyError::NoRoute { .. } | ProxyError::NotFound(_) => StatusCode::NOT_FOUND,
             ProxyError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ProxyError::Signing(_) | ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
-            ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Signing(_)
+            | ProxyError::Upstream(_)
+            | ProxyError::Discovery { .. }
+            | ProxyError::MetadataUnavailable { .. }
+            | ProxyError::Unbound { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The refusal's kind, as the exchange record names it.
+    pub fn kind(&self) -> RefusalKind {
+        match self {
+            ProxyError::BadRequest(_) => RefusalKind::BadRequest,
+            ProxyError::Forbidden(_) => RefusalKind::Forbidden,
+            ProxyError::NotFound(_) => RefusalKind::NotFound,
+            ProxyError::NoRoute { .. } => RefusalKind::NoRoute,
+            ProxyError::TooLarge { .. } => RefusalKind::TooLarge,
+            ProxyError::Signing(_) => RefusalKind::Signing,
+            ProxyError::Upstream(e) => match e {
+                UpstreamError::Untrusted { .. } => RefusalKind::UpstreamUntrusted,
+                UpstreamError::WrongName { .. } => RefusalKind::UpstreamWrongName,
+                UpstreamError::ClientCertRefused { .. } => RefusalKind::UpstreamClientCertRefused,
+                UpstreamError::Refused { .. } => RefusalKind::UpstreamRefused,
+                UpstreamError::NotHttp { .. } => RefusalKind::UpstreamNotHttp,
+                UpstreamError::Unreadable { .. } => RefusalKind::UpstreamUnreadable,
+                UpstreamError::Other { .. } => RefusalKind::UpstreamFailed,
+            },
+            ProxyError::Timeout { .. } => RefusalKind::Timeout,
+            ProxyError::Discovery { error, .. } if error.is_mismatch() => RefusalKind::IssuerMismatch,
+            ProxyError::Discovery { .. } => RefusalKind::Discovery,
+            ProxyError::MetadataUnavailable { .. } => RefusalKind::MetadataUnavailable,
+            ProxyError::Unbound { .. } => RefusalKind::Unbound,
         }
     }
 

@@ -16,6 +16,30 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::error::{ProxyError, RefusalKind};
+use crate::upstream::{RouteUrls, UpstreamError};
+
+/// Why tokenrelay answered itself: the error as it was raised, kept typed so that hints
+/// follow its variant. Shown as `"refused": text, "refused_kind": kind`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal(pub ProxyError);
+
+impl Refusal {
+    pub fn kind(&self) -> RefusalKind {
+        self.0.kind()
+    }
+}
+
+impl Serialize for Refusal {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let mut map = s.serialize_map(Some(2))?;
+        map.serialize_entry("refused", &self.0.to_string())?;
+        map.serialize_entry("refused_kind", &self.kind())?;
+        map.end()
+    }
+}
+
 /// Parameters whose values are never secret, so a record shows them.
 pub const NEVER_SECRET: [&str; 12] = [
     "grant_type",
@@ -54,8 +78,10 @@ pub struct Record {
     /// The status the app got.
     pub status: u16,
     pub answer: Option<Answer>,
-    /// Why tokenrelay answered itself instead of relaying (its own error text).
-    pub refused: Option<String>,
+    /// Why tokenrelay answered itself instead of relaying: the typed error, shown as
+    /// `refused` (its text) and `refused_kind` (see [`RefusalKind`]).
+    #[serde(flatten)]
+    pub refused: Option<Refusal>,
     pub hints: Vec<String>,
     pub total_ms: u64,
 }
@@ -198,6 +224,9 @@ pub struct Answer {
     pub token_type: Option<String>,
     /// The AS's `Date` header.
     pub date: Option<String>,
+    /// The AS's `WWW-Authenticate` challenge (RFC 6750 §3, RFC 9449 §7.1), when it sent one;
+    /// its `error` and `error_description` fill the two above when the body has none.
+    pub www_authenticate: Option<String>,
     /// AS clock minus ours, in seconds, from `Date`.
     pub clock_skew_s: Option<i64>,
     /// The body is a JSON object with an `access_token` member (of any value).
@@ -211,10 +240,19 @@ impl Answer {
         let fields = body.and_then(|b| serde_json::from_slice::<AnswerFields>(b).ok()).unwrap_or_default();
         let date = headers.get(http::header::DATE).and_then(|d| d.to_str().ok()).map(str::to_string);
         let clock_skew_s = date.as_deref().and_then(|d| httpdate_skew(d, now));
+        let www_authenticate =
+            headers.get(http::header::WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let challenge = |name| www_authenticate.as_deref().and_then(|h| auth_param(h, name));
+        let error = fields.error.or_else(|| challenge("error"));
+        let error_description = match &fields.error_description {
+            Some(_) => fields.error_description,
+            None => challenge("error_description"),
+        };
         Answer {
-            error: fields.error,
+            error,
             // Descriptions are the AS's own words about the request; they carry no credential.
-            error_description: fields.error_description,
+            error_description,
+            www_authenticate,
             dpop_nonce: headers.contains_key("dpop-nonce"),
             token_type: fields.token_type,
             date,
@@ -386,6 +424,50 @@ fn httpdate_unix(date: &str) -> Option<i64> {
     Some(days * 86_400 + h * 3600 + m * 60 + sec)
 }
 
+/// One `auth-param` of a `WWW-Authenticate` challenge (RFC 9110 §11.2): `name=token` or
+/// `name="quoted string"`, the name compared case-insensitively.
+fn auth_param(header: &str, name: &str) -> Option<String> {
+    let mut rest = header;
+    loop {
+        rest = rest.trim_start_matches([' ', '\t', ',']);
+        if rest.is_empty() {
+            return None;
+        }
+        let key_end = rest.find(['=', ' ', '\t', ',']).unwrap_or(rest.len());
+        let key = &rest[..key_end];
+        rest = rest[key_end..].trim_start_matches([' ', '\t']);
+        // An auth-scheme or a token68 word has no `=` after it: move on.
+        let Some(after) = rest.strip_prefix('=') else { continue };
+        let after = after.trim_start_matches([' ', '\t']);
+        let (value, tail) = match after.strip_prefix('"') {
+            Some(quoted) => {
+                let mut out = String::new();
+                let mut end = None;
+                let mut chars = quoted.char_indices();
+                while let Some((i, c)) = chars.next() {
+                    match c {
+                        '\\' => out.extend(chars.next().map(|(_, n)| n)),
+                        '"' => {
+                            end = Some(i + 1);
+                            break;
+                        }
+                        c => out.push(c),
+                    }
+                }
+                (out, &quoted[end?..])
+            }
+            None => {
+                let end = after.find([',', ' ', '\t']).unwrap_or(after.len());
+                (after[..end].to_string(), &after[end..])
+            }
+        };
+        if key.eq_ignore_ascii_case(name) {
+            return Some(value);
+        }
+        rest = tail;
+    }
+}
+
 /// What the hints need to know about the route beyond the record.
 #[derive(Debug, Clone, Default)]
 pub struct RouteFacts {
@@ -393,93 +475,486 @@ pub struct RouteFacts {
     pub client_id: Option<String>,
     pub issuer: Option<String>,
     pub token_endpoint: String,
+    /// The fields that spell the AS's URLs (`upstream`, `issuer`, `trust`).
+    pub urls: RouteUrls,
 }
 
-/// The rule table: from the AS's error and what was sent, what to check.
+/// A cause the evidence can name. Declared most specific first: when the AS's words name
+/// several, the hints come in this order (an expired *code* is about the code, not the
+/// clock; a certificate "used to sign the client assertion" is about the signing key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Topic {
+    Origin,
+    Pkce,
+    RedirectUri,
+    DpopHtu,
+    DpopHtm,
+    DpopAth,
+    DpopNonce,
+    DpopBinding,
+    Replay,
+    Audience,
+    Alg,
+    AuthMethod,
+    Secret,
+    Key,
+    GrantType,
+    Grant,
+    Clock,
+    Certificate,
+    Client,
+    Scope,
+}
+
+/// Words and phrases (whole words, after lower-casing and with URLs and punctuation taken
+/// out) that name each [`Topic`].
+const WORDS: &[(Topic, &[&str])] = &[
+    (Topic::Origin, &["cross origin", "origin"]),
+    (Topic::Pkce, &["code_verifier", "code verifier", "code_challenge", "code challenge", "pkce"]),
+    (
+        Topic::RedirectUri,
+        &["redirect_uri", "redirect uri", "redirect uris", "redirection uri", "reply address", "reply url"],
+    ),
+    (Topic::DpopHtu, &["htu"]),
+    (Topic::DpopHtm, &["htm"]),
+    (Topic::DpopAth, &["ath"]),
+    (Topic::DpopNonce, &["dpop nonce", "nonce"]),
+    (Topic::DpopBinding, &["key binding", "jkt", "dpop key"]),
+    (Topic::Replay, &["replay", "reuse", "reused", "jti", "only be used once", "already used"]),
+    (Topic::Audience, &["aud", "audience"]),
+    (Topic::Alg, &["alg", "algorithm", "algorithms"]),
+    (
+        Topic::AuthMethod,
+        &["authentication method", "auth method", "token_endpoint_auth_method", "is public", "public client"],
+    ),
+    (Topic::Secret, &["client_secret", "client secret", "secret"]),
+    (Topic::Key, &["kid", "signature", "key", "keys", "jwks", "jwk", "thumbprint", "sign"]),
+    (Topic::GrantType, &["grant type", "grant_type", "grant types", "unsupported grant"]),
+    (Topic::Grant, &["authorization code", "refresh token", "refresh_token", "code", "grant", "redeemed"]),
+    (
+        Topic::Clock,
+        &[
+            "expired",
+            "expire",
+            "expires",
+            "expiration",
+            "expiry",
+            "not active",
+            "not yet valid",
+            "future",
+            "past",
+            "iat",
+            "exp",
+            "nbf",
+            "clock",
+            "time range",
+            "recent",
+            "skew",
+            "too far",
+        ],
+    ),
+    (Topic::Certificate, &["certificate", "mtls", "tls", "x5t", "client certificate"]),
+    (
+        Topic::Client,
+        &[
+            "client_id",
+            "client id",
+            "unknown client",
+            "client not found",
+            "application with identifier",
+            "jwt issuer",
+            "iss",
+            "sub",
+        ],
+    ),
+    (Topic::Scope, &["scope", "scopes"]),
+];
+
+/// Entra's `AADSTS` codes whose cause is known (Microsoft Entra error code reference).
+const AADSTS: &[(&str, Topic)] = &[
+    ("AADSTS700027", Topic::Key),
+    ("AADSTS50012", Topic::Key),
+    ("AADSTS7000215", Topic::Secret),
+    ("AADSTS7000222", Topic::Secret),
+    ("AADSTS70002", Topic::Secret),
+    ("AADSTS70011", Topic::Scope),
+    ("AADSTS700016", Topic::Client),
+    ("AADSTS700011", Topic::Client),
+    ("AADSTS90023", Topic::Origin),
+    ("AADSTS9002326", Topic::Origin),
+    ("AADSTS700024", Topic::Clock),
+    ("AADSTS50148", Topic::Pkce),
+    ("AADSTS501481", Topic::Pkce),
+    ("AADSTS50011", Topic::RedirectUri),
+    ("AADSTS700025", Topic::AuthMethod),
+    ("AADSTS54005", Topic::Grant),
+    ("AADSTS70008", Topic::Grant),
+    ("AADSTS700082", Topic::Grant),
+    ("AADSTS70003", Topic::GrantType),
+    ("AADSTS700030", Topic::Certificate),
+];
+
+/// The causes an AS's `error_description` (or challenge) names, most specific first.
+pub fn topics_named(text: &str) -> Vec<Topic> {
+    let mut out: Vec<Topic> = Vec::new();
+    // Entra states its cause as a code; the code wins over the words around it.
+    for word in text.split(|c: char| !c.is_ascii_alphanumeric()) {
+        if let Some((_, topic)) = AADSTS.iter().find(|(code, _)| *code == word) {
+            out.push(*topic);
+        }
+    }
+    let mut words = String::from(" ");
+    for part in text.split_whitespace().filter(|w| !w.contains("://")) {
+        for word in part.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).filter(|w| !w.is_empty()) {
+            words.push_str(&word.to_ascii_lowercase());
+            words.push(' ');
+        }
+    }
+    let dpop = words.contains(" dpop ");
+    // WORDS is in rank order, so what the words name comes most specific first.
+    for (topic, phrases) in WORDS {
+        if *topic == Topic::DpopNonce && !dpop {
+            continue;
+        }
+        if phrases.iter().any(|p| words.contains(&format!(" {p} "))) && !out.contains(topic) {
+            out.push(*topic);
+        }
+    }
+    out
+}
+
+/// Everything a hint may draw on: the record, the route, and what the AS said.
+struct Evidence<'a> {
+    record: &'a Record,
+    route: Option<&'a RouteFacts>,
+    name: &'a str,
+    error: Option<&'a str>,
+    description: &'a str,
+    assertion: Option<Jwt>,
+    proof: Option<Jwt>,
+    skew: Option<i64>,
+}
+
+impl Evidence<'_> {
+    fn param(&self, name: &str) -> Option<&str> {
+        self.record.request.params.iter().find(|p| p.name == name).and_then(|p| p.value.as_deref())
+    }
+
+    /// The URLs the AS's words quote, as written.
+    fn urls_named(&self) -> Vec<&str> {
+        self.description
+            .split(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | ',' | '(' | ')' | '[' | ']'))
+            .filter(|w| w.starts_with("http://") || w.starts_with("https://"))
+            .map(|w| w.trim_end_matches(['.', ';']))
+            .collect()
+    }
+
+    /// Whether the AS's words are about the DPoP proof rather than the client assertion.
+    fn about_proof(&self) -> bool {
+        self.description.to_ascii_lowercase().contains("dpop") || self.error == Some("invalid_dpop_proof")
+    }
+}
+
+/// The hint for `topic`; `named` when the AS's words name it (a hint may then be given
+/// without the record's own evidence for it).
+fn hint_for(topic: Topic, ev: &Evidence, named: bool) -> Option<String> {
+    let name = ev.name;
+    let client = ev.route.and_then(|r| r.client_id.as_deref());
+    let auth = ev.record.actions.auth.unwrap_or("this auth method");
+    let claim = |jwt: &Option<Jwt>, c: &str| jwt.as_ref().and_then(|j| j.claim(c)).map(Value::to_string);
+    Some(match topic {
+        Topic::Origin => format!(
+            "the AS refused the browser's Origin on this token request: a confidential client redeems codes from a server \
+             (Entra allows cross-origin redemption for Single-Page Application clients only); let the app's backend call \
+             tokenrelay, or use routes.{name}.client.auth = \"none\" for a SPA client"
+        ),
+        Topic::Pkce => "the code_verifier does not match the code_challenge of the authorization request: the app must send \
+                        the verifier it made for this very code (tokenrelay passes code_verifier through unchanged)"
+            .into(),
+        Topic::RedirectUri => format!(
+            "redirect_uri must be exactly the one the app sent to /authorize{}, and registered for the client (scheme, host, \
+             port and path all count)",
+            ev.param("redirect_uri").map(|r| format!(" (this request sent {r:?})")).unwrap_or_default()
+        ),
+        Topic::DpopHtu => match claim(&ev.proof, "htu") {
+            Some(htu) => format!("the proof's htu was {htu}: it must be the URL the AS sees for this endpoint"),
+            None if named => format!(
+                "the DPoP proof's htu must be the URL the AS sees for this endpoint: check routes.{name}.upstream"
+            ),
+            None => return None,
+        },
+        Topic::DpopHtm => format!(
+            "the proof's htm was {}: it must be the method of the request it is sent with",
+            claim(&ev.proof, "htm").unwrap_or_else(|| "(none)".into())
+        ),
+        Topic::DpopAth => "the proof's ath must be the hash of the access token sent with it: the app must send that token \
+                           to tokenrelay unchanged, in `Authorization: DPoP` (or Bearer with dpop.upgrade_bearer)"
+            .into(),
+        Topic::DpopNonce => {
+            let proof = ev.proof.as_ref()?;
+            let nonce = if proof.claims.contains_key("nonce") { "present" } else { "absent" };
+            format!("the proof's nonce was {nonce}: the AS wants the one from its latest DPoP-Nonce header")
+        }
+        Topic::DpopBinding => format!(
+            "the token or the proof is bound to another DPoP key: tokens issued for routes.{name}.dpop.key need proofs \
+             from that same key (keep the key file; after changing it, get new tokens)"
+        ),
+        Topic::Replay => {
+            let what = if ev.about_proof() { "DPoP proof" } else { "client assertion" };
+            format!(
+                "the AS saw this {what}'s jti before: tokenrelay signs a new jti for every attempt, so something else sends \
+                 {what}s for this client with the same jti (another tokenrelay, the app itself), or the AS's replay cache \
+                 spans clients"
+            )
+        }
+        Topic::Audience => {
+            let aud = claim(&ev.assertion, "aud");
+            if aud.is_none() && !named {
+                return None;
+            }
+            let alternatives = ev
+                .route
+                .map(|r| {
+                    let mut alt = Vec::new();
+                    if let Some(i) = &r.issuer {
+                        alt.push(format!("the issuer {i:?}"));
+                    }
+                    alt.push(format!("the token endpoint {:?}", r.token_endpoint));
+                    format!(" ({})", alt.join(" or "))
+                })
+                .unwrap_or_default();
+            let mut hint = format!(
+                "does the AS expect another aud? it got {}; try routes.{name}.client.audience = \"issuer\", \
+                 \"token_endpoint\" or \"endpoint\"{alternatives}",
+                aud.as_deref().unwrap_or("(no assertion)")
+            );
+            let sent = aud.as_deref().map(|a| a.trim_matches('"')).unwrap_or_default();
+            let named_urls: Vec<&str> = ev.urls_named().into_iter().filter(|u| *u != sent).collect();
+            if !named_urls.is_empty() {
+                hint.push_str(&format!("; the AS names {}", named_urls.join(" and ")));
+            }
+            // The AS names its issuer on another scheme: every field spelling it changes.
+            if let Some(route) = ev.route {
+                let changes = route.urls.https_changes(sent);
+                let moved = sent
+                    .strip_prefix("http://")
+                    .is_some_and(|rest| named_urls.iter().any(|u| u.strip_prefix("https://") == Some(rest)));
+                if moved && !changes.is_empty() {
+                    hint.push_str(&format!(
+                        "; it serves https://: change {} together",
+                        crate::upstream::https_advice(&route.name, &changes, crate::upstream::trust_value(route.urls.trust))
+                    ));
+                }
+            }
+            hint
+        }
+        Topic::Alg => {
+            let (jwt, field) =
+                if ev.about_proof() { (&ev.proof, "dpop.alg") } else { (&ev.assertion, "client.alg") };
+            let alg = jwt.as_ref().and_then(|j| j.header.get("alg")).map(Value::to_string);
+            format!(
+                "the AS does not accept the alg {} for this client: set routes.{name}.{field} to one it allows (with a key \
+                 of that type, registered at the AS)",
+                alg.unwrap_or_else(|| "sent".into())
+            )
+        }
+        Topic::AuthMethod => format!(
+            "the client is registered for another authentication method than {auth}: set routes.{name}.client.auth to \
+             the registered one (a public client sends neither secret nor assertion: auth = \"none\")"
+        ),
+        Topic::Secret => format!(
+            "the client secret is wrong, expired or another client's: set routes.{name}.client.secret to its current value \
+             (Entra: the secret's Value, not its ID)"
+        ),
+        Topic::Key => match (&ev.record.actions.kid, &ev.assertion) {
+            (Some(kid), Some(_)) => format!(
+                "is kid {kid} registered at the AS for this client? `tokenrelay jwks --route {name}` prints the public key to register"
+            ),
+            (None, Some(_)) => format!(
+                "the AS could not verify the assertion's signature with the key it has for this client: register the key \
+                 of routes.{name}.client.key (`tokenrelay jwks --route {name}` prints it)"
+            ),
+            _ if named => format!(
+                "the AS could not verify the signature with the key registered for this client: `tokenrelay jwks --route {name}` \
+                 prints the public key to register"
+            ),
+            _ => return None,
+        },
+        Topic::GrantType => {
+            let grant = ev.param("grant_type").unwrap_or("(none sent)");
+            if ev.error == Some("unsupported_grant_type") {
+                format!("the AS does not support the grant_type {grant} at this endpoint (check its grant_types_supported)")
+            } else {
+                format!(
+                    "the AS does not allow this client the grant_type {grant}; enable it in the client's registration"
+                )
+            }
+        }
+        Topic::Grant => "the code or refresh token is expired, already used, issued to another client, or bound to another \
+                         DPoP key / certificate"
+            .into(),
+        Topic::Clock => {
+            let what = if ev.about_proof() { "DPoP proof's" } else { "client assertion's" };
+            let clock = match ev.skew {
+                Some(skew) => format!("this machine's clock differs from the AS's by {skew} s (its Date header)"),
+                None => "check this machine's clock against the AS's: ASes allow only seconds to minutes of skew".into(),
+            };
+            format!("the {what} time claims (iat, exp) were refused: {clock}")
+        }
+        Topic::Certificate => format!(
+            "the AS did not accept the client certificate: check routes.{name}.mtls (certificate and key) and what is \
+             registered for the client (tls_client_auth_subject_dn, or the certificate's JWK for self_signed_tls_client_auth)"
+        ),
+        Topic::Client => match client {
+            Some(id) => format!("is client_id {id:?} right, and registered at this AS (tenant, realm) for {auth}?"),
+            None => format!("is routes.{name}.client.id right, and registered at this AS (tenant, realm)?"),
+        },
+        Topic::Scope => format!(
+            "a requested scope is unknown or not allowed for this client{}",
+            ev.param("scope").map(|s| format!(" (the request asked for {s:?})")).unwrap_or_default()
+        ),
+    })
+}
+
+/// What to check when the AS's words name nothing, by its `error` code (RFC 6749 §5.2,
+/// RFC 9449 §5, §7.1) and what was sent.
+fn defaults(ev: &Evidence) -> Vec<Topic> {
+    match ev.error {
+        Some("invalid_client") => match ev.record.actions.auth {
+            Some("client_secret_basic" | "client_secret_post") => vec![Topic::Secret, Topic::Client],
+            Some("tls_client_auth" | "self_signed_tls_client_auth") => vec![Topic::Certificate, Topic::Client],
+            _ => vec![Topic::Key, Topic::Audience, Topic::Client],
+        },
+        Some("invalid_dpop_proof") => vec![Topic::DpopHtu, Topic::DpopNonce],
+        Some("invalid_grant") => vec![Topic::Grant],
+        Some("unauthorized_client" | "unsupported_grant_type") => vec![Topic::GrantType],
+        Some("invalid_scope") => vec![Topic::Scope],
+        Some("invalid_token") if ev.proof.is_some() => vec![Topic::DpopBinding],
+        _ => Vec::new(),
+    }
+}
+
+/// What to check when tokenrelay refused itself, by the error's variant.
+fn refusal_hint(refusal: &ProxyError) -> Option<String> {
+    Some(match refusal {
+        ProxyError::Upstream(e) => match e {
+            UpstreamError::Untrusted { route, .. } => format!("add the AS's CA certificate (PEM) to routes.{route}.trust"),
+            UpstreamError::WrongName { url, route, .. } => format!(
+                "the AS's certificate is not for the host of {url}: use the host name it was issued for in \
+                 routes.{route}.upstream (and routes.{route}.issuer when it names the same host), or give the AS a \
+                 certificate for this name"
+            ),
+            UpstreamError::ClientCertRefused { route, .. } => format!(
+                "the AS wanted a client certificate it accepts: check routes.{route}.mtls and what the AS trusts"
+            ),
+            UpstreamError::Refused { url, route } => format!(
+                "nothing accepts connections for {url}: start the AS, or correct the host and port in routes.{route}.upstream"
+            ),
+            UpstreamError::NotHttp { route, changes, trust, .. } => {
+                let trust = crate::upstream::trust_value(*trust);
+                if changes.is_empty() {
+                    format!("the AS speaks TLS on this port: use its https:// URL, and routes.{route}.trust for its CA")
+                } else {
+                    format!(
+                        "the AS speaks TLS on this port: change {} together",
+                        crate::upstream::https_advice(route, changes, trust)
+                    )
+                }
+            }
+            UpstreamError::Unreadable { .. } | UpstreamError::Other { .. } => return None,
+        },
+        ProxyError::Timeout { route, after, .. } => format!(
+            "the AS did not answer within {}: check that it is up and reachable, or raise routes.{route}.timeout",
+            humantime::format_duration(*after)
+        ),
+        ProxyError::Discovery { route, error } => match &**error {
+            crate::discovery::DiscoveryError::IssuerMismatch { found, configured, .. } => {
+                let mut hint =
+                    format!("set routes.{route}.issuer = {found:?}, exactly as the AS publishes it (RFC 8414 §3.3)");
+                let origin = |u: &str| url::Url::parse(u).ok().map(|u| u.origin().ascii_serialization());
+                if origin(found) != origin(configured) {
+                    hint.push_str(&format!(
+                        "; its origin differs from the configured one, so routes.{route}.upstream (and routes.{route}.trust \
+                         for an https:// AS) change with it"
+                    ));
+                }
+                hint
+            }
+            _ => return None,
+        },
+        ProxyError::MetadataUnavailable { route } => format!(
+            "the AS's metadata could not be fetched for routes.{route}.issuer: `tokenrelay check` shows why"
+        ),
+        ProxyError::Unbound { route, .. } => format!(
+            "the AS issued a token that is not DPoP-bound: enable DPoP-bound tokens for this client at the AS, or set \
+             routes.{route}.dpop.require_bound = false to accept Bearer tokens"
+        ),
+        _ => return None,
+    })
+}
+
+/// The hints for one exchange, most likely first: what the AS's words name (its
+/// `error_description`, or the `WWW-Authenticate` challenge), then what its `error` code
+/// and the request suggest, then tokenrelay's own refusal, an upstream 404 and clock skew.
 pub fn hints(record: &Record, route: Option<&RouteFacts>) -> Vec<String> {
-    let mut out = Vec::new();
     let name = route.map_or("NAME", |r| r.name.as_str());
     let answer = record.answer.as_ref();
-    let error = answer.and_then(|a| a.error.as_deref());
-    match error {
-        Some("invalid_client") => {
-            let assertion = record.assertion.as_ref().and_then(Sent::decode);
-            let aud = assertion.as_ref().and_then(|a| a.claim("aud")).map(|v| v.to_string());
-            if let (Some(kid), Some(_)) = (&record.actions.kid, &assertion) {
-                out.push(format!(
-                    "is kid {kid} registered at the AS for this client? `tokenrelay jwks --route {name}` prints the public key to register"
-                ));
-            }
-            if let Some(aud) = &aud {
-                let alternatives = route
-                    .map(|r| {
-                        let mut alt = Vec::new();
-                        if let Some(i) = &r.issuer {
-                            alt.push(format!("the issuer {i:?}"));
-                        }
-                        alt.push(format!("the token endpoint {:?}", r.token_endpoint));
-                        alt.join(" or ")
-                    })
-                    .unwrap_or_default();
-                out.push(format!(
-                    "does the AS expect another aud? it got {aud}; try routes.{name}.client.audience = \"issuer\", \"token_endpoint\" or \"endpoint\" ({alternatives})"
-                ));
-            }
-            if let Some(id) = route.and_then(|r| r.client_id.as_deref()) {
-                out.push(format!("is client_id {id:?} right, and registered for {}?", record.actions.auth.unwrap_or("this auth method")));
-            }
-        }
-        Some("invalid_dpop_proof") => {
-            if let Some(proof) = record.proof.as_ref().and_then(Sent::decode) {
-                if let Some(htu) = proof.claim("htu") {
-                    out.push(format!("the proof's htu was {htu}: it must be the URL the AS sees for this endpoint"));
-                }
-                if let (Some(skew), Some(_)) = (answer.and_then(|a| a.clock_skew_s), proof.claim("iat")) {
-                    out.push(format!("iat vs the AS's Date: the clocks differ by {skew} s"));
-                }
-                let nonce = if proof.claims.contains_key("nonce") { "present" } else { "absent" };
-                out.push(format!("the proof's nonce was {nonce}"));
-            }
-        }
-        Some("use_dpop_nonce") => {
-            out.push("the AS kept asking for a new DPoP nonce after the retry with the one it sent".into())
-        }
-        Some("invalid_grant") => out.push(
-            "the code or refresh token is expired, already used, issued to another client, or bound to another DPoP key / certificate"
-                .into(),
-        ),
-        Some("unauthorized_client") => {
-            let grant = record.request.params.iter().find(|p| p.name == "grant_type").and_then(|p| p.value.clone());
-            out.push(format!(
-                "the AS does not allow this client the grant_type {}; enable it in the client's registration",
-                grant.unwrap_or_else(|| "(none sent)".into())
-            ));
-        }
-        Some("unsupported_grant_type") => {
-            out.push("the AS does not support this grant_type at this endpoint (check its grant_types_supported)".into())
-        }
-        Some("invalid_scope") => out.push("a requested scope is unknown or not allowed for this client".into()),
-        _ => {}
+    let mut error = answer.and_then(|a| a.error.as_deref());
+    // A 401 without an error code, to a request tokenrelay authenticated, is a client refusal.
+    if error.is_none() && record.actions.auth.is_some() && record.attempts.last().and_then(|a| a.status) == Some(401) {
+        error = Some("invalid_client");
     }
-    if let Some(refused) = &record.refused {
-        if refused.contains("TLS certificate not trusted") {
-            out.push(format!("add the AS's CA certificate (PEM) to routes.{name}.trust"));
-        } else if refused.contains("refused our client certificate") {
-            out.push(format!(
-                "the AS wanted a client certificate it accepts: check routes.{name}.mtls and what the AS trusts"
-            ));
+    let ev = Evidence {
+        record,
+        route,
+        name,
+        error,
+        description: answer.and_then(|a| a.error_description.as_deref()).unwrap_or_default(),
+        assertion: record.assertion.as_ref().and_then(Sent::decode),
+        proof: record.proof.as_ref().and_then(Sent::decode),
+        skew: answer.and_then(|a| a.clock_skew_s),
+    };
+    let mut out: Vec<String> = Vec::new();
+    fn push(hint: Option<String>, out: &mut Vec<String>) {
+        if let Some(h) = hint.filter(|h| !out.contains(h)) {
+            out.push(h);
         }
+    }
+    let named = topics_named(ev.description);
+    for topic in &named {
+        push(hint_for(*topic, &ev, true), &mut out);
+    }
+    if error == Some("use_dpop_nonce") {
+        push(Some("the AS kept asking for a new DPoP nonce after the retry with the one it sent".into()), &mut out);
+    }
+    for topic in defaults(&ev).into_iter().filter(|t| !named.contains(t)) {
+        push(hint_for(topic, &ev, false), &mut out);
+    }
+    if error == Some("invalid_dpop_proof") {
+        if let (Some(skew), Some(_)) = (ev.skew, ev.proof.as_ref().and_then(|p| p.claim("iat"))) {
+            push(Some(format!("iat vs the AS's Date: the clocks differ by {skew} s")), &mut out);
+        }
+    }
+    if let Some(refusal) = &record.refused {
+        push(refusal_hint(&refusal.0), &mut out);
     }
     if record.attempts.last().and_then(|a| a.status) == Some(404) {
-        out.push(format!(
-            "the AS has no {}: check the endpoint path (routes.{name}.upstream, endpoints) and the route prefix",
-            record.attempts.last().map(|a| a.url.as_str()).unwrap_or("such path")
-        ));
+        push(
+            Some(format!(
+                "the AS has no {}: check the endpoint path (routes.{name}.upstream, endpoints) and the route prefix",
+                record.attempts.last().map(|a| a.url.as_str()).unwrap_or("such path")
+            )),
+            &mut out,
+        );
     }
-    if let Some(skew) = answer.and_then(|a| a.clock_skew_s).filter(|s| s.abs() > SKEW_WARNING_S) {
-        out.push(format!(
-            "this machine's clock differs from the AS's by {skew} s: assertions and proofs may be rejected as not yet valid or expired"
-        ));
+    let clock_named = named.contains(&Topic::Clock);
+    if let Some(skew) = ev.skew.filter(|s| s.abs() > SKEW_WARNING_S && !clock_named) {
+        push(
+            Some(format!(
+                "this machine's clock differs from the AS's by {skew} s: assertions and proofs may be rejected as not yet valid or expired"
+            )),
+            &mut out,
+        );
     }
     out
 }
@@ -547,7 +1022,7 @@ pub fn render(record: &Record) -> String {
         }
     }
     if let Some(refused) = &record.refused {
-        let _ = writeln!(out, "  tokenrelay: {refused}");
+        let _ = writeln!(out, "  tokenrelay: {}", refused.0);
     }
     for hint in &record.hints {
         let _ = writeln!(out, "  hint: {hint}");
@@ -700,6 +1175,7 @@ mod tests {
             client_id: Some("app".into()),
             issuer: Some("https://as".into()),
             token_endpoint: "https://as/token".into(),
+            ..Default::default()
         };
         let hints = hints(&record, Some(&facts));
         assert!(hints[0].contains("kid-1") && hints[0].contains("tokenrelay jwks --route as"), "{hints:?}");
@@ -719,5 +1195,185 @@ mod tests {
         assert!(ex.get(1).is_none() && ex.get(4).is_some());
         ex.push(Arc::new(Record::default()), 0);
         assert_eq!(ex.list(None, false).len(), 3, "0 = off");
+    }
+
+    /// A private_key_jwt + DPoP exchange the AS refused with `error` and `description`.
+    fn refused_by_as(error: &str, description: &str) -> (Record, RouteFacts) {
+        use base64::Engine as _;
+        let enc = |v: serde_json::Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+        let jwt = |h: serde_json::Value, c: serde_json::Value| Sent::of(&format!("{}.{}.sig", enc(h), enc(c)));
+        let mut record = Record::default();
+        record.actions.kid = Some("kid-1".into());
+        record.actions.auth = Some("private_key_jwt");
+        record.assertion = Some(jwt(
+            serde_json::json!({"alg": "ES256", "kid": "kid-1"}),
+            serde_json::json!({"aud": "https://as.example/token", "iss": "app", "sub": "app", "iat": 1, "exp": 61}),
+        ));
+        record.proof = Some(jwt(
+            serde_json::json!({"typ": "dpop+jwt", "alg": "ES256"}),
+            serde_json::json!({"htu": "https://as.example/token", "htm": "POST", "iat": 1}),
+        ));
+        record.request.params = vec![Param { name: "grant_type".into(), value: Some("client_credentials".into()) }];
+        record.answer = Some(Answer {
+            error: Some(error.into()),
+            error_description: Some(description.into()),
+            ..Default::default()
+        });
+        let facts = RouteFacts {
+            name: "as".into(),
+            client_id: Some("app".into()),
+            issuer: Some("https://as.example".into()),
+            token_endpoint: "https://as.example/token".into(),
+            ..Default::default()
+        };
+        (record, facts)
+    }
+
+    /// Real `error_description` texts from ASes: the first hint is the one the text names.
+    /// Sources, per line: oidc-provider `lib/shared/jwt_client_auth.js` and
+    /// `lib/helpers/validate_dpop.js`; Keycloak `AbstractBaseJWTValidator.java`,
+    /// `JWTClientValidator.java`, `JWTClientAuthenticator.java` (wrapping its messages in
+    /// "Client authentication with signed JWT failed: ...") and its code-to-token answer; Entra
+    /// texts as its error-code reference (learn.microsoft.com, "reference-error-codes") and
+    /// the answers quoted in public issues print them; Okta's support articles; Auth0's
+    /// community answers and grant-type docs; RFC 9449 §7.1's example; tokenrelay's demo AS.
+    #[test]
+    fn the_first_hint_is_the_one_the_as_names() {
+        let table: &[(&str, &str, &str, &str)] = &[
+            // oidc-provider, lib/shared/jwt_client_auth.js (`InvalidClientAuth`: its answer's description is
+            // "client authentication failed"; these are its `error_detail`, what its events and logs show)
+            ("invalid_client", "audience (aud) must equal the endpoint url, issuer identifier or token endpoint url", "client.audience", "oidc-provider"),
+            ("invalid_client", "client assertion tokens must only be used once", "jti before", "oidc-provider"),
+            ("invalid_client", "alg mismatch", "does not accept the alg", "oidc-provider"),
+            ("invalid_client", "iss (JWT issuer) must be the client_id", "is client_id", "oidc-provider"),
+            // oidc-provider, lib/helpers/validate_dpop.js (`InvalidDpopProof` descriptions) and its
+            // token grants (the replay one is an `InvalidGrant` detail)
+            ("invalid_dpop_proof", "DPoP proof htu mismatch", "htu was", "oidc-provider"),
+            ("invalid_dpop_proof", "DPoP proof iat is not recent enough", "time claims", "oidc-provider"),
+            ("invalid_dpop_proof", "invalid DPoP key binding", "bound to another DPoP key", "oidc-provider"),
+            ("invalid_grant", "DPoP proof JWT Replay detected", "DPoP proof's jti before", "oidc-provider"),
+            // Keycloak
+            ("invalid_client", "Client authentication with signed JWT failed: Invalid token audience", "client.audience", "Keycloak AbstractBaseJWTValidator"),
+            ("invalid_client", "Client authentication with signed JWT failed: Token reuse detected", "jti before", "Keycloak JWTClientValidator"),
+            ("invalid_client", "Client authentication with signed JWT failed: Token is not active", "time claims", "Keycloak JWTClientValidator"),
+            ("invalid_client", "Client authentication with signed JWT failed: Token was issued in the future", "time claims", "Keycloak AbstractBaseJWTValidator"),
+            ("invalid_client", "Invalid signature algorithm", "does not accept the alg", "Keycloak AbstractBaseJWTValidator"),
+            ("invalid_client", "Client authentication with signed JWT failed: Signature on JWT token failed validation", "is kid", "Keycloak JWTClientAuthenticator"),
+            ("invalid_grant", "Incorrect redirect_uri", "redirect_uri must be", "Keycloak code-to-token answer, as quoted in public issues"),
+            // Entra (AADSTS codes)
+            ("invalid_client", "AADSTS700027: The certificate with identifier used to sign the client assertion is not registered on application. [Reason - The key was not found., Please visit the Azure Portal, Graph Explorer or directly use MS Graph to see configured keys for app Id '8b76b6d9-4732-4558-a4b5-40d5ff2ed6ef'. Review the documentation at https://docs.microsoft.com/en-us/graph/deployments to determine the corresponding service endpoint and https://docs.microsoft.com/en-us/graph/api/application-get?view=graph-rest-1.0&tabs=http to build a query request URL, such as '[https://graph.microsoft.com/beta/applications/8b76b6d9-4732-4558-a4b5-40d5ff2ed6ef']]. Trace ID: 40dccc8c-276d-4927-b6e0-583bf24f9000 Correlation ID: 55f49a48-adab-4470-b42d-f100f63bc15d Timestamp: 2026-06-09 14:01:21Z", "is kid", "Entra AADSTS700027 (Microsoft Q&A)"),
+            ("invalid_client", "AADSTS7000215: Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '00000000-0000-0000-0000-000000000000'.", "client.secret", "Entra AADSTS7000215"),
+            ("invalid_scope", "AADSTS70011: The provided value for the input parameter 'scope' isn't valid. The scope https://example.contoso.com/activity.read isn't valid.\r\nTrace ID: 0000aaaa-11bb-cccc-dd22-eeeeee333333\r\nCorrelation ID: aaaa0000-bb11-2222-33cc-444444dddddd\r\nTimestamp: 2016-01-09 02:02:12Z", "scope is unknown", "Entra error-code reference"),
+            ("unauthorized_client", "AADSTS700016: Application with identifier '160c5842-eeba-487b-bb30-be9fae7878d0' was not found in the directory '1cdf1d7c-ca85-45c7-b1a6-0d197aa07dc5'. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant. You may have sent your authentication request to the wrong tenant.", "is client_id", "Entra AADSTS700016"),
+            ("invalid_request", "AADSTS90023: Cross-origin token redemption is permitted only for the 'Single-Page Application' client-type.\r\nTrace ID: 453b0c3d-1fe6-4b38-ab32-b28f87451a01", "Origin", "Entra AADSTS90023"),
+            ("invalid_request", "AADSTS9002326: Cross-origin token redemption is permitted only for the 'Single-Page Application' client-type. Request origin: 'http://localhost:3000'.", "Origin", "Entra AADSTS9002326"),
+            ("invalid_client", "AADSTS700024: Client assertion is not within its valid time range.", "time claims", "Entra AADSTS700024"),
+            ("invalid_grant", "AADSTS501481: The Code_Verifier doesn't match the code_challenge supplied in the authorization request.", "code_verifier does not match", "Entra error-code reference"),
+            ("invalid_request", "AADSTS50011: The redirect URI 'http://localhost:3000/callback' specified in the request does not match the redirect URIs configured for the application 'a1b2'.", "redirect_uri must be", "Entra AADSTS50011"),
+            ("invalid_client", "AADSTS700025: Client is public so neither 'client_assertion' nor 'client_secret' should be presented.", "client.auth to", "Entra error-code reference"),
+            ("invalid_grant", "AADSTS54005: OAuth2 Authorization code was already redeemed, please retry with a new valid code or use an existing refresh token.", "code or refresh token", "Entra error-code reference"),
+            ("invalid_grant", "AADSTS70008: The refresh token has expired due to inactivity. The token was issued on 2026-01-01 and was inactive for 90.00:00:00.", "code or refresh token", "Entra error-code reference"),
+            // Okta support articles
+            ("invalid_client", "The client_assertion JWT kid is invalid.", "is kid", "Okta"),
+            ("invalid_client", "The audience claim for client_assertion must be the endpoint invoked for the request.", "client.audience", "Okta"),
+            ("invalid_client", "The client_assertion signature is invalid.", "is kid", "Okta"),
+            // Auth0
+            ("invalid_grant", "Invalid authorization code", "code or refresh token", "Auth0 community"),
+            ("unauthorized_client", "Grant type 'client_credentials' not allowed for the client.", "grant_type client_credentials", "Auth0 docs"),
+            // tokenrelay's demo AS (src/demo_as/verify.rs)
+            ("invalid_client", "assertion aud \"https://wrong.example/token\" is neither the issuer \"http://127.0.0.1:9443\" nor the token endpoint \"http://127.0.0.1:9443/token\"", "client.audience", "demo AS"),
+        ];
+        assert!(table.len() >= 20);
+        for (error, description, expected, source) in table {
+            let (record, facts) = refused_by_as(error, description);
+            let hints = hints(&record, Some(&facts));
+            assert!(
+                hints.first().is_some_and(|h| h.contains(expected)),
+                "{source}: {description:?} should lead with {expected:?}, got {hints:#?}"
+            );
+        }
+    }
+
+    /// RFC 9449 §7.1's example: a resource server says it in `WWW-Authenticate` only.
+    #[test]
+    fn a_challenge_is_evidence_too() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            http::header::WWW_AUTHENTICATE,
+            http::HeaderValue::from_static(
+                "DPoP realm=\"WallyWorld\", error=\"invalid_token\", error_description=\"Invalid DPoP key binding\", algs=\"ES256\"",
+            ),
+        );
+        let answer = Answer::read(&headers, None, std::time::SystemTime::now());
+        assert_eq!(answer.error.as_deref(), Some("invalid_token"));
+        assert_eq!(answer.error_description.as_deref(), Some("Invalid DPoP key binding"));
+        let (mut record, facts) = refused_by_as("x", "y");
+        record.answer = Some(answer);
+        let hints = hints(&record, Some(&facts));
+        assert!(hints[0].contains("bound to another DPoP key"), "{hints:#?}");
+        assert_eq!(auth_param("Basic realm=\"as\", error=invalid_client", "error").as_deref(), Some("invalid_client"));
+        assert_eq!(auth_param("Bearer realm=\"x error=no\"", "error"), None);
+    }
+
+    /// A refusal keeps its type to the record: `refused` text, `refused_kind`, and the hint
+    /// chosen by the variant, naming every field a URL change touches.
+    #[test]
+    fn refusals_are_typed_in_the_record() {
+        let urls = RouteUrls::new("demo", "http://127.0.0.1:9443".into(), Some("http://127.0.0.1:9443".into()), false);
+        let error = ProxyError::Upstream(UpstreamError::NotHttp {
+            url: "http://127.0.0.1:9443/token".into(),
+            route: "demo".into(),
+            changes: urls.https_changes("http://127.0.0.1:9443/token"),
+            trust: false,
+        });
+        let record = Record { refused: Some(Refusal(error.clone())), status: 502, ..Default::default() };
+        let shown = serde_json::to_value(&record).unwrap();
+        assert_eq!(shown["refused"], error.to_string());
+        assert_eq!(shown["refused_kind"], "upstream_not_http");
+        let hints = hints(&record, None);
+        for field in ["routes.demo.upstream", "routes.demo.issuer", "routes.demo.trust"] {
+            assert!(hints[0].contains(field), "{field}: {hints:?}");
+        }
+        // An issuer mismatch on another origin: issuer, upstream and trust change together.
+        let mismatch = ProxyError::Discovery {
+            route: "demo".into(),
+            error: std::sync::Arc::new(crate::discovery::DiscoveryError::IssuerMismatch {
+                route: "demo".into(),
+                url: "http://127.0.0.1:9443/.well-known/openid-configuration".into(),
+                found: "https://127.0.0.1:9443".into(),
+                configured: "http://127.0.0.1:9443".into(),
+            }),
+        };
+        let record = Record { refused: Some(Refusal(mismatch)), status: 502, ..Default::default() };
+        assert_eq!(serde_json::to_value(&record).unwrap()["refused_kind"], "issuer_mismatch");
+        let shown = super::hints(&record, None);
+        for field in ["routes.demo.issuer = \"https://127.0.0.1:9443\"", "routes.demo.upstream", "routes.demo.trust"] {
+            assert!(shown[0].contains(field), "{field}: {shown:?}");
+        }
+        let none = serde_json::to_value(Record::default()).unwrap();
+        assert!(none.get("refused").is_none() && none.get("refused_kind").is_none(), "{none}");
+    }
+
+    proptest::proptest! {
+        /// Whatever an AS writes, reading it never panics, and a challenge's own `error`
+        /// parameter is found wherever it stands.
+        #[test]
+        fn any_answer_text_is_read_without_panicking(
+            text in "[ -~]{0,120}",
+            params in "([a-z_]{1,8}=(\"[ !#-\\[\\]-~]{0,8}\"|[a-z0-9]{1,8}), ){0,3}",
+            error in "[a-z_]{1,20}",
+        ) {
+            let (mut record, facts) = refused_by_as("invalid_client", &text);
+            let _ = hints(&record, Some(&facts));
+            let _ = topics_named(&text);
+            let _ = auth_param(&text, "error");
+            let header = format!("DPoP {params}error=\"{error}\", error_description=\"x\"");
+            let found = auth_param(&header, "error");
+            if !params.contains("error=") {
+                proptest::prop_assert_eq!(found, Some(error.clone()));
+            }
+            record.answer = Some(Answer { error: None, error_description: None, ..Default::default() });
+            let _ = hints(&record, None);
+        }
     }
 }

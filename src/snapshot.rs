@@ -295,6 +295,12 @@ impl Snapshot {
             route.discovery = rc.issuer.as_ref().map(|issuer| {
                 crate::discovery::Discovery::new(crate::discovery::Job {
                     route: rc.name.clone(),
+                    urls: upstream::RouteUrls::new(
+                        &rc.name,
+                        rc.upstream.url(""),
+                        rc.issuer.clone(),
+                        !rc.trust.is_empty(),
+                    ),
                     issuer: issuer.clone(),
                     client,
                     timeout: rc.timeout,

@@ -106,6 +106,70 @@ pub fn client(tls: rustls::ClientConfig) -> HttpClient {
         .build(https)
 }
 
+/// Where a route spells the URLs of its AS, so that advice which changes one URL names every
+/// field that must change with it: `upstream` and `issuer` when they share the origin, and
+/// `trust` for the AS's CA.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RouteUrls {
+    pub route: String,
+    /// `routes.NAME.upstream` as configured (origin and base path).
+    pub upstream: String,
+    pub issuer: Option<String>,
+    /// Whether `routes.NAME.trust` names any file.
+    pub trust: bool,
+}
+
+impl RouteUrls {
+    pub fn new(route: &str, upstream: String, issuer: Option<String>, trust: bool) -> RouteUrls {
+        RouteUrls { route: route.to_string(), upstream, issuer, trust }
+    }
+
+    /// The fields (`upstream`, `issuer`) that spell `url`'s origin over plain `http://`, each
+    /// with its `https://` value. Fields already on `https://` (or on another origin) are not
+    /// named: advice follows what the config says now.
+    pub fn https_changes(&self, url: &str) -> Vec<(&'static str, String)> {
+        let Some(origin) = http_origin(url) else { return Vec::new() };
+        [("upstream", Some(&self.upstream)), ("issuer", self.issuer.as_ref())]
+            .into_iter()
+            .filter_map(|(field, value)| {
+                let value = value?;
+                (http_origin(value).as_ref() == Some(&origin)).then(|| (field, format!("https{}", &value[4..])))
+            })
+            .collect()
+    }
+}
+
+/// The origin of an `http://` URL (lower-case, default port explicit), `None` for anything else.
+fn http_origin(url: &str) -> Option<(String, u16)> {
+    let u = url::Url::parse(url).ok()?;
+    (u.scheme() == "http").then_some(())?;
+    Some((u.host_str()?.to_ascii_lowercase(), u.port_or_known_default()?))
+}
+
+/// What `routes.NAME.trust` must become for an AS moving to TLS, as [`https_advice`] takes
+/// it: a placeholder when it names nothing yet, `None` (keep it, with the AS's CA) otherwise.
+pub fn trust_value(trust_set: bool) -> Option<&'static str> {
+    (!trust_set).then_some("\"<the AS's CA certificate, PEM>\"")
+}
+
+/// `routes.demo.upstream = "https://…", routes.demo.issuer = "https://…" and
+/// routes.demo.trust = [...]`: every field that changes when an AS moves to TLS. `trust` is
+/// the new `trust` entry, or `None` when the route's `trust` stays (holding the AS's CA).
+pub fn https_advice(route: &str, changes: &[(&'static str, String)], trust: Option<&str>) -> String {
+    let mut parts: Vec<String> =
+        changes.iter().map(|(field, value)| format!("routes.{route}.{field} = {value:?}")).collect();
+    parts.push(match trust {
+        Some(value) => format!("routes.{route}.trust = [{value}]"),
+        None => format!("routes.{route}.trust (with the AS's CA among its files)"),
+    });
+    let last = parts.pop().unwrap_or_default();
+    if parts.is_empty() {
+        last
+    } else {
+        format!("{} and {last}", parts.join(", "))
+    }
+}
+
 /// Why an upstream request failed, classified from the client error's source chain by type
 /// (`rustls::Error`, `std::io::ErrorKind`), never by its text.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -115,15 +179,52 @@ pub enum UpstreamError {
     )]
     Untrusted { url: String, route: String, reason: String },
     #[error("upstream {url}: TLS certificate does not match the host name ({reason})")]
-    WrongName { url: String, reason: String },
+    WrongName { url: String, route: String, reason: String },
     #[error("upstream {url}: the AS refused our client certificate ({reason}); check routes.{route}.mtls and what the AS trusts")]
     ClientCertRefused { url: String, route: String, reason: String },
     #[error("upstream {url} unreachable: connection refused (is the authorization server running?)")]
-    Refused { url: String },
-    #[error("upstream {url} did not answer in HTTP: does it speak TLS? use https:// in routes.{route}.upstream (and routes.{route}.trust for its CA)")]
-    NotHttp { url: String, route: String },
+    Refused { url: String, route: String },
+    /// A TLS server answered a plain-HTTP request. `changes` are the route's fields that spell
+    /// this origin over `http://` now, with their `https://` values.
+    #[error("upstream {url} did not answer in HTTP: it speaks TLS; use {}", NotHttpFix { route, changes, trust: *trust })]
+    NotHttp { url: String, route: String, changes: Vec<(&'static str, String)>, trust: bool },
+    /// The answer started but could not be read to its end.
+    #[error("upstream {url}: reading the answer failed: {reason}")]
+    Unreadable { url: String, reason: String },
     #[error("upstream {url} failed: {chain}")]
     Other { url: String, chain: String },
+}
+
+/// The fix of [`UpstreamError::NotHttp`], naming every field that changes together.
+struct NotHttpFix<'a> {
+    route: &'a str,
+    changes: &'a [(&'static str, String)],
+    trust: bool,
+}
+
+impl std::fmt::Display for NotHttpFix<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let route = self.route;
+        if self.changes.is_empty() {
+            return write!(f, "an https:// URL for it (and routes.{route}.trust for its CA)");
+        }
+        f.write_str(&https_advice(route, self.changes, trust_value(self.trust)))
+    }
+}
+
+impl UpstreamError {
+    /// The URL the failed request was for.
+    pub fn url(&self) -> &str {
+        match self {
+            UpstreamError::Untrusted { url, .. }
+            | UpstreamError::WrongName { url, .. }
+            | UpstreamError::ClientCertRefused { url, .. }
+            | UpstreamError::Refused { url, .. }
+            | UpstreamError::NotHttp { url, .. }
+            | UpstreamError::Unreadable { url, .. }
+            | UpstreamError::Other { url, .. } => url,
+        }
+    }
 }
 
 /// The TLS or I/O cause somewhere in `err`'s source chain. `io::Error` hides a wrapped
@@ -148,16 +249,16 @@ fn cause<'a>(err: &'a (dyn std::error::Error + 'static)) -> (Option<&'a rustls::
     (None, kind)
 }
 
-/// Classifies a client error for `url` on route `route`.
-pub fn classify(err: &(dyn std::error::Error + 'static), url: &str, route: &str) -> UpstreamError {
+/// Classifies a client error for `url` on the route whose URLs are `urls`.
+pub fn classify(err: &(dyn std::error::Error + 'static), url: &str, urls: &RouteUrls) -> UpstreamError {
     use rustls::CertificateError as C;
-    let (url, route) = (url.to_string(), route.to_string());
+    let (url, route) = (url.to_string(), urls.route.clone());
     let (tls, io) = cause(err);
     if let Some(tls) = tls {
         let reason = tls.to_string();
         return match tls {
             rustls::Error::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. }) => {
-                UpstreamError::WrongName { url, reason }
+                UpstreamError::WrongName { url, route, reason }
             }
             rustls::Error::InvalidCertificate(_) => UpstreamError::Untrusted { url, route, reason },
             rustls::Error::AlertReceived(
@@ -171,13 +272,14 @@ pub fn classify(err: &(dyn std::error::Error + 'static), url: &str, route: &str)
         };
     }
     if io == Some(std::io::ErrorKind::ConnectionRefused) {
-        return UpstreamError::Refused { url };
+        return UpstreamError::Refused { url, route };
     }
     // A TLS server answering a plain-HTTP request sends bytes hyper cannot parse as HTTP.
     let mut cur = Some(err);
     while let Some(e) = cur {
         if e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_parse) && url.starts_with("http://") {
-            return UpstreamError::NotHttp { url, route };
+            let changes = urls.https_changes(&url);
+            return UpstreamError::NotHttp { url, route, changes, trust: urls.trust };
         }
         cur = e.source();
     }
@@ -188,11 +290,6 @@ pub fn classify(err: &(dyn std::error::Error + 'static), url: &str, route: &str)
         cur = e.source();
     }
     UpstreamError::Other { url, chain: chain.join(": ") }
-}
-
-/// Turns a client error into a sentence a user can act on.
-pub fn describe_error(err: &(dyn std::error::Error + 'static), url: &str, route: &str) -> String {
-    classify(err, url, route).to_string()
 }
 
 #[cfg(test)]
@@ -206,12 +303,52 @@ mod tests {
             std::io::ErrorKind::InvalidData,
             rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
         ));
-        let e = classify(&unknown, "https://as/token", "demo");
+        let e = classify(&unknown, "https://as/token", &RouteUrls::new("demo", "https://as".into(), None, false));
         assert!(matches!(e, UpstreamError::Untrusted { .. }), "{e:?}");
         assert!(e.to_string().contains("routes.demo.trust"), "{e}");
         let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
-        assert_eq!(classify(&refused, "http://x", "r"), UpstreamError::Refused { url: "http://x".into() });
+        let r = RouteUrls::new("r", "http://x".into(), None, false);
+        assert_eq!(
+            classify(&refused, "http://x", &r),
+            UpstreamError::Refused { url: "http://x".into(), route: "r".into() }
+        );
         let name = rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName);
-        assert!(matches!(classify(&name, "u", "r"), UpstreamError::WrongName { .. }));
+        assert!(matches!(classify(&name, "u", &r), UpstreamError::WrongName { .. }));
+    }
+
+    /// Advice that moves an AS to TLS names every field on that origin still on `http://`,
+    /// and only those: once `upstream` is fixed, only `issuer` is named.
+    #[test]
+    fn https_advice_names_every_field_that_spells_the_origin() {
+        let both = RouteUrls::new("demo", "http://127.0.0.1:9443".into(), Some("http://127.0.0.1:9443".into()), false);
+        let changes = both.https_changes("http://127.0.0.1:9443/token");
+        assert_eq!(
+            changes,
+            [("upstream", "https://127.0.0.1:9443".to_string()), ("issuer", "https://127.0.0.1:9443".to_string())]
+        );
+        let text = UpstreamError::NotHttp {
+            url: "http://127.0.0.1:9443/token".into(),
+            route: "demo".into(),
+            changes,
+            trust: false,
+        }
+        .to_string();
+        for field in [
+            "routes.demo.upstream = \"https://127.0.0.1:9443\"",
+            "routes.demo.issuer = \"https://127.0.0.1:9443\"",
+            "routes.demo.trust",
+        ] {
+            assert!(text.contains(field), "{field} missing: {text}");
+        }
+        let upstream_fixed =
+            RouteUrls::new("demo", "https://127.0.0.1:9443".into(), Some("http://127.0.0.1:9443".into()), true);
+        let changes = upstream_fixed.https_changes("http://127.0.0.1:9443/.well-known/openid-configuration");
+        assert_eq!(changes, [("issuer", "https://127.0.0.1:9443".to_string())]);
+        let fixed =
+            RouteUrls::new("demo", "https://127.0.0.1:9443".into(), Some("https://127.0.0.1:9443".into()), true);
+        assert!(fixed.https_changes("http://127.0.0.1:9443/token").is_empty());
+        let other_origin =
+            RouteUrls::new("demo", "http://localhost:9443".into(), Some("http://127.0.0.1:8080".into()), false);
+        assert_eq!(other_origin.https_changes("http://LOCALHOST:9443/token").len(), 1);
     }
 }

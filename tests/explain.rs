@@ -161,3 +161,119 @@ fn token_command_explains_one_exchange() {
     assert!(stdout.contains("AS error: invalid_client") && stdout.contains("hint:"), "{stdout}");
     assert!(stdout.contains("https://wrong.example/") && stdout.contains("audience"), "the aud hint: {stdout}");
 }
+
+/// The demo AS refusing a wrong `audience` says so (`assertion aud "https://wrong.example/token"
+/// is neither the issuer ...`): the first hint is the audience one, not "is kid ...
+/// registered", and `/.tokenrelay/exchanges`, the log line and `tokenrelay token` show the
+/// same first hint, read from the same record.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_first_hint_follows_the_as_and_is_the_same_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let config = format!(
+        "[proxy]\nlisten = \"127.0.0.1:0\"\n[demo_as]\nlisten = \"{demo}\"\n[routes.demo]\nprefix = \"/demo\"\n\
+         upstream = \"http://{demo}\"\nissuer = \"http://{demo}\"\nendpoints = [\"/token\"]\n[routes.demo.client]\n\
+         id = \"demo-app\"\nauth = \"private_key_jwt\"\nkey = \"client.pem\"\ncreate = true\n\
+         audience = \"https://wrong.example/token\"\n"
+    );
+    let path = dir.path().join("proxy.toml");
+    std::fs::write(&path, config).unwrap();
+    let proxy = ProxyProcess::start(&[], &path, "info");
+    let (status, body) = post(&proxy.base, "/demo/token", "grant_type=client_credentials").await;
+    assert_eq!(status, 401, "{body}");
+    let said = body["error_description"].as_str().unwrap_or_default();
+    assert!(said.contains("aud \"https://wrong.example/token\" is neither the issuer"), "{body}");
+
+    let list = exchanges(&proxy.base).await;
+    let record = list.iter().find(|x| x["route"] == "demo").unwrap();
+    let first = record["hints"][0].as_str().unwrap().to_string();
+    assert!(
+        first.contains("aud") && first.contains("https://wrong.example/token") && first.contains("client.audience"),
+        "the first hint names the audience: {:#}",
+        record["hints"]
+    );
+    assert!(!first.contains("is kid"), "{first}");
+    assert!(record["hints"].to_string().contains("tokenrelay jwks --route demo"), "the kid hint comes later");
+    let log = proxy.log();
+    let line = log.lines().find(|l| l.contains("route=demo") && l.contains("status=401")).expect(&log);
+    assert!(line.contains("hint=\"does the AS expect another aud?"), "{line}");
+
+    // `tokenrelay token`, against the demo AS the running proxy serves, leads with the same hint.
+    let run = |json: bool| {
+        let mut command = std::process::Command::new(BIN);
+        command.arg("--config").arg(&path).args(["token", "--route", "demo"]);
+        if json {
+            command.arg("--json");
+        }
+        command.output().unwrap()
+    };
+    let text = run(false);
+    let stdout = String::from_utf8_lossy(&text.stdout);
+    assert_eq!(text.status.code(), Some(1), "{stdout}{}", String::from_utf8_lossy(&text.stderr));
+    let printed = stdout.lines().find_map(|l| l.strip_prefix("  hint: ")).unwrap_or_else(|| panic!("{stdout}"));
+    assert_eq!(printed, first, "tokenrelay token and /.tokenrelay/exchanges lead with the same hint");
+    let json: Value = serde_json::from_slice(&run(true).stdout).unwrap();
+    assert_eq!(json["exchange"]["hints"][0], first.as_str());
+    proxy.stop();
+}
+
+/// `[demo_as] tls = true` and a route still on `http://`: the advice names every field that
+/// must change (`upstream`, `issuer`, `trust`); with `upstream` fixed and `issuer` not,
+/// discovery names `issuer` only and the AS's `aud` refusal leads with the audience and the
+/// issuer's https:// spelling; once everything is fixed, nothing is reported.
+#[tokio::test(flavor = "multi_thread")]
+async fn https_advice_names_every_field_and_follows_the_config_as_it_is_now() {
+    let config = |upstream: &str, issuer: &str| {
+        format!(
+            "[demo_as]\nlisten = \"$DEMO_AS\"\ntls = true\n[routes.d]\nprefix = \"/d\"\nupstream = \"{upstream}://$DEMO_AS\"\n\
+             issuer = \"{issuer}://$DEMO_AS\"\ntrust = [\"certs/demo-as-ca.pem\"]\nendpoints = [\"/token\"]\n\
+             [routes.d.client]\nid = \"d-app\"\nauth = \"private_key_jwt\"\nkey = \"client.pem\"\ncreate = true\n"
+        )
+    };
+    // Both on http://: the TLS port says so, naming upstream, issuer and trust together.
+    let proxy = TestProxy::builder(config("http", "http")).demo_as().start().await;
+    let demo = proxy.demo_as_addr();
+    let (status, body) = proxy.post_form("/d/token", "grant_type=client_credentials").await;
+    assert_eq!(status, 502, "{body}");
+    let record = exchanges(&proxy.base).await.into_iter().find(|x| x["route"] == "d").unwrap();
+    assert_eq!(record["refused_kind"], "upstream_not_http", "{record:#}");
+    assert_eq!(record["refused"], body["error_description"]);
+    let first = record["hints"][0].as_str().unwrap();
+    for field in [
+        format!("routes.d.upstream = \"https://{demo}\""),
+        format!("routes.d.issuer = \"https://{demo}\""),
+        "routes.d.trust".to_string(),
+    ] {
+        assert!(first.contains(&field), "{field} missing from the first hint: {first}");
+    }
+    proxy.stop().await;
+
+    // upstream fixed, issuer not: discovery names the issuer alone, never upstream again.
+    let proxy = TestProxy::builder(config("https", "http")).demo_as().start().await;
+    let demo = proxy.demo_as_addr();
+    let snapshot = proxy.running.snapshot();
+    let route = snapshot.routes.iter().find(|r| r.cfg.name == "d").unwrap();
+    let _ = route.metadata().await;
+    let tokenrelay::discovery::State::Failed(why) = route.discovery.as_ref().unwrap().state() else {
+        panic!("discovery of an http:// issuer on a TLS port fails")
+    };
+    let why = why.to_string();
+    assert!(why.contains(&format!("routes.d.issuer = \"https://{demo}\"")), "{why}");
+    assert!(!why.contains("routes.d.upstream"), "upstream is fixed and not named again: {why}");
+    let (status, body) = proxy.post_form("/d/token", "grant_type=client_credentials").await;
+    assert_eq!(status, 401, "the assertion's aud is the http:// issuer: {body}");
+    let record = exchanges(&proxy.base).await.into_iter().find(|x| x["route"] == "d").unwrap();
+    let first = record["hints"][0].as_str().unwrap();
+    assert!(first.contains("client.audience"), "{first}");
+    assert!(first.contains(&format!("routes.d.issuer = \"https://{demo}\"")), "{first}");
+    proxy.stop().await;
+
+    // All fixed: the token comes, and nothing is hinted.
+    let proxy = TestProxy::builder(config("https", "https")).demo_as().start().await;
+    let (status, body) = proxy.post_form("/d/token", "grant_type=client_credentials").await;
+    assert_eq!(status, 200, "{body}");
+    let record = exchanges(&proxy.base).await.into_iter().find(|x| x["route"] == "d").unwrap();
+    assert_eq!(record["hints"], json!([]), "{record:#}");
+    assert!(record.get("refused").is_none(), "{record:#}");
+    proxy.stop().await;
+}

@@ -509,7 +509,8 @@ async fn an_http_upstream_that_speaks_tls_says_use_https() {
     let (status, body) = proxy.post_form("/as/token", "grant_type=client_credentials").await;
     assert_eq!(status, 502, "{body}");
     let why = body["error_description"].as_str().unwrap();
-    assert!(why.contains("does it speak TLS? use https://") && why.contains("routes.as.upstream"), "{why}");
+    let https = format!("routes.as.upstream = \"https://127.0.0.1:{}\"", up.port());
+    assert!(why.contains("it speaks TLS; use") && why.contains(&https) && why.contains("routes.as.trust"), "{why}");
     assert!(!why.contains("invalid HTTP version"), "{why}");
     proxy.stop().await;
 }
@@ -540,6 +541,20 @@ fn check_warns_on_an_empty_config_and_the_demo_as_scheme_mistake() {
         tls.contains("upstream is http:// but [demo_as] tls = true") && tls.contains("certs/demo-as-ca.pem"),
         "{tls}"
     );
+    // The advice names every field that changes with the URL, and only what is still wrong.
+    let demo = "[demo_as]\nlisten = \"127.0.0.1:9443\"\ntls = true\n[routes.d]\nprefix = \"/d\"\n";
+    let both = check(&format!("{demo}upstream = \"http://127.0.0.1:9443\"\nissuer = \"http://127.0.0.1:9443\"\n"));
+    for field in [
+        "routes.d.upstream = \"https://127.0.0.1:9443\"",
+        "routes.d.issuer = \"https://127.0.0.1:9443\"",
+        "routes.d.trust = [\"certs/demo-as-ca.pem\"]",
+    ] {
+        assert!(both.contains(field), "{field} missing from:\n{both}");
+    }
+    let half = check(&format!("{demo}upstream = \"https://127.0.0.1:9443\"\nissuer = \"http://127.0.0.1:9443\"\n"));
+    assert!(half.contains("issuer is http://") && !half.contains("routes.d.upstream ="), "{half}");
+    let fixed = check(&format!("{demo}upstream = \"https://127.0.0.1:9443\"\nissuer = \"https://127.0.0.1:9443\"\n"));
+    assert!(!fixed.contains("tls = true"), "a fixed config is not warned about:\n{fixed}");
     let full = check(
         "[proxy]\nforward = \"127.0.0.1:8788\"\n[routes.r]\nprefix = \"/r\"\nupstream = \"https://as.example.com\"\n\
          hosts = [\"as.example.com\"]\n[routes.r.headers]\nset = { \"x-api-key\" = \"planted-header-secret\" }\n\

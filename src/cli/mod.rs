@@ -418,14 +418,33 @@ fn check_report(snapshot: &crate::snapshot::Snapshot, discovered: &Discovered, o
         );
     }
     if let Some(demo) = c.demo_as.as_ref().filter(|d| d.tls) {
-        for r in snapshot
-            .routes
-            .iter()
-            .filter(|r| r.cfg.upstream.scheme == "http" && r.cfg.upstream.port == demo.listen.port())
-        {
+        // Every field that still spells the demo AS over http:// changes together (and only
+        // those: a field already on https:// is not named again).
+        let demo_url = format!("http://{}", demo.listen);
+        let demo_url = demo_url.as_str();
+        for r in &snapshot.routes {
+            let urls = crate::upstream::RouteUrls::new(
+                &r.cfg.name,
+                r.cfg.upstream.url(""),
+                r.cfg.issuer.clone(),
+                !r.cfg.trust.is_empty(),
+            );
+            let mut changes = urls.https_changes(demo_url);
+            for change in urls.https_changes(&format!("http://localhost:{}", demo.listen.port())) {
+                if !changes.iter().any(|(field, _)| *field == change.0) {
+                    changes.push(change);
+                }
+            }
+            if changes.is_empty() {
+                continue;
+            }
+            let named: Vec<&str> = changes.iter().map(|(field, _)| *field).collect();
             warnings.push(format!(
-                "route {:?}: upstream is http:// but [demo_as] tls = true: use upstream = \"https://{}\" and trust = [\"certs/demo-as-ca.pem\"]",
-                r.cfg.name, demo.listen
+                "route {:?}: {} {} http:// but [demo_as] tls = true: use {}",
+                r.cfg.name,
+                named.join(" and "),
+                if named.len() == 1 { "is" } else { "are" },
+                crate::upstream::https_advice(&r.cfg.name, &changes, Some("\"certs/demo-as-ca.pem\""))
             ));
         }
     }
@@ -610,8 +629,14 @@ async fn discover_all(snapshot: &crate::snapshot::Snapshot) -> Discovered {
     for r in &snapshot.routes {
         let Some(issuer) = r.cfg.issuer.clone() else { continue };
         let (client, timeout, name) = (r.client.clone(), r.cfg.timeout, r.cfg.name.clone());
+        let urls = crate::upstream::RouteUrls::new(
+            &name,
+            r.cfg.upstream.url(""),
+            r.cfg.issuer.clone(),
+            !r.cfg.trust.is_empty(),
+        );
         tasks.spawn(async move {
-            let result = crate::discovery::fetch(&client, &issuer, timeout, &name).await;
+            let result = crate::discovery::fetch(&client, &issuer, timeout, &urls).await;
             (name, result)
         });
     }

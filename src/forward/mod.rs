@@ -453,8 +453,17 @@ async fn passthrough(
     *out.headers_mut() = headers;
     let resp = match tokio::time::timeout(route.cfg.timeout, route.client.request(out)).await {
         Ok(Ok(resp)) => resp,
-        Ok(Err(e)) => return Err(ProxyError::Upstream(crate::upstream::describe_error(&e, &shown, &route.cfg.name))),
-        Err(_) => return Err(ProxyError::Timeout(format!("upstream {shown} did not answer in time"))),
+        Ok(Err(e)) => {
+            return Err(ProxyError::Upstream(crate::upstream::classify(&e, &shown, &proxy::route_urls(route))))
+        }
+        Err(_) => {
+            return Err(ProxyError::Timeout {
+                url: shown,
+                route: route.cfg.name.clone(),
+                after: route.cfg.timeout,
+                finishing: false,
+            })
+        }
     };
     tracing::info!(route = %route.cfg.name, url = %shown, status = resp.status().as_u16(), "relayed untouched (outside the route's upstream path)");
     let (mut parts, incoming) = resp.into_parts();

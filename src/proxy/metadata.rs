@@ -47,13 +47,8 @@ pub(super) async fn answer(
     let meta = route
         .metadata()
         .await
-        .map_err(|e| ProxyError::Upstream(format!("route {:?}: AS discovery: {e}", route.cfg.name)))?
-        .ok_or_else(|| {
-            ProxyError::Upstream(format!(
-                "route {:?}: the AS's metadata is not available yet (discovery failed or is still running; see the log)",
-                route.cfg.name
-            ))
-        })?;
+        .map_err(|error| ProxyError::Discovery { route: route.cfg.name.clone(), error })?
+        .ok_or_else(|| ProxyError::MetadataUnavailable { route: route.cfg.name.clone() })?;
     let host = match parts.headers.get(header::HOST) {
         Some(h) => h.to_str().map_err(|_| ProxyError::BadRequest("Host header is not ASCII".into()))?.to_string(),
         None => parts.uri.authority().map(|a| a.to_string()).unwrap_or_default(),

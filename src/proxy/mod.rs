@@ -30,8 +30,8 @@ use tracing::Instrument as _;
 use crate::body::Body;
 use crate::error::ProxyError;
 use crate::explain::{
-    hints, Actions, Answer, AppRequest, Attempt, Exchanges, Param, Record, RouteFacts, Sent, Timestamp, NEVER_SECRET,
-    SKEW_WARNING_S,
+    hints, Actions, Answer, AppRequest, Attempt, Exchanges, Param, Record, Refusal, RouteFacts, Sent, Timestamp,
+    NEVER_SECRET, SKEW_WARNING_S,
 };
 use crate::rewrite::client_auth::{self, Injected};
 use crate::rewrite::dpop::NonceCache;
@@ -87,7 +87,14 @@ impl Outcome {
 
     /// The record of this exchange, with hints. Takes what only the record needs (the app's
     /// request, the assertion and proof); the rest stays for the exchange's log line.
-    fn record(&mut self, id: u64, entry: &'static str, status: u16, refused: Option<&str>, total_ms: u64) -> Record {
+    fn record(
+        &mut self,
+        id: u64,
+        entry: &'static str,
+        status: u16,
+        refused: Option<&ProxyError>,
+        total_ms: u64,
+    ) -> Record {
         let mut actions = Actions {
             auth: (!self.injected.method.is_empty()).then_some(self.injected.method),
             kid: self.injected.kid.clone(),
@@ -113,7 +120,7 @@ impl Outcome {
             proof: self.proof.take(),
             status,
             answer: self.answer.clone(),
-            refused: refused.map(str::to_string),
+            refused: refused.cloned().map(Refusal),
             hints: Vec::new(),
             total_ms,
         };
@@ -125,6 +132,7 @@ impl Outcome {
                 client_id: r.cfg.client.as_ref().map(|c| c.id.clone()),
                 issuer: r.cfg.issuer.clone(),
                 token_endpoint: r.token_endpoint.clone(),
+                urls: route_urls(r),
             });
             record.hints = hints(&record, facts.as_ref());
         }
@@ -153,6 +161,12 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>, conn: crate::se
     handle_entry(shared, req, conn.peer, Entry::Reverse { https: conn.tls }).await
 }
 
+/// The route's URLs as advice about them needs them (see [`crate::upstream::RouteUrls`]).
+pub fn route_urls(route: &Route) -> crate::upstream::RouteUrls {
+    let cfg = &route.cfg;
+    crate::upstream::RouteUrls::new(&cfg.name, cfg.upstream.url(""), cfg.issuer.clone(), !cfg.trust.is_empty())
+}
+
 /// Fails when relaying a request unsigned at `path` (absolute, on the route's upstream origin)
 /// would reach one of `route`'s signed endpoints under any spelling, or would carry client
 /// credentials or a grant to the AS (for paths the pipeline does not sign, such as forward
@@ -167,10 +181,8 @@ pub async fn check_unsigned(
 ) -> Result<(), ProxyError> {
     let called = target::Called::Upstream { origin };
     let resolved = target::resolve_rest(route, path, called)?;
-    let meta = route
-        .metadata()
-        .await
-        .map_err(|e| ProxyError::Upstream(format!("route {:?} refuses to relay: AS discovery: {e}", route.cfg.name)))?;
+    let meta =
+        route.metadata().await.map_err(|error| ProxyError::Discovery { route: route.cfg.name.clone(), error })?;
     let table = route.endpoints(meta.as_ref());
     let url = crate::urlnorm::EndpointUrl::join(origin, "", &resolved);
     if let Some(e) = table.by_url(&url) {
@@ -228,10 +240,7 @@ pub async fn handle_recorded<B: AppBody>(
         let mut outcome = Outcome::default();
         let (mut resp, refused) = match relay(&shared, &snapshot, req, entry, &mut outcome).await {
             Ok(resp) => (resp, None),
-            Err(e) => {
-                let why = e.to_string();
-                (e.into_response(), Some(why))
-            }
+            Err(e) => (e.clone().into_response(), Some(e)),
         };
         // Forward mode keeps the AS's own headers: there the page is the AS's origin.
         if reverse {
@@ -243,7 +252,8 @@ pub async fn handle_recorded<B: AppBody>(
         let status = resp.status().as_u16();
         let total_ms = started.elapsed().as_millis() as u64;
         // Tokenrelay's own endpoints are not exchanges worth recording.
-        let record = (!own).then(|| outcome.record(shared.exchanges.next_id(), entry_label, status, refused.as_deref(), total_ms));
+        let record = (!own).then(|| outcome.record(shared.exchanges.next_id(), entry_label, status, refused.as_ref(), total_ms));
+        let refused = refused.map(|e| e.to_string());
         let hint = record.as_ref().and_then(|r| r.hints.first().cloned());
         let answer = outcome.answer.as_ref();
         // One line per exchange; a refusal or an AS error is the same line at warn, with why.

@@ -112,14 +112,14 @@ pub(super) async fn exchange(
         if let Payload::Token(_) = payload {
             // Token answers are small and read whole: an AS says `use_dpop_nonce` in a JSON
             // body (RFC 9449 §8), and its `error` explains a refusal.
-            let (resp, bytes) = tokio::time::timeout(route.cfg.timeout, buffer_small(resp)).await.map_err(|_| {
-                ProxyError::Timeout(format!(
-                    "upstream {} did not finish its answer within {} (routes.{}.timeout)",
-                    target.url,
-                    humantime::format_duration(route.cfg.timeout),
-                    route.cfg.name
-                ))
-            })??;
+            let (resp, bytes) = tokio::time::timeout(route.cfg.timeout, buffer_small(resp, &target.url))
+                .await
+                .map_err(|_| ProxyError::Timeout {
+                    url: target.url.clone(),
+                    route: route.cfg.name.clone(),
+                    after: route.cfg.timeout,
+                    finishing: true,
+                })??;
             let answer = Answer::read(resp.headers(), Some(&bytes), std::time::SystemTime::now());
             if retry(resp.status(), resp.headers(), Some(&bytes)) {
                 outcome.answer = Some(answer);
@@ -210,12 +210,13 @@ pub(crate) async fn send(
     outcome.upstream_ms += elapsed.as_millis();
     let mut attempt = Attempt { url: shown.to_string(), ms: elapsed.as_millis() as u64, ..Attempt::default() };
     let result = match result {
-        Err(_) => Err(ProxyError::Timeout(format!(
-            "upstream {shown} did not answer within {} (routes.{}.timeout)",
-            humantime::format_duration(timeout),
-            route.cfg.name
-        ))),
-        Ok(Err(e)) => Err(ProxyError::Upstream(crate::upstream::describe_error(&e, shown, &route.cfg.name))),
+        Err(_) => Err(ProxyError::Timeout {
+            url: shown.to_string(),
+            route: route.cfg.name.clone(),
+            after: timeout,
+            finishing: false,
+        }),
+        Ok(Err(e)) => Err(ProxyError::Upstream(crate::upstream::classify(&e, shown, &super::route_urls(route)))),
         Ok(Ok(resp)) => Ok(resp),
     };
     match &result {
@@ -227,12 +228,17 @@ pub(crate) async fn send(
 }
 
 /// Reads a (small) upstream answer whole: needed to see `use_dpop_nonce` and `token_type`.
-async fn buffer_small(resp: Response<Incoming>) -> Result<(Response<()>, Bytes), ProxyError> {
+async fn buffer_small(resp: Response<Incoming>, url: &str) -> Result<(Response<()>, Bytes), ProxyError> {
     let (parts, body) = resp.into_parts();
     let bytes = Limited::new(body, MAX_BUFFERED_ANSWER)
         .collect()
         .await
-        .map_err(|e| ProxyError::Upstream(format!("reading the upstream answer failed: {e}")))?
+        .map_err(|e| {
+            ProxyError::Upstream(crate::upstream::UpstreamError::Unreadable {
+                url: url.to_string(),
+                reason: e.to_string(),
+            })
+        })?
         .to_bytes();
     Ok((Response::from_parts(parts, ()), bytes))
 }
@@ -249,16 +255,13 @@ fn check_token_type(route: &Route, status: StatusCode, answer: &Answer) -> Resul
     if token_type.eq_ignore_ascii_case("dpop") {
         return Ok(());
     }
+    if route.cfg.dpop.as_ref().is_some_and(|d| d.require_bound) {
+        return Err(ProxyError::Unbound { route: route.cfg.name.clone(), token_type: token_type.to_string() });
+    }
     let msg = format!(
         "route {:?} sent a DPoP proof but the AS issued token_type {token_type:?}, not \"DPoP\" (RFC 9449 §5): the token is not bound to the DPoP key",
         route.cfg.name
     );
-    if route.cfg.dpop.as_ref().is_some_and(|d| d.require_bound) {
-        return Err(ProxyError::Upstream(format!(
-            "{msg}; refused because routes.{}.dpop.require_bound = true",
-            route.cfg.name
-        )));
-    }
     tracing::warn!("{msg}");
     Ok(())
 }

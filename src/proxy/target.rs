@@ -75,10 +75,8 @@ pub(super) async fn resolve_target(
     called: Called<'_>,
 ) -> Result<Target, ProxyError> {
     let rest = resolve_rest(route, rest, called)?;
-    let meta = route
-        .metadata()
-        .await
-        .map_err(|e| ProxyError::Upstream(format!("route {:?} refuses to relay: AS discovery: {e}", route.cfg.name)))?;
+    let meta =
+        route.metadata().await.map_err(|error| ProxyError::Discovery { route: route.cfg.name.clone(), error })?;
     let table = route.endpoints(meta.as_ref());
     let upstream = &route.cfg.upstream;
     let (origin, base) = match called {

@@ -14,7 +14,7 @@
 //!   between editors and platforms.
 //! - **`SIGHUP`**, and [`Handle::reload_now`]: always reload, whatever the hashes say.
 //!
-//! Validation is [`crate::app::load`], the same function `tokenrelay run` and
+//! Validation is [`crate::snapshot::load`], the same function `tokenrelay run` and
 //! `tokenrelay check` use, run on a blocking thread (key loading is synchronous). If it fails,
 //! the last good snapshot keeps serving and the error is logged with file, line, column and
 //! key; the next successful reload says it fixed that. Two guards against reading a save
@@ -29,7 +29,7 @@
 //! listeners again.
 //!
 //! [`ReloadStatus`] (counters and times) is shared with the status endpoint
-//! ([`STATUS_PATH`] on the reverse listener).
+//! ([`crate::status::STATUS_PATH`] on the reverse listener).
 
 mod diff;
 mod files;

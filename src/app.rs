@@ -114,7 +114,10 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
     let path = opts.config.clone();
     let (loaded_hash, snapshot) = tokio::task::spawn_blocking(move || {
         let hash = reload::config_hash(&path);
-        (hash, snapshot::load(&path, BuildOptions { create_missing: true, ..Default::default() }))
+        // The config is accepted once it loads: only then are its `create = true` files written.
+        let loaded = snapshot::load(&path, BuildOptions { create_missing: true, ..Default::default() })
+            .and_then(|mut s| s.create_files().map(|()| s).map_err(LoadError::from));
+        (hash, loaded)
     })
     .await
     .map_err(|e| StartError::Internal(e.to_string()))?;

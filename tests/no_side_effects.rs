@@ -49,8 +49,8 @@ fn creating_route(name: &str, upstream: &str) -> String {
     )
 }
 
-/// A route the build refuses after the ones before it were built: its key file is missing
-/// and not marked `create`.
+/// A route the build refuses after the ones before it were built (routes are built in name
+/// order: `bad` after `as` and `api`): its key file is missing and not marked `create`.
 const BAD_ROUTE: &str = "[routes.bad]\nprefix = \"/bad\"\nupstream = \"http://127.0.0.1:9\"\n\
      [routes.bad.client]\nid = \"app\"\nauth = \"private_key_jwt\"\nkey = \"missing.pem\"\n";
 
@@ -148,7 +148,7 @@ async fn a_refused_reload_creates_nothing_an_accepted_one_creates_the_keys() {
 
     // The new route, with a bad route after it: refused (the watcher or SIGHUP, whichever
     // comes first; SIGHUP makes sure a reload happens).
-    std::fs::write(&config, format!("{base}{}{BAD_ROUTE}", creating_route("new", &up.url()))).unwrap();
+    std::fs::write(&config, format!("{base}{}{BAD_ROUTE}", creating_route("api", &up.url()))).unwrap();
     proxy.signal(libc::SIGHUP);
     let refused = wait_for("refused reload", |s| s["failures"].as_u64() >= Some(1)).await;
     assert!(refused["last_error"].as_str().unwrap().contains("missing.pem"), "{refused}");
@@ -156,11 +156,11 @@ async fn a_refused_reload_creates_nothing_an_accepted_one_creates_the_keys() {
     assert_eq!(files(dir.path()), before, "a refused reload leaves nothing behind");
 
     // Fixed: accepted, and only now are the keys written.
-    std::fs::write(&config, format!("{base}{}", creating_route("new", &up.url()))).unwrap();
+    std::fs::write(&config, format!("{base}{}", creating_route("api", &up.url()))).unwrap();
     proxy.signal(libc::SIGHUP);
     wait_for("accepted reload", |s| s["version"].as_u64() >= Some(2)).await;
-    let client_path = dir.path().join("keys/new-client.pem");
-    let dpop_path = dir.path().join("keys/new-dpop.pem");
+    let client_path = dir.path().join("keys/api-client.pem");
+    let dpop_path = dir.path().join("keys/api-dpop.pem");
     for path in [&client_path, &dpop_path] {
         assert!(path.exists(), "{} created by the accepted reload\n{}", path.display(), proxy.log());
         use std::os::unix::fs::PermissionsExt as _;
@@ -170,7 +170,7 @@ async fn a_refused_reload_creates_nothing_an_accepted_one_creates_the_keys() {
     let (client_key, dpop_key) = (load(&client_path), load(&dpop_path));
 
     let answer = http
-        .post(format!("{}/new/token", proxy.base))
+        .post(format!("{}/api/token", proxy.base))
         .header("content-type", "application/x-www-form-urlencoded")
         .body("grant_type=client_credentials")
         .send()
@@ -185,5 +185,5 @@ async fn a_refused_reload_creates_nothing_an_accepted_one_creates_the_keys() {
     let jwk = jwt::header(&proof)["jwk"].clone();
     assert_eq!(jwk, Value::Object(dpop_key.public_jwk().clone()), "the DPoP key on disk signed the proof");
     let log = proxy.stop();
-    assert!(log.contains("created route \"new\" client.key"), "{log}");
+    assert!(log.contains("created route \"api\" client.key"), "{log}");
 }

@@ -114,7 +114,7 @@ fn readme_block(readme: &str) -> Option<String> {
     let after = &readme[readme.find(README_MARKER)? + README_MARKER.len()..];
     let body = &after[after.find("```")? + 3..];
     let body = &body[body.find('\n')? + 1..];
-    Some(body[..body.find("```")?].to_string())
+    Some(body[..body.find("```")?].replace("\r\n", "\n"))
 }
 
 /// A line diff (longest common subsequence): `-` lines only in `old`, `+` only in `new`.

@@ -114,10 +114,7 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
     let path = opts.config.clone();
     let (loaded_hash, snapshot) = tokio::task::spawn_blocking(move || {
         let hash = reload::config_hash(&path);
-        // The config is accepted once it loads: only then are its `create = true` files written.
-        let loaded = snapshot::load(&path, BuildOptions { create_missing: true, ..Default::default() })
-            .and_then(|mut s| s.create_files().map(|()| s).map_err(LoadError::from));
-        (hash, loaded)
+        (hash, snapshot::load(&path, BuildOptions { create_missing: true, ..Default::default() }))
     })
     .await
     .map_err(|e| StartError::Internal(e.to_string()))?;
@@ -146,6 +143,13 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
         (demo.as_ref().map(|d| d.1), tls.as_ref().map(|t| t.1), forward.as_ref().map(|f| f.1));
     // Before the reloader starts: it must see the CA as it was at start, not as a change.
     let ca = local_ca(&config).await?;
+    // Config, listeners and local CA are all good: only now are the config's `create = true`
+    // files written (a start refused earlier leaves none), before the demo AS reads its CA.
+    let mut snapshot = snapshot;
+    let snapshot = tokio::task::spawn_blocking(move || snapshot.create_files().map(|()| snapshot))
+        .await
+        .map_err(|e| StartError::Internal(e.to_string()))?
+        .map_err(LoadError::from)?;
     // Discovery runs in the background: listeners start without waiting for any AS.
     snapshot.start_discovery();
     let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(snapshot));

@@ -71,16 +71,11 @@ fn check_creates_nothing() {
     assert_eq!(files(dir.path()), only_config(), "check wrote nothing");
 }
 
-/// `tokenrelay run` with a config whose second route is refused exits with the error and
-/// leaves neither the first route's keys nor the demo AS CA behind.
-#[test]
-fn a_config_refused_at_start_creates_nothing() {
+/// Runs `tokenrelay run` on `text` in a fresh folder, expecting it to refuse to start: its
+/// stderr and the files left in the folder.
+fn run_refused(text: &str) -> (String, BTreeSet<String>) {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("proxy.toml");
-    let text = format!(
-        "[proxy]\nlisten = \"127.0.0.1:0\"\n{DEMO_AS_TLS}{}{BAD_ROUTE}",
-        creating_route("as", "http://127.0.0.1:9")
-    );
     std::fs::write(&config, text).unwrap();
     let mut child = common::process::KillOnDrop(
         Command::new(BIN)
@@ -106,8 +101,24 @@ fn a_config_refused_at_start_creates_nothing() {
     let mut stderr = String::new();
     std::io::Read::read_to_string(child.0.stderr.as_mut().unwrap(), &mut stderr).unwrap();
     assert!(!status.success(), "{stderr}");
+    (stderr, files(dir.path()))
+}
+
+/// `tokenrelay run` with a config whose second route is refused exits with the error and
+/// leaves neither the first route's keys nor the demo AS CA behind; so does a start refused
+/// because its listen address is taken.
+#[test]
+fn a_config_refused_at_start_creates_nothing() {
+    let route = creating_route("as", "http://127.0.0.1:9");
+    let (stderr, left) = run_refused(&format!("[proxy]\nlisten = \"127.0.0.1:0\"\n{DEMO_AS_TLS}{route}{BAD_ROUTE}"));
     assert!(stderr.contains("missing.pem"), "the refusal names the bad route's file: {stderr}");
-    assert_eq!(files(dir.path()), only_config(), "a refused config leaves nothing behind: {stderr}");
+    assert_eq!(left, only_config(), "a refused config leaves nothing behind: {stderr}");
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let (stderr, left) = run_refused(&format!("[proxy]\nlisten = \"{addr}\"\n{DEMO_AS_TLS}{route}"));
+    assert!(stderr.contains(&addr.to_string()), "the refusal names the address: {stderr}");
+    assert_eq!(left, only_config(), "a start refused at bind leaves nothing behind: {stderr}");
 }
 
 /// A reload whose config is refused (a bad second route) creates none of the new route's

@@ -143,6 +143,13 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
         (demo.as_ref().map(|d| d.1), tls.as_ref().map(|t| t.1), forward.as_ref().map(|f| f.1));
     // Before the reloader starts: it must see the CA as it was at start, not as a change.
     let ca = local_ca(&config).await?;
+    // Config, listeners and local CA are all good: only now are the config's `create = true`
+    // files written (a start refused earlier leaves none), before the demo AS reads its CA.
+    let mut snapshot = snapshot;
+    let snapshot = tokio::task::spawn_blocking(move || snapshot.create_files().map(|()| snapshot))
+        .await
+        .map_err(|e| StartError::Internal(e.to_string()))?
+        .map_err(LoadError::from)?;
     // Discovery runs in the background: listeners start without waiting for any AS.
     snapshot.start_discovery();
     let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(snapshot));

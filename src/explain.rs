@@ -388,40 +388,11 @@ fn httpdate_skew(date: &str, now: std::time::SystemTime) -> Option<i64> {
     Some(httpdate_unix(date)? - ours)
 }
 
-/// `Sun, 06 Nov 1994 08:49:37 GMT` -> seconds since 1970 (IMF-fixdate only, RFC 9110
-/// §5.6.7), read in place: every answer carries a `Date`.
+/// `Sun, 06 Nov 1994 08:49:37 GMT` -> seconds since 1970: any of the three HTTP-date
+/// formats a recipient must accept (RFC 9110 §5.6.7), by the `httpdate` crate.
 fn httpdate_unix(date: &str) -> Option<i64> {
-    let mut it = date.split_ascii_whitespace();
-    let (_, day, month, year, time, zone) = (it.next()?, it.next()?, it.next()?, it.next()?, it.next()?, it.next()?);
-    if zone != "GMT" || it.next().is_some() {
-        return None;
-    }
-    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
-    let month = MONTHS.iter().position(|m| *m == month)? as i64 + 1;
-    let number = |s: &str, digits: std::ops::RangeInclusive<usize>| {
-        (digits.contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit())).then(|| s.parse::<i64>().ok()).flatten()
-    };
-    let (day, year) = (number(day, 1..=2)?, number(year, 4..=4)?);
-    let mut hms = time.split(':');
-    let (h, m, sec) = (number(hms.next()?, 2..=2)?, number(hms.next()?, 2..=2)?, number(hms.next()?, 2..=2)?);
-    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
-    let days_in_month = match month {
-        2 if leap => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    };
-    if hms.next().is_some() || !(1..=days_in_month).contains(&day) || h > 23 || m > 59 || sec > 60 {
-        return None;
-    }
-    // Days from 1970-01-01 to year-month-day (proleptic Gregorian, March-based years).
-    let (y, mp) = if month > 2 { (year, month - 3) } else { (year - 1, month + 9) };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(days * 86_400 + h * 3600 + m * 60 + sec)
+    let t = httpdate::parse_http_date(date).ok()?;
+    Some(t.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs() as i64)
 }
 
 /// One `auth-param` of a `WWW-Authenticate` challenge (RFC 9110 §11.2): `name=token` or
@@ -1150,10 +1121,14 @@ mod tests {
             "Sun, 06 Nov 1994 24:00:00 GMT",
             "Sun, 06 Nov 94 08:49:37 GMT",
             "Sun, 06 Nov 1994 08:49:37 PST",
-            "Sunday, 06-Nov-94 08:49:37 GMT",
+            "Mon, 06 Nov 1994 08:49:37 GMT",
         ] {
             assert_eq!(httpdate_unix(bad), None, "{bad}");
         }
+        // The obsolete forms a recipient must still accept (RFC 9110 §5.6.7).
+        let imf = httpdate_unix("Sun, 06 Nov 1994 08:49:37 GMT");
+        assert_eq!(httpdate_unix("Sunday, 06-Nov-94 08:49:37 GMT"), imf);
+        assert_eq!(httpdate_unix("Sun Nov  6 08:49:37 1994"), imf);
     }
 
     #[test]

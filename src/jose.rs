@@ -1,7 +1,7 @@
 //! JOSE: the one module that touches `josekit` (and the OpenSSL it is built on).
 //!
 //! Everything tokenrelay signs or verifies (client assertions, DPoP proofs, the demo AS's
-//! checks) goes through the small API here: [`Alg`], [`SigningKey`], [`sign`] and
+//! checks) goes through the small API here: [`Alg`], [`SigningKey`], [`SigningKey::sign`] and
 //! [`verify`]. Keeping josekit behind this wall means a change of JOSE library is a change
 //! of one file.
 //!

@@ -1,5 +1,6 @@
-//! Key files: read, check, and (when asked) create the private keys a config names; load
-//! mTLS identities (certificate chain and key, RFC 8705).
+//! Key files: read, check, and (when asked) generate the private keys a config names, to be
+//! written once the config is accepted ([`NewFile`]); load mTLS identities (certificate
+//! chain and key, RFC 8705).
 //!
 //! Errors name the route, the config key and the file, and say how to fix it:
 //! `route "demo": client.key "certs/client.pem": file not found (run \`tokenrelay init\`)`.
@@ -61,22 +62,98 @@ pub fn read(at: &KeyRef<'_>) -> Result<Vec<u8>, KeyFileError> {
     })
 }
 
-/// Loads a private signing key for `alg`; creates it first when `create` and missing.
-/// Returns the key and any warnings (such as loose file permissions).
-pub fn load_signing_key(
-    at: &KeyRef<'_>,
-    alg: Alg,
-    create: bool,
-) -> Result<(Arc<SigningKey>, Vec<String>), KeyFileError> {
-    if create && !at.path.exists() {
-        let key = SigningKey::generate(alg).map_err(|e| at.error(format!("cannot generate a {alg} key: {e}")))?;
-        write_private(at.path, &key.pkcs8_pem()).map_err(|e| at.error(format!("cannot create: {e}")))?;
-        tracing::info!(route = at.route, file = %at.path.display(), %alg, kid = key.thumbprint(), "created {}", at.field);
-    }
+/// Loads a private signing key for `alg`. Never writes: a key marked `create = true` that is
+/// missing is made by [`new_signing_key`] instead. Returns the key and any warnings (such as
+/// loose file permissions).
+pub fn load_signing_key(at: &KeyRef<'_>, alg: Alg) -> Result<(Arc<SigningKey>, Vec<String>), KeyFileError> {
     let bytes = read(at)?;
     let key = SigningKey::load(&bytes, alg).map_err(|e| at.error(e.to_string()))?;
     let warnings = permission_warning(at.path).into_iter().collect();
     Ok((Arc::new(key), warnings))
+}
+
+/// Generates the signing key `at` names, in memory: the file is written by
+/// [`NewFile::write`] once the config that asks for it has been accepted.
+pub fn new_signing_key(at: &KeyRef<'_>, alg: Alg) -> Result<(Arc<SigningKey>, NewFile), KeyFileError> {
+    let key = SigningKey::generate(alg).map_err(|e| at.error(format!("cannot generate a {alg} key: {e}")))?;
+    let what = format!("route {:?} {} ({alg}, kid {})", at.route, at.field, key.thumbprint());
+    let file = NewFile::private(at.path, what, key.pkcs8_pem());
+    Ok((Arc::new(key), file))
+}
+
+/// A file a config asks for (a `create = true` key, the demo AS's CA) that is missing: made
+/// in memory while the config is validated, so that validating writes nothing; written by
+/// [`NewFile::write`] only once the config is accepted (at start, at an accepted reload).
+pub struct NewFile {
+    pub path: PathBuf,
+    /// What it is, for the log line: `route "demo" dpop.key (ES256, kid ...)`.
+    pub what: String,
+    contents: Vec<u8>,
+    /// A private key: mode 0600, never over an existing file.
+    private: bool,
+    /// Remove what is at `path` first (one half of a pair that is regenerated whole).
+    replace: bool,
+}
+
+impl std::fmt::Debug for NewFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the contents: they may be a private key.
+        f.debug_struct("NewFile").field("path", &self.path).field("what", &self.what).finish_non_exhaustive()
+    }
+}
+
+/// A [`NewFile`] that could not be written.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot create {what} at {}: {source}", path.display())]
+pub struct CreateError {
+    pub what: String,
+    pub path: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
+impl NewFile {
+    /// A private key (written 0600, refusing to overwrite).
+    pub fn private(path: &Path, what: impl Into<String>, pem: Vec<u8>) -> NewFile {
+        NewFile { path: path.to_path_buf(), what: what.into(), contents: pem, private: true, replace: false }
+    }
+
+    /// A public file (a certificate).
+    pub fn public(path: &Path, what: impl Into<String>, pem: Vec<u8>) -> NewFile {
+        NewFile { path: path.to_path_buf(), what: what.into(), contents: pem, private: false, replace: false }
+    }
+
+    /// Removes what is at the path before writing.
+    pub fn replacing(mut self) -> NewFile {
+        self.replace = true;
+        self
+    }
+
+    /// What will be written.
+    pub fn contents(&self) -> &[u8] {
+        &self.contents
+    }
+
+    /// Writes it (creating its folder), and logs one line naming it.
+    pub fn write(&self) -> Result<(), CreateError> {
+        let error = |source| CreateError { what: self.what.clone(), path: self.path.clone(), source };
+        if self.replace {
+            match std::fs::remove_file(&self.path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(error(e)),
+                _ => {}
+            }
+        }
+        if self.private {
+            write_private(&self.path, &self.contents).map_err(error)?;
+        } else {
+            if let Some(dir) = self.path.parent() {
+                std::fs::create_dir_all(dir).map_err(error)?;
+            }
+            std::fs::write(&self.path, &self.contents).map_err(error)?;
+        }
+        tracing::info!(file = %self.path.display(), "created {}", self.what);
+        Ok(())
+    }
 }
 
 /// A client certificate chain (leaf first) and its private key.
@@ -181,25 +258,30 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("nope.pem");
         let at = KeyRef { route: "demo", field: "client.key", path: &path };
-        let err = load_signing_key(&at, Alg::ES256, false).unwrap_err().to_string();
+        let err = load_signing_key(&at, Alg::ES256).unwrap_err().to_string();
         assert!(err.contains("route \"demo\": client.key") && err.contains("tokenrelay init"), "{err}");
     }
 
     #[test]
-    fn create_writes_0600_once() {
+    fn a_new_key_is_written_0600_only_when_asked() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("k.pem");
+        let path = dir.path().join("keys/k.pem");
         let at = KeyRef { route: "demo", field: "dpop.key", path: &path };
-        let (a, warnings) = load_signing_key(&at, Alg::ES256, true).unwrap();
+        let (a, file) = new_signing_key(&at, Alg::ES256).unwrap();
+        assert!(!path.exists(), "generating writes nothing");
+        assert!(!format!("{file:?}").contains("PRIVATE"), "Debug never shows the key: {file:?}");
+        file.write().unwrap();
+        let (b, warnings) = load_signing_key(&at, Alg::ES256).unwrap();
         assert!(warnings.is_empty(), "{warnings:?}");
-        let (b, _) = load_signing_key(&at, Alg::ES256, true).unwrap();
-        assert_eq!(a.thumbprint(), b.thumbprint(), "the key persists across loads");
+        assert_eq!(a.thumbprint(), b.thumbprint(), "the key written is the key used");
+        let again = file.write().unwrap_err().to_string();
+        assert!(again.contains("route \"demo\" dpop.key"), "never over an existing file: {again}");
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt as _;
             assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-            let (_, warnings) = load_signing_key(&at, Alg::ES256, false).unwrap();
+            let (_, warnings) = load_signing_key(&at, Alg::ES256).unwrap();
             assert!(warnings[0].contains("chmod 600"), "{warnings:?}");
         }
     }

@@ -12,7 +12,7 @@
 //! publishes a new snapshot, whole, when they change.
 //!
 //! Two ways in: reverse mode over [`server::serve`] (and over HTTPS with a leaf
-//! from the local [`ca`]), and [`forward`] mode, an `HTTPS_PROXY` that intercepts the hosts
+//! from the local CA, [`local_ca`]), and [`forward`] mode, an `HTTPS_PROXY` that intercepts the hosts
 //! routes claim and feeds their requests into the same [`proxy`] pipeline.
 
 pub mod app;

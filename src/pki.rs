@@ -69,7 +69,7 @@ pub fn generate_ca(cn: &str) -> Result<Minted, PkiError> {
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     window(&mut params, 3650);
     let cert = params.self_signed(&key)?;
-    Ok(Minted { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+    Ok(Minted { cert_pem: cert_pem(&cert), key_pem: key_pem(&key) })
 }
 
 /// How long a local CA made by tokenrelay is valid: a year, so a forgotten trusted CA does
@@ -110,7 +110,7 @@ pub fn generate_local_ca(cn: &str, permitted: &[String]) -> Result<Minted, PkiEr
     params.name_constraints = Some(rcgen::NameConstraints { permitted_subtrees: subtrees, excluded_subtrees: vec![] });
     window(&mut params, LOCAL_CA_DAYS);
     let cert = params.self_signed(&key)?;
-    Ok(Minted { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+    Ok(Minted { cert_pem: cert_pem(&cert), key_pem: key_pem(&key) })
 }
 
 /// The name constraints of a CA certificate (RFC 5280 §4.2.1.10), as far as tokenrelay needs
@@ -227,13 +227,48 @@ pub fn issue_intermediate(issuer: &Minted, cn: &str) -> Result<Minted, PkiError>
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
     window(&mut params, 3650);
     let cert = params.signed_by(&key, &ca)?;
-    Ok(Minted { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+    Ok(Minted { cert_pem: cert_pem(&cert), key_pem: key_pem(&key) })
 }
 
 /// The issuer (subject DN, key identifier, key usages, key) of a PEM CA certificate and key.
 fn reissue(issuer: &Minted) -> Result<Issuer<'static, KeyPair>, PkiError> {
-    let key = KeyPair::from_pem(&issuer.key_pem)?;
-    Ok(Issuer::from_ca_cert_pem(&issuer.cert_pem, key)?)
+    use rustls::pki_types::pem::PemObject as _;
+    let key = key_from_pem(&issuer.key_pem)?;
+    let cert = rustls::pki_types::CertificateDer::from_pem_slice(issuer.cert_pem.as_bytes())
+        .map_err(|e| PkiError(format!("not a PEM certificate: {e}")))?;
+    Ok(Issuer::from_ca_cert_der(&cert, key)?)
+}
+
+/// A PEM block (RFC 7468 §2): base64 in 64-column lines, LF line endings. Written here, with
+/// the `base64` the rest of tokenrelay uses, rather than by the `pem` crate (which would
+/// bring a second `base64` version into the binary).
+pub fn pem_encode(label: &str, der: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(line));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+fn cert_pem(cert: &rcgen::Certificate) -> String {
+    pem_encode("CERTIFICATE", cert.der())
+}
+
+/// PKCS#8 (`PRIVATE KEY`), as `SigningKey::pkcs8_pem` writes keys too.
+fn key_pem(key: &KeyPair) -> String {
+    pem_encode("PRIVATE KEY", key.serialized_der())
+}
+
+/// The first private key in a PEM text (PKCS#8 for the keys rcgen signs with under ring).
+fn key_from_pem(pem: &str) -> Result<KeyPair, PkiError> {
+    use rustls::pki_types::pem::PemObject as _;
+    let der = rustls::pki_types::PrivateKeyDer::from_pem_slice(pem.as_bytes())
+        .map_err(|e| PkiError(format!("not a PEM private key: {e}")))?;
+    Ok(KeyPair::try_from(&der)?)
 }
 
 /// What a leaf is for.
@@ -249,7 +284,7 @@ pub fn issue_leaf(issuer: &Minted, names: &[&str], usage: LeafUse, days: i64) ->
     let key = KeyPair::generate()?;
     let params = leaf_params(names, usage, days)?;
     let cert = params.signed_by(&key, &ca)?;
-    Ok(Minted { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+    Ok(Minted { cert_pem: cert_pem(&cert), key_pem: key_pem(&key) })
 }
 
 /// A self-signed client certificate (`self_signed_tls_client_auth`, RFC 8705 §2.2).
@@ -261,9 +296,9 @@ pub fn self_signed_client(cn: &str, days: i64) -> Result<Minted, PkiError> {
 /// A self-signed client certificate for an existing private key (PKCS#8 PEM): the
 /// certificate `client.cert` names for presets that identify the key by it (Entra).
 pub fn self_signed_for_key(key_pem: &str, cn: &str, days: i64) -> Result<String, PkiError> {
-    let key = KeyPair::from_pem(key_pem)?;
+    let key = key_from_pem(key_pem)?;
     let params = leaf_params(&[cn], LeafUse::Client, days)?;
-    Ok(params.self_signed(&key)?.pem())
+    Ok(cert_pem(&params.self_signed(&key)?))
 }
 
 /// A self-signed client certificate valid from `not_before` to `not_after` (tests use this
@@ -278,7 +313,7 @@ pub fn self_signed_client_window(
     params.not_before = not_before;
     params.not_after = not_after;
     let cert = params.self_signed(&key)?;
-    Ok(Minted { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+    Ok(Minted { cert_pem: cert_pem(&cert), key_pem: key_pem(&key) })
 }
 
 fn leaf_params(names: &[&str], usage: LeafUse, days: i64) -> Result<CertificateParams, PkiError> {
@@ -370,6 +405,26 @@ mod tests {
     use rustls::pki_types::CertificateDer;
 
     use super::*;
+
+    #[test]
+    fn pem_is_rfc_7468_and_reads_back() {
+        let ca = generate_ca("pem test").unwrap();
+        for (text, label) in [(&ca.cert_pem, "CERTIFICATE"), (&ca.key_pem, "PRIVATE KEY")] {
+            let lines: Vec<&str> = text.split('\n').collect();
+            assert_eq!(lines[0], format!("-----BEGIN {label}-----"));
+            assert_eq!(lines[lines.len() - 2], format!("-----END {label}-----"));
+            assert_eq!(lines.last(), Some(&""), "ends with LF");
+            let body = &lines[1..lines.len() - 2];
+            assert!(body[..body.len() - 1].iter().all(|l| l.len() == 64) && body.last().unwrap().len() <= 64);
+            assert!(!text.contains('\r'));
+        }
+        let der = CertificateDer::from_pem_slice(ca.cert_pem.as_bytes()).unwrap();
+        assert_eq!(pem_encode("CERTIFICATE", &der), ca.cert_pem, "same bytes back");
+        // The key reads back as the one that signed: a leaf issued with it chains to the CA.
+        let leaf = issue_leaf(&ca, &["localhost"], LeafUse::Server, 1).unwrap();
+        let leaf_der = CertificateDer::from_pem_slice(leaf.cert_pem.as_bytes()).unwrap();
+        assert!(!is_self_signed(&leaf_der));
+    }
 
     #[test]
     fn ca_issues_leaf_and_self_signed_is_detected() {

@@ -1,6 +1,7 @@
 //! Creating the key material a config names and is missing: client and DPoP signing keys,
 //! self-signed mTLS client certificates, the local CA, the demo AS's CA. Used by
-//! `tokenrelay init` and, for the demo AS CA, by every load (routes may trust it).
+//! `tokenrelay init`; the demo AS CA is also made in memory by every load that may create
+//! files (routes may trust it) and written once that config is accepted.
 //!
 //! Private keys are written 0600 (see [`crate::keys::write_private`]). Existing files are
 //! kept unless the caller names their [`Part`] to replace.
@@ -9,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use crate::config::{AuthMethod, Config};
 use crate::jose::SigningKey;
-use crate::keys::write_private;
+use crate::keys::{write_private, NewFile};
 
 /// Why a file could not be created.
 #[derive(Debug, thiserror::Error)]
@@ -262,19 +263,33 @@ pub fn demo_as_ca_paths(config: &Config) -> (PathBuf, PathBuf) {
 /// Creates the demo AS's CA (certificate + 0600 key) when TLS is on and it is missing, so
 /// routes can name `trust = ["certs/demo-as-ca.pem"]`. Returns true when it was created.
 pub fn ensure_demo_as_ca(config: &Config) -> Result<bool, ProvisionError> {
+    let files = new_demo_as_ca(config)?;
+    for f in &files {
+        f.write().map_err(|e| ProvisionError::Write { what: e.what, path: e.path, source: e.source })?;
+    }
+    Ok(!files.is_empty())
+}
+
+/// The demo AS's CA when TLS is on and it is missing, made in memory (key first, then the
+/// certificate); empty otherwise. Nothing is written: see [`NewFile::write`].
+pub fn new_demo_as_ca(config: &Config) -> Result<Vec<NewFile>, ProvisionError> {
     if !config.demo_as.as_ref().is_some_and(|d| d.tls) {
-        return Ok(false);
+        return Ok(Vec::new());
     }
     let (cert, key) = demo_as_ca_paths(config);
     if cert.exists() && key.exists() {
-        return Ok(false);
+        return Ok(Vec::new());
     }
     let what = "demo AS CA";
     let ca = crate::pki::generate_ca("tokenrelay demo AS CA")
         .map_err(|e| ProvisionError::Generate { what: what.into(), reason: e.to_string() })?;
-    let _ = std::fs::remove_file(&key);
-    write_private(&key, ca.key_pem.as_bytes()).map_err(write_error(what, &key))?;
-    std::fs::write(&cert, ca.cert_pem.as_bytes()).map_err(write_error(what, &cert))?;
-    tracing::info!(file = %cert.display(), "created the demo AS CA (add it to a route's trust to reach the demo AS over HTTPS)");
-    Ok(true)
+    Ok(vec![
+        NewFile::private(&key, "demo AS CA key", ca.key_pem.into_bytes()).replacing(),
+        NewFile::public(
+            &cert,
+            "demo AS CA (add it to a route's trust to reach the demo AS over HTTPS)",
+            ca.cert_pem.into_bytes(),
+        )
+        .replacing(),
+    ])
 }

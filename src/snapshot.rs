@@ -25,17 +25,21 @@ pub enum LoadError {
     Build(#[from] BuildError),
     #[error("cannot create the demo AS CA: {0}")]
     DemoAsCa(#[source] crate::provision::ProvisionError),
+    #[error(transparent)]
+    Create(#[from] keys::CreateError),
 }
 
 /// Loads the config at `path` and builds its snapshot: the one validation `run`, `check` and
 /// every reload share. Blocking (reads files): call it off the async runtime's threads.
+/// Writes nothing: files it may create are in [`Snapshot::new_files`].
 pub fn load(path: &std::path::Path, opts: BuildOptions) -> Result<Snapshot, LoadError> {
     let config = crate::config::load(path)?;
-    if opts.create_missing {
-        // Routes may trust the demo AS's CA: it must exist before their TLS clients are built.
-        crate::provision::ensure_demo_as_ca(&config).map_err(LoadError::DemoAsCa)?;
-    }
-    Ok(Snapshot::build(config, opts)?)
+    // Routes may trust the demo AS's CA: it is made (in memory) before their TLS clients.
+    let new_files = match opts.create_missing {
+        true => crate::provision::new_demo_as_ca(&config).map_err(LoadError::DemoAsCa)?,
+        false => Vec::new(),
+    };
+    Ok(Snapshot::build_with(config, opts, new_files)?)
 }
 
 /// Why a snapshot could not be built.
@@ -170,7 +174,8 @@ impl Route {
 /// Options for building a snapshot.
 #[derive(Debug, Clone, Default)]
 pub struct BuildOptions {
-    /// Create key files marked `create = true` when missing (not in `check`).
+    /// Make key files marked `create = true` (and the demo AS's CA) when missing (not in
+    /// `check`), in memory: [`Snapshot::create_files`] writes them once the config is accepted.
     pub create_missing: bool,
     /// Key files the running config already loaded: never re-created, even with
     /// `create = true`. A vanished DPoP key must not be silently replaced: refresh tokens
@@ -184,11 +189,33 @@ pub struct Snapshot {
     pub config: Arc<Config>,
     pub routes: Vec<Arc<Route>>,
     pub warnings: Vec<String>,
+    /// Files this config creates (`create = true` keys, the demo AS's CA) that building it
+    /// made in memory: not on disk until [`Snapshot::create_files`], so a config that is
+    /// refused leaves nothing behind.
+    pub new_files: Vec<keys::NewFile>,
 }
 
 impl Snapshot {
-    /// Builds a complete snapshot or fails with the first problem found.
+    /// Builds a complete snapshot or fails with the first problem found. Writes nothing.
     pub fn build(config: Config, opts: BuildOptions) -> Result<Snapshot, BuildError> {
+        Snapshot::build_with(config, opts, Vec::new())
+    }
+
+    /// Writes [`Snapshot::new_files`]: call once the config is accepted (start, an accepted
+    /// reload), before the snapshot is published.
+    pub fn create_files(&mut self) -> Result<(), keys::CreateError> {
+        for f in std::mem::take(&mut self.new_files) {
+            f.write()?;
+        }
+        Ok(())
+    }
+
+    /// [`Snapshot::build`], with files already made in memory (trust files may name them).
+    fn build_with(
+        config: Config,
+        opts: BuildOptions,
+        mut new_files: Vec<keys::NewFile>,
+    ) -> Result<Snapshot, BuildError> {
         let mut warnings = Vec::new();
         // Routes naming the same key file share one loaded key (a DPoP-bound token from the
         // AS route must verify on the API route).
@@ -208,7 +235,8 @@ impl Snapshot {
                         path: &PathBuf,
                         alg: Alg,
                         create: bool,
-                        warnings: &mut Vec<String>| {
+                        warnings: &mut Vec<String>,
+                        new_files: &mut Vec<keys::NewFile>| {
             if let Some(k) = key_cache.get(&(path.clone(), alg)) {
                 return Ok::<_, KeyFileError>(k.clone());
             }
@@ -221,8 +249,19 @@ impl Snapshot {
                         "not created yet: `tokenrelay run` creates it (create = true), or create it now with `tokenrelay init`",
                     ));
             }
-            let (key, w) = keys::load_signing_key(&at, alg, create)?;
-            warnings.extend(w);
+            let key = if let Some(made) = new_files.iter().find(|f| f.path == *path) {
+                // Another route named the same new file with another alg: the same error as
+                // loading it from disk would give.
+                Arc::new(SigningKey::load(made.contents(), alg).map_err(|e| at.error(e.to_string()))?)
+            } else if create && !path.exists() {
+                let (key, file) = keys::new_signing_key(&at, alg)?;
+                new_files.push(file);
+                key
+            } else {
+                let (key, w) = keys::load_signing_key(&at, alg)?;
+                warnings.extend(w);
+                key
+            };
             key_cache.insert((path.clone(), alg), key.clone());
             Ok(key)
         };
@@ -237,7 +276,15 @@ impl Snapshot {
                             route: name.into(),
                             message: "client.key is required for private_key_jwt".into(),
                         })?;
-                        Credential::Key(load(name, "client.key", &path, c.alg, c.create, &mut warnings)?)
+                        Credential::Key(load(
+                            name,
+                            "client.key",
+                            &path,
+                            c.alg,
+                            c.create,
+                            &mut warnings,
+                            &mut new_files,
+                        )?)
                     }
                     AuthMethod::ClientSecretBasic | AuthMethod::ClientSecretPost | AuthMethod::ClientSecretJwt => {
                         let secret = resolve_secret(name, c.secret.as_ref())?;
@@ -260,7 +307,7 @@ impl Snapshot {
                 },
             };
             let dpop_key = match &rc.dpop {
-                Some(d) => Some(load(name, "dpop.key", &d.key, d.alg, d.create, &mut warnings)?),
+                Some(d) => Some(load(name, "dpop.key", &d.key, d.alg, d.create, &mut warnings, &mut new_files)?),
                 None => None,
             };
             let identity = match &rc.mtls {
@@ -269,7 +316,12 @@ impl Snapshot {
             };
             let cert_der = identity.as_ref().map(|id| id.leaf.to_vec());
             let cert_thumbprint = cert_der.as_deref().map(crate::jose::sha256_b64url);
-            let tls = upstream::tls_config(&rc.trust, identity.map(|id| (id.chain(), id.key)))
+            let made = |path: &std::path::Path| new_files.iter().find(|f| f.path == path);
+            let read = |path: &std::path::Path| match made(path) {
+                Some(f) => upstream::parse_certs(f.contents()),
+                None => upstream::read_certs(path),
+            };
+            let tls = upstream::tls_config_with(&rc.trust, identity.map(|id| (id.chain(), id.key)), read)
                 .map_err(|e| BuildError::Route { route: name.into(), message: e.to_string() })?;
             let assertion_x5t = match (&rc.client, &credential) {
                 (Some(c), Credential::Key(key)) => match &c.cert {
@@ -312,7 +364,7 @@ impl Snapshot {
             });
             routes.push(Arc::new(route));
         }
-        Ok(Snapshot { config: Arc::new(config), routes, warnings })
+        Ok(Snapshot { config: Arc::new(config), routes, warnings, new_files })
     }
 
     /// Starts AS discovery in the background for every route with an `issuer` (call once the

@@ -42,12 +42,17 @@ fn native_roots() -> &'static [CertificateDer<'static>] {
 
 /// Reads every certificate in a PEM file.
 pub fn read_certs(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    use rustls::pki_types::pem::PemObject as _;
     let bytes = std::fs::read(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => "file not found".to_string(),
         _ => format!("cannot read: {e}"),
     })?;
-    let certs: Vec<_> = CertificateDer::pem_slice_iter(&bytes)
+    parse_certs(&bytes)
+}
+
+/// The PEM certificates in `bytes` (at least one).
+pub fn parse_certs(bytes: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+    use rustls::pki_types::pem::PemObject as _;
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(bytes)
         .collect::<Result<_, _>>()
         .map_err(|e| format!("not a PEM certificate file: {e}"))?;
     if certs.is_empty() {
@@ -61,10 +66,20 @@ pub fn tls_config(
     trust: &[PathBuf],
     identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
 ) -> Result<rustls::ClientConfig, TlsError> {
+    tls_config_with(trust, identity, read_certs)
+}
+
+/// [`tls_config`], reading each `trust` file with `read` (a config being validated may trust
+/// a CA that is made in memory and not written yet).
+pub fn tls_config_with(
+    trust: &[PathBuf],
+    identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+    read: impl Fn(&std::path::Path) -> Result<Vec<CertificateDer<'static>>, String>,
+) -> Result<rustls::ClientConfig, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
     let _ = roots.add_parsable_certificates(native_roots().iter().cloned());
     for path in trust {
-        let certs = read_certs(path).map_err(|reason| TlsError::Trust { path: path.clone(), reason })?;
+        let certs = read(path).map_err(|reason| TlsError::Trust { path: path.clone(), reason })?;
         for cert in certs {
             roots.add(cert).map_err(|e| TlsError::Trust {
                 path: path.clone(),

@@ -3,7 +3,9 @@
 //! their one module each (josekit and the OpenSSL under it in `jose`, rcgen in `pki`).
 //!
 //! It reads `src/` as text: every `crate::name` path in a module's files is an edge from
-//! that module to `name`. `cargo test --test architecture -- --nocapture` prints the graph.
+//! that module to `name`. `cargo test --test architecture -- --nocapture` prints the graph,
+//! and `readme_module_graph_is_current` fails when README.md's copy of it is stale, printing
+//! a diff and the exact block to paste.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -63,11 +65,114 @@ fn graph() -> (BTreeMap<String, BTreeSet<String>>, BTreeMap<String, String>) {
     (edges, texts)
 }
 
+/// The graph as the README shows it: leaves on one line, then every other module after all
+/// the modules it uses (by depth: the longest chain of uses below it, then by name), names
+/// padded to one column. Deterministic, so the README block can be compared byte for byte.
+/// `None` when the graph has a cycle (`modules_form_a_dag` names it).
+fn render(edges: &BTreeMap<String, BTreeSet<String>>) -> Option<String> {
+    fn depth(
+        n: &str,
+        edges: &BTreeMap<String, BTreeSet<String>>,
+        memo: &mut BTreeMap<String, usize>,
+        seen: &mut BTreeSet<String>,
+    ) -> Option<usize> {
+        if let Some(&d) = memo.get(n) {
+            return Some(d);
+        }
+        if !seen.insert(n.to_string()) {
+            return None;
+        }
+        let mut d = 0;
+        for dep in edges.get(n).into_iter().flatten() {
+            d = d.max(depth(dep, edges, memo, seen)? + 1);
+        }
+        seen.remove(n);
+        memo.insert(n.to_string(), d);
+        Some(d)
+    }
+    let mut memo = BTreeMap::new();
+    let mut order = Vec::new();
+    for n in edges.keys() {
+        order.push((depth(n, edges, &mut memo, &mut BTreeSet::new())?, n.as_str()));
+    }
+    order.sort();
+    let leaves: Vec<&str> = order.iter().filter(|(d, _)| *d == 0).map(|(_, n)| *n).collect();
+    let width = order.iter().filter(|(d, _)| *d > 0).map(|(_, n)| n.len()).max().unwrap_or(0);
+    let mut out = format!("{}    (no crate dependencies)\n", leaves.join(", "));
+    for (_, n) in order.iter().filter(|(d, _)| *d > 0) {
+        let deps: Vec<&str> = edges[*n].iter().map(String::as_str).collect();
+        out.push_str(&format!("{n:<width$} -> {}\n", deps.join(", ")));
+    }
+    Some(out)
+}
+
+/// Marks the README's graph block: the fenced block right after this line.
+const README_MARKER: &str = "<!-- module graph: tests/architecture.rs checks the block below -->";
+
+/// The fenced block after [`README_MARKER`] in README.md, without its fences.
+fn readme_block(readme: &str) -> Option<String> {
+    let after = &readme[readme.find(README_MARKER)? + README_MARKER.len()..];
+    let body = &after[after.find("```")? + 3..];
+    let body = &body[body.find('\n')? + 1..];
+    Some(body[..body.find("```")?].replace("\r\n", "\n"))
+}
+
+/// A line diff (longest common subsequence): `-` lines only in `old`, `+` only in `new`.
+fn diff(old: &str, new: &str) -> String {
+    let (a, b): (Vec<&str>, Vec<&str>) = (old.lines().collect(), new.lines().collect());
+    let mut lcs = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for i in (0..a.len()).rev() {
+        for j in (0..b.len()).rev() {
+            lcs[i][j] = if a[i] == b[j] { lcs[i + 1][j + 1] + 1 } else { lcs[i + 1][j].max(lcs[i][j + 1]) };
+        }
+    }
+    let (mut i, mut j, mut out) = (0, 0, String::new());
+    while i < a.len() || j < b.len() {
+        if i < a.len() && j < b.len() && a[i] == b[j] {
+            out += &format!("  {}\n", a[i]);
+            (i, j) = (i + 1, j + 1);
+        } else if i < a.len() && (j == b.len() || lcs[i + 1][j] >= lcs[i][j + 1]) {
+            out += &format!("- {}\n", a[i]);
+            i += 1;
+        } else {
+            out += &format!("+ {}\n", b[j]);
+            j += 1;
+        }
+    }
+    out
+}
+
+/// The README's "Architecture notes" show this graph; it must be the one `src/` has today.
+#[test]
+fn readme_module_graph_is_current() {
+    let (edges, _) = graph();
+    let Some(actual) = render(&edges) else {
+        return; // a cycle: modules_form_a_dag fails with the cycle named
+    };
+    let readme_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md");
+    let readme = std::fs::read_to_string(&readme_path).unwrap();
+    let Some(written) = readme_block(&readme) else {
+        panic!(
+            "README.md has no module graph block: put this line in \"Architecture notes\", followed by a \
+             fenced block with the graph below:\n{README_MARKER}\n```\n{actual}```"
+        );
+    };
+    assert!(
+        written == actual,
+        "README.md's module graph (the block after {README_MARKER:?}) is stale.\n\
+         Diff (- README, + src/):\n{}\n\
+         Replace the block's contents with exactly these lines:\n```\n{actual}```",
+        diff(&written, &actual)
+    );
+}
+
 #[test]
 fn modules_form_a_dag() {
     let (edges, _) = graph();
+    if let Some(text) = render(&edges) {
+        print!("{text}");
+    }
     for (module, deps) in &edges {
-        println!("{module} -> {}", deps.iter().cloned().collect::<Vec<_>>().join(", "));
         for d in deps {
             assert!(edges.contains_key(d), "{module} uses crate::{d}, which is not a module");
         }

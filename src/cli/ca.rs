@@ -75,8 +75,7 @@ pub fn bundle_path(config: &Config) -> PathBuf {
 
 /// A `CERTIFICATE` PEM block, 64-column base64, LF line endings.
 fn pem_block(der: &[u8]) -> String {
-    let config = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
-    pem::encode_config(&pem::Pem::new("CERTIFICATE", der), config)
+    crate::pki::pem_encode("CERTIFICATE", der)
 }
 
 /// Writes the merged bundle: the system roots (as rustls-native-certs finds them) plus the

@@ -1,4 +1,4 @@
-//! The command line: `run` (default), `check`, `jwks`, `init`, `ca` ([`ca`]). `anyhow` lives
+//! The command line: `run` (default), `check`, `jwks`, `init`, `ca` (`src/cli/ca.rs`). `anyhow` lives
 //! here only.
 
 mod ca;

@@ -39,7 +39,9 @@ async fn exchange(
 ) -> anyhow::Result<bool> {
     let path = config.to_path_buf();
     let snapshot = tokio::task::spawn_blocking(move || {
-        crate::snapshot::load(&path, BuildOptions { create_missing: true, ..Default::default() })
+        let mut snapshot = crate::snapshot::load(&path, BuildOptions { create_missing: true, ..Default::default() })?;
+        snapshot.create_files()?;
+        anyhow::Ok(snapshot)
     })
     .await??;
     let route = snapshot

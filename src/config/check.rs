@@ -99,27 +99,12 @@ fn backticked(text: &str) -> Vec<String> {
     text.split('`').skip(1).step_by(2).map(str::to_string).collect()
 }
 
-/// Levenshtein distance (small inputs: field names).
-pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let cost = usize::from(ca != *cb);
-            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
-        }
-        prev = cur;
-    }
-    prev[b.len()]
-}
-
 /// The candidate closest to `name`, when it is close enough to be a typo.
 pub(crate) fn closest<'a>(name: &str, candidates: &'a [String]) -> Option<&'a str> {
     let lower = name.to_ascii_lowercase();
     candidates
         .iter()
-        .map(|c| (edit_distance(&lower, &c.to_ascii_lowercase()), c))
+        .map(|c| (strsim::levenshtein(&lower, &c.to_ascii_lowercase()), c))
         .filter(|(d, c)| *d <= (c.chars().count() / 3).max(2))
         .min_by_key(|(d, _)| *d)
         .map(|(_, c)| c.as_str())
@@ -756,7 +741,7 @@ mod tests {
     #[test]
     fn closest_name_is_a_typo_away_or_none() {
         let names: Vec<String> = ["listen", "listen_tls", "forward"].iter().map(|s| s.to_string()).collect();
-        assert_eq!(edit_distance("lisen", "listen"), 1);
+        assert_eq!(strsim::levenshtein("lisen", "listen"), 1);
         assert_eq!(closest("lisen", &names), Some("listen"));
         assert_eq!(closest("Forwrd", &names), Some("forward"));
         assert_eq!(closest("zzzzzzz", &names), None);

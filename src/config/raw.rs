@@ -2,7 +2,7 @@
 //!
 //! Field names are a contract other tools depend on (README "Config walkthrough"). Unknown fields are rejected
 //! (`deny_unknown_fields`) so a typo is an error with a line and column, not a silent default.
-//! Semantic checks (which fields go together, paths, URLs) happen in [`super::check`].
+//! Semantic checks (which fields go together, paths, URLs) happen in `check` (`src/config/check.rs`).
 
 use std::collections::BTreeMap;
 

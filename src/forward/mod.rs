@@ -15,7 +15,7 @@
 //!   the same rules: claimed hosts go through the pipeline, others are relayed as they are or
 //!   refused.
 //!
-//! Which route claims a target: see [`claim`].
+//! Which route claims a target: see `claim` (`src/forward/claim.rs`).
 //!
 //! A request on a claimed host whose path lies outside the route's upstream base path (say
 //! discovery at `/.well-known/...` when `upstream = "https://as/oauth2"`) cannot be an endpoint

@@ -2,10 +2,10 @@
 //! steps in fixed order (hop-by-hop → headers/params → client auth → DPoP) → upstream →
 //! `use_dpop_nonce`? re-sign everything and retry once → response back to the app.
 //!
-//! - [`guard`]: who may make the proxy sign (loopback `Host`, no foreign `Origin`) and which
+//! - `guard`: who may make the proxy sign (loopback `Host`, no foreign `Origin`) and which
 //!   spellings of a signed endpoint are accepted;
-//! - [`target`]: the upstream URL as the AS sees it (mTLS aliases, DPoP `htu`);
-//! - [`signing`]: the one sign → send → nonce → retry loop.
+//! - `target`: the upstream URL as the AS sees it (mTLS aliases, DPoP `htu`);
+//! - `signing`: the one sign → send → nonce → retry loop.
 //!
 //! Fail closed: a route that signs never forwards a request it could not sign.
 

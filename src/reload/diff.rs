@@ -214,7 +214,9 @@ mod tests {
     fn snapshot(dir: &Path, toml: &str) -> Snapshot {
         let path = dir.join("proxy.toml");
         std::fs::write(&path, toml).unwrap();
-        crate::snapshot::load(&path, BuildOptions { create_missing: true, ..Default::default() }).unwrap()
+        let mut s = crate::snapshot::load(&path, BuildOptions { create_missing: true, ..Default::default() }).unwrap();
+        s.create_files().unwrap();
+        s
     }
 
     const BASE: &str = r#"

@@ -14,7 +14,7 @@ use crate::config::Config;
 /// Kept in memory only; key files' hashes never reach a log.
 pub(super) type Fingerprint = Vec<(PathBuf, Option<[u8; 32]>)>;
 
-/// SHA-256 of the config file, taken before the first load (see [`spawn`]).
+/// SHA-256 of the config file, taken before the first load (see [`super::spawn`]).
 pub fn config_hash(path: &std::path::Path) -> Option<Vec<u8>> {
     std::fs::read(path).ok().map(|b| Sha256::digest(b).to_vec())
 }

@@ -84,9 +84,12 @@ impl LoadJob {
             // A write that raced the load (a half-written file) shows up as changed hashes:
             // read again once it settles rather than publish what was half there.
             if fingerprint(&self.files) == before {
-                let result = loaded.map(|s| {
+                // Accepted: only now are the files it creates written (a refused config leaves
+                // none behind).
+                let result = loaded.and_then(|mut s| {
+                    s.create_files().map_err(crate::snapshot::LoadError::from)?;
                     let listeners = Listeners::read(&s.config);
-                    Box::new((s, listeners))
+                    Ok(Box::new((s, listeners)))
                 });
                 return Loaded::Done { result: result.map_err(ReloadError::from), read: Some(before), files };
             }

@@ -14,8 +14,10 @@
 //!   between editors and platforms.
 //! - **`SIGHUP`**, and [`Handle::reload_now`]: always reload, whatever the hashes say.
 //!
-//! Validation is [`crate::app::load`], the same function `tokenrelay run` and
-//! `tokenrelay check` use, run on a blocking thread (key loading is synchronous). If it fails,
+//! Validation is [`crate::snapshot::load`], the same function `tokenrelay run` and
+//! `tokenrelay check` use, run on a blocking thread (key loading is synchronous). It writes
+//! nothing: the `create = true` keys a new config names are written
+//! ([`crate::snapshot::Snapshot::create_files`]) only once it is accepted. If it fails,
 //! the last good snapshot keeps serving and the error is logged with file, line, column and
 //! key; the next successful reload says it fixed that. Two guards against reading a save
 //! halfway: the files are hashed before and after the load, and a load that raced a write is
@@ -29,7 +31,7 @@
 //! listeners again.
 //!
 //! [`ReloadStatus`] (counters and times) is shared with the status endpoint
-//! ([`STATUS_PATH`] on the reverse listener).
+//! ([`crate::status::STATUS_PATH`] on the reverse listener).
 
 mod diff;
 mod files;

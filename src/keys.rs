@@ -54,7 +54,7 @@ impl KeyRef<'_> {
 
 /// Reads a file, mapping "not found" to a message with the fix.
 pub fn read(at: &KeyRef<'_>) -> Result<Vec<u8>, KeyFileError> {
-    std::fs::read(at.path).map_err(|e| match e.kind() {
+    crate::config::file::read(at.path, crate::config::file::SMALL_CAP).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => at.error("file not found (run `tokenrelay init` to create it)"),
         std::io::ErrorKind::PermissionDenied => at.error("permission denied (check the file's owner and mode)"),
         _ => at.error(format!("cannot read: {e}")),

@@ -138,7 +138,7 @@ impl LocalCa {
         let cert_err = |reason: String| CaError::Cert { path: cert_path.to_path_buf(), reason };
         let key_err = |reason: String| CaError::Key { path: key_path.to_path_buf(), reason };
         let read = |p: &Path| {
-            std::fs::read_to_string(p).map_err(|e| match e.kind() {
+            crate::config::file::read_to_string(p, crate::config::file::SMALL_CAP).map_err(|e| match e.kind() {
                 std::io::ErrorKind::NotFound => "file not found".to_string(),
                 _ => format!("cannot read: {e}"),
             })

@@ -196,7 +196,7 @@ fn make(config: &Config, item: &Item, replace: bool) -> Result<Vec<String>, Prov
                 let key = match key {
                     Some(k) => k,
                     None => {
-                        let bytes = std::fs::read(path)
+                        let bytes = crate::config::file::read(path, crate::config::file::SMALL_CAP)
                             .map_err(|e| generate(what, format!("cannot read {}: {e}", path.display())))?;
                         SigningKey::load(&bytes, *alg).map_err(|e| generate(what, e))?
                     }

@@ -116,6 +116,11 @@ enum RefreshSlot {
         grant: u64,
         until: u64,
     },
+    /// Never used, revoked with its grant when a code or refresh token of the grant was
+    /// replayed; remembered until it would have expired so its use is named for what it is.
+    Revoked {
+        until: u64,
+    },
 }
 
 /// Why a code or refresh token was refused before any other check.
@@ -128,6 +133,8 @@ pub(super) enum Refused {
     Replayed {
         revoked: usize,
     },
+    /// Never used, but revoked with its grant after another token of the grant was replayed.
+    Revoked,
 }
 
 /// Everything issued, behind the demo AS's one lock.
@@ -148,7 +155,7 @@ impl Ledger {
         });
         self.refresh.retain(|_, slot| match slot {
             RefreshSlot::Active(r) => r.exp >= now,
-            RefreshSlot::Used { until, .. } => *until >= now,
+            RefreshSlot::Used { until, .. } | RefreshSlot::Revoked { until } => *until >= now,
         });
         self.access.retain(|_, t| t.exp > now);
     }
@@ -207,6 +214,7 @@ impl Ledger {
                 let grant = *grant;
                 Err(Refused::Replayed { revoked: self.revoke(grant) })
             }
+            Some(RefreshSlot::Revoked { .. }) => Err(Refused::Revoked),
             Some(RefreshSlot::Active(r)) if r.exp < now => {
                 self.refresh.remove(&key);
                 Err(Refused::Expired)
@@ -225,7 +233,7 @@ impl Ledger {
                 *slot = RefreshSlot::Used { grant: r.grant, until: r.exp };
                 true
             }
-            RefreshSlot::Used { .. } => false,
+            RefreshSlot::Used { .. } | RefreshSlot::Revoked { .. } => false,
         }
     }
 
@@ -250,7 +258,7 @@ impl Ledger {
         for slot in self.refresh.values_mut() {
             if let RefreshSlot::Active(r) = slot {
                 if r.grant == grant {
-                    *slot = RefreshSlot::Used { grant, until: r.exp };
+                    *slot = RefreshSlot::Revoked { until: r.exp };
                     revoked += 1;
                 }
             }
@@ -339,7 +347,7 @@ mod tests {
         assert_eq!(ledger.code(&value, NOW + 3).unwrap_err(), Refused::Replayed { revoked: 2 });
         assert!(ledger.access(&at, NOW + 3).is_none(), "the access token from the replayed code is revoked");
         assert!(ledger.access(&other, NOW + 3).is_some(), "other grants are untouched");
-        assert!(matches!(ledger.refresh_token(&rt, NOW + 3), Err(Refused::Replayed { .. })));
+        assert_eq!(ledger.refresh_token(&rt, NOW + 3).unwrap_err(), Refused::Revoked, "revoked, never used");
         assert_eq!(ledger.code("never-issued", NOW).unwrap_err(), Refused::Unknown);
     }
 
@@ -363,7 +371,8 @@ mod tests {
         let at = ledger.add_access(access(Some(grant)), NOW + 1);
         assert!(ledger.refresh_token(&second, NOW + 2).is_ok());
         assert_eq!(ledger.refresh_token(&first, NOW + 2).unwrap_err(), Refused::Replayed { revoked: 2 });
-        assert!(matches!(ledger.refresh_token(&second, NOW + 2), Err(Refused::Replayed { revoked: 0 })));
+        // The rotated-to token was never used: it is revoked, not "already used".
+        assert_eq!(ledger.refresh_token(&second, NOW + 2).unwrap_err(), Refused::Revoked);
         assert!(ledger.access(&at, NOW + 2).is_none());
         // An expired refresh token is refused as expired, then forgotten.
         let grant = ledger.redeem_code("other", NOW);

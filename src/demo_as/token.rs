@@ -51,6 +51,10 @@ fn refused(what: &str, why: Refused) -> Answer {
         Refused::Replayed { revoked } => invalid_grant(format!(
             "the {what} was already used; the {revoked} token(s) issued from it are revoked (RFC 6749 §4.1.2, RFC 9700 §4.14.2)"
         )),
+        Refused::Revoked => invalid_grant(format!(
+            "the {what} was revoked, never used: another code or refresh token of the same grant was replayed, \
+             so every token of the grant was revoked (RFC 9700 §4.14.2); start a new authorization"
+        )),
     }
 }
 

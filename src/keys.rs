@@ -13,7 +13,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::MtlsConfig;
 use crate::jose::{Alg, SigningKey};
-use crate::redact::Secret;
+use crate::redact::{Secret, SecretBytes};
 
 /// The credential a route's client authentication uses.
 #[derive(Debug, Clone)]
@@ -53,11 +53,14 @@ impl KeyRef<'_> {
 }
 
 /// Reads a file, mapping "not found" to a message with the fix.
-pub fn read(at: &KeyRef<'_>) -> Result<Vec<u8>, KeyFileError> {
-    crate::config::file::read(at.path, crate::config::file::SMALL_CAP).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => at.error("file not found (run `tokenrelay init` to create it)"),
-        std::io::ErrorKind::PermissionDenied => at.error("permission denied (check the file's owner and mode)"),
-        _ => at.error(format!("cannot read: {e}")),
+/// The bytes are a [`SecretBytes`]: a key file's PEM is wiped from memory once parsed.
+pub fn read(at: &KeyRef<'_>) -> Result<SecretBytes, KeyFileError> {
+    crate::config::file::read(at.path, crate::config::file::SMALL_CAP).map(SecretBytes::new).map_err(|e| {
+        match e.kind() {
+            std::io::ErrorKind::NotFound => at.error("file not found (run `tokenrelay init` to create it)"),
+            std::io::ErrorKind::PermissionDenied => at.error("permission denied (check the file's owner and mode)"),
+            _ => at.error(format!("cannot read: {e}")),
+        }
     })
 }
 
@@ -70,11 +73,11 @@ pub fn load_signing_key(
 ) -> Result<(Arc<SigningKey>, Vec<String>), KeyFileError> {
     if create && !at.path.exists() {
         let key = SigningKey::generate(alg).map_err(|e| at.error(format!("cannot generate a {alg} key: {e}")))?;
-        write_private(at.path, &key.pkcs8_pem()).map_err(|e| at.error(format!("cannot create: {e}")))?;
+        write_private(at.path, key.pkcs8_pem().expose()).map_err(|e| at.error(format!("cannot create: {e}")))?;
         tracing::info!(route = at.route, file = %at.path.display(), %alg, kid = key.thumbprint(), "created {}", at.field);
     }
     let bytes = read(at)?;
-    let key = SigningKey::load(&bytes, alg).map_err(|e| at.error(e.to_string()))?;
+    let key = SigningKey::load(bytes.expose(), alg).map_err(|e| at.error(e.to_string()))?;
     let warnings = permission_warning(at.path).into_iter().collect();
     Ok((Arc::new(key), warnings))
 }
@@ -100,7 +103,7 @@ pub fn load_identity(route: &str, m: &MtlsConfig, warnings: &mut Vec<String>) ->
     let cert_at = KeyRef { route, field: "mtls.cert", path: &m.cert };
     let key_at = KeyRef { route, field: "mtls.key", path: &m.key };
     let cert_bytes = read(&cert_at)?;
-    let mut chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_bytes)
+    let mut chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_bytes.expose())
         .collect::<Result<_, _>>()
         .map_err(|e| cert_at.error(format!("not a PEM certificate file: {e}")))?;
     if chain.is_empty() {
@@ -108,7 +111,7 @@ pub fn load_identity(route: &str, m: &MtlsConfig, warnings: &mut Vec<String>) ->
     }
     let key_bytes = read(&key_at)?;
     // The first PEM section decides, whatever its kind.
-    let key = match <(SectionKind, Vec<u8>)>::from_pem_slice(&key_bytes) {
+    let key = match <(SectionKind, Vec<u8>)>::from_pem_slice(key_bytes.expose()) {
         Ok((SectionKind::Certificate, _)) => {
             return Err(key_at.error("holds a certificate, not a private key (are cert and key swapped?)"));
         }

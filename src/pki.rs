@@ -33,7 +33,8 @@ pub fn validity_warning(der: &[u8]) -> Option<String> {
 /// A generated certificate and key, PEM-encoded.
 pub struct Minted {
     pub cert_pem: String,
-    pub key_pem: String,
+    /// The private key: redacted in `Debug`, wiped on drop.
+    pub key_pem: crate::redact::Secret,
 }
 
 /// Why a certificate could not be made.
@@ -69,7 +70,7 @@ pub fn generate_ca(cn: &str) -> Result<Minted, PkiError> {
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     window(&mut params, 3650);
     let cert = params.self_signed(&key)?;
-    Ok(Minted { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+    Ok(Minted { cert_pem: cert.pem(), key_pem: crate::redact::Secret::new(key.serialize_pem()) })
 }
 
 /// How long a local CA made by tokenrelay is valid: a year, so a forgotten trusted CA does
@@ -110,7 +111,7 @@ pub fn generate_local_ca(cn: &str, permitted: &[String]) -> Result<Minted, PkiEr
     params.name_constraints = Some(rcgen::NameConstraints { permitted_subtrees: subtrees, excluded_subtrees: vec![] });
     window(&mut params, LOCAL_CA_DAYS);
     let cert = params.self_signed(&key)?;
-    Ok(Minted { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+    Ok(Minted { cert_pem: cert.pem(), key_pem: crate::redact::Secret::new(key.serialize_pem()) })
 }
 
 /// The name constraints of a CA certificate (RFC 5280 §4.2.1.10), as far as tokenrelay needs
@@ -227,12 +228,12 @@ pub fn issue_intermediate(issuer: &Minted, cn: &str) -> Result<Minted, PkiError>
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
     window(&mut params, 3650);
     let cert = params.signed_by(&key, &ca)?;
-    Ok(Minted { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+    Ok(Minted { cert_pem: cert.pem(), key_pem: crate::redact::Secret::new(key.serialize_pem()) })
 }
 
 /// The issuer (subject DN, key identifier, key usages, key) of a PEM CA certificate and key.
 fn reissue(issuer: &Minted) -> Result<Issuer<'static, KeyPair>, PkiError> {
-    let key = KeyPair::from_pem(&issuer.key_pem)?;
+    let key = KeyPair::from_pem(issuer.key_pem.expose())?;
     Ok(Issuer::from_ca_cert_pem(&issuer.cert_pem, key)?)
 }
 
@@ -249,7 +250,7 @@ pub fn issue_leaf(issuer: &Minted, names: &[&str], usage: LeafUse, days: i64) ->
     let key = KeyPair::generate()?;
     let params = leaf_params(names, usage, days)?;
     let cert = params.signed_by(&key, &ca)?;
-    Ok(Minted { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+    Ok(Minted { cert_pem: cert.pem(), key_pem: crate::redact::Secret::new(key.serialize_pem()) })
 }
 
 /// A self-signed client certificate (`self_signed_tls_client_auth`, RFC 8705 §2.2).
@@ -278,7 +279,7 @@ pub fn self_signed_client_window(
     params.not_before = not_before;
     params.not_after = not_after;
     let cert = params.self_signed(&key)?;
-    Ok(Minted { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+    Ok(Minted { cert_pem: cert.pem(), key_pem: crate::redact::Secret::new(key.serialize_pem()) })
 }
 
 fn leaf_params(names: &[&str], usage: LeafUse, days: i64) -> Result<CertificateParams, PkiError> {

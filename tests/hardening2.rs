@@ -111,7 +111,7 @@ fn quoting_round_trips_exactly_under_sh_bash_and_fish_and_runs_nothing() {
     let fish = fish();
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
-    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig { cases: 4, ..ProptestConfig::default() });
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig { cases: 12, ..ProptestConfig::default() });
     runner
         .run(&prop::collection::vec(nasty_string(), 150), |strings| {
             // One shell process per shell and case: printf each value NUL-terminated.
@@ -135,7 +135,7 @@ fn quoting_round_trips_exactly_under_sh_bash_and_fish_and_runs_nothing() {
             Ok(())
         })
         .unwrap();
-    eprintln!("4 cases x 150 strings x 3 shells in {:?}", started.elapsed());
+    eprintln!("12 cases x 150 strings x 3 shells in {:?}", started.elapsed());
 }
 
 /// `tokenrelay <args>` run in `dir`; (success, stdout, stderr).
@@ -495,4 +495,21 @@ async fn http_1_0_without_host_is_refused() {
     assert!(answer.contains("without Host"), "{answer}");
     assert!(up.seen().is_empty(), "the upstream received {:?}", up.seen());
     proxy.stop();
+}
+
+/// Finding 6: the secret bytes tokenrelay holds (the local CA's key, key-file PEM, tokens)
+/// are the secret newtypes: `Debug` shows no key material, equality is by value (in constant
+/// time: `subtle`), and each is wiped on drop (`zeroize`; unit tests in `src/redact.rs`).
+#[test]
+fn the_ca_key_and_key_pem_buffers_are_secrets() {
+    use tokenrelay::redact::{Secret, SecretBytes};
+    let ca = tokenrelay::pki::generate_local_ca("hardening2 CA", &["localhost".to_string()]).unwrap();
+    let key: &Secret = &ca.key_pem;
+    assert!(key.expose().contains("PRIVATE KEY"));
+    assert_eq!(format!("{key:?} {key}"), "[redacted] [redacted]");
+    let pem: SecretBytes = tokenrelay::jose::SigningKey::generate(Alg::ES256).unwrap().pkcs8_pem();
+    let shown = format!("{pem:?}");
+    assert!(!shown.contains("PRIVATE") && shown.starts_with("[redacted"), "{shown}");
+    assert_eq!(pem.clone(), pem);
+    assert_ne!(Secret::new("token-a"), Secret::new("token-b"));
 }

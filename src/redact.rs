@@ -107,6 +107,7 @@ pub fn short_hash(data: impl AsRef<[u8]>) -> String {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]

@@ -33,7 +33,7 @@ async fn tls_upstream(ca_path: &Path) -> SocketAddr {
     use rustls::pki_types::pem::PemObject as _;
     let chain =
         ok(rustls::pki_types::CertificateDer::pem_slice_iter(leaf.cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>());
-    let key = ok(rustls::pki_types::PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()));
+    let key = ok(rustls::pki_types::PrivateKeyDer::from_pem_slice(leaf.key_pem.expose().as_bytes()));
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config =
         ok(ok(rustls::ServerConfig::builder_with_provider(provider).with_safe_default_protocol_versions())
@@ -125,7 +125,7 @@ async fn main() {
     let dir = ok(tempfile::tempdir());
     let as_addr = tls_upstream(&dir.path().join("as-ca.pem")).await;
     let key = ok(tokenrelay::jose::SigningKey::generate(tokenrelay::jose::Alg::ES256));
-    ok(tokenrelay::keys::write_private(&dir.path().join("client.pem"), &key.pkcs8_pem()));
+    ok(tokenrelay::keys::write_private(&dir.path().join("client.pem"), key.pkcs8_pem().expose()));
     let (listen, forward, tls) = (
         ok(TcpListener::bind("127.0.0.1:0").await),
         ok(TcpListener::bind("127.0.0.1:0").await),

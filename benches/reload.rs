@@ -130,7 +130,7 @@ async fn main() {
     let up = upstream().await;
     let dir = tempfile::tempdir().unwrap();
     let key = SigningKey::generate(Alg::ES256).unwrap();
-    tokenrelay::keys::write_private(&dir.path().join("client.pem"), &key.pkcs8_pem()).unwrap();
+    tokenrelay::keys::write_private(&dir.path().join("client.pem"), key.pkcs8_pem().expose()).unwrap();
     let path = dir.path().join("proxy.toml");
     std::fs::write(&path, config(up, 0)).unwrap();
     let mut opts = tokenrelay::app::Options::new(&path);

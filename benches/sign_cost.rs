@@ -60,7 +60,7 @@ fn cpu_us_per_op(budget: Duration, mut f: impl FnMut()) -> f64 {
 fn main() {
     let budget = Duration::from_millis(std::env::var("BENCH_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(800));
     let key = SigningKey::generate(Alg::ES256).unwrap_or_else(|e| panic!("key: {e}"));
-    let raw = josekit::jws::ES256.signer_from_pem(key.pkcs8_pem()).unwrap_or_else(|e| panic!("signer: {e}"));
+    let raw = josekit::jws::ES256.signer_from_pem(key.pkcs8_pem().expose()).unwrap_or_else(|e| panic!("signer: {e}"));
     // A signing input of the usual size: base64url(header) "." base64url(claims), ~420 bytes.
     let input = vec![b'e'; 420];
     let es256 = cpu_us_per_op(budget, || {
@@ -74,7 +74,8 @@ fn main() {
     // which rustls already links, through rustls's signing API (ASN.1 DER output).
     let ring_key = {
         use rustls::pki_types::pem::PemObject as _;
-        let der = rustls::pki_types::PrivateKeyDer::from_pem_slice(&key.pkcs8_pem()).unwrap_or_else(|e| panic!("{e}"));
+        let der = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.pkcs8_pem().expose())
+            .unwrap_or_else(|e| panic!("{e}"));
         rustls::crypto::ring::sign::any_ecdsa_type(&der).unwrap_or_else(|e| panic!("ring key: {e}"))
     };
     let ring_signer = ring_key

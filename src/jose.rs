@@ -288,9 +288,9 @@ impl SigningKey {
         &self.thumbprint
     }
 
-    /// PKCS#8 PEM of the private key, for writing generated keys to disk.
-    pub fn pkcs8_pem(&self) -> Vec<u8> {
-        self.pair.as_key_pair().to_pem_private_key()
+    /// PKCS#8 PEM of the private key, for writing generated keys to disk (wiped on drop).
+    pub fn pkcs8_pem(&self) -> crate::redact::SecretBytes {
+        crate::redact::SecretBytes::new(self.pair.as_key_pair().to_pem_private_key())
     }
 
     /// Signs `claims` (a JSON object: a `Map` or a `Serialize` struct) as a compact JWS with
@@ -537,7 +537,7 @@ mod tests {
             assert_eq!(v.header["alg"], alg.as_str());
             assert!(!key.public_jwk().contains_key("d"));
             // Round trip through PEM keeps the thumbprint.
-            let again = SigningKey::load(&key.pkcs8_pem(), alg).unwrap();
+            let again = SigningKey::load(key.pkcs8_pem().expose(), alg).unwrap();
             assert_eq!(again.thumbprint(), key.thumbprint());
         }
     }
@@ -584,9 +584,9 @@ mod tests {
     #[test]
     fn pkj6_wrong_key_type_is_named() {
         let ec = SigningKey::generate(Alg::ES256).unwrap();
-        let err = SigningKey::load(&ec.pkcs8_pem(), Alg::RS256).unwrap_err().to_string();
+        let err = SigningKey::load(ec.pkcs8_pem().expose(), Alg::RS256).unwrap_err().to_string();
         assert!(err.contains("RSA") && err.contains("EC P-256"), "{err}");
-        let err = SigningKey::load(&ec.pkcs8_pem(), Alg::ES384).unwrap_err().to_string();
+        let err = SigningKey::load(ec.pkcs8_pem().expose(), Alg::ES384).unwrap_err().to_string();
         assert!(err.contains("P-384"), "{err}");
     }
 

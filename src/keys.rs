@@ -14,7 +14,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::MtlsConfig;
 use crate::jose::{Alg, SigningKey};
-use crate::redact::Secret;
+use crate::redact::{Secret, SecretBytes};
 
 /// The credential a route's client authentication uses.
 #[derive(Debug, Clone)]
@@ -54,11 +54,14 @@ impl KeyRef<'_> {
 }
 
 /// Reads a file, mapping "not found" to a message with the fix.
-pub fn read(at: &KeyRef<'_>) -> Result<Vec<u8>, KeyFileError> {
-    std::fs::read(at.path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => at.error("file not found (run `tokenrelay init` to create it)"),
-        std::io::ErrorKind::PermissionDenied => at.error("permission denied (check the file's owner and mode)"),
-        _ => at.error(format!("cannot read: {e}")),
+/// The bytes are a [`SecretBytes`]: a key file's PEM is wiped from memory once parsed.
+pub fn read(at: &KeyRef<'_>) -> Result<SecretBytes, KeyFileError> {
+    crate::config::file::read(at.path, crate::config::file::SMALL_CAP).map(SecretBytes::new).map_err(|e| {
+        match e.kind() {
+            std::io::ErrorKind::NotFound => at.error("file not found (run `tokenrelay init` to create it)"),
+            std::io::ErrorKind::PermissionDenied => at.error("permission denied (check the file's owner and mode)"),
+            _ => at.error(format!("cannot read: {e}")),
+        }
     })
 }
 
@@ -67,7 +70,7 @@ pub fn read(at: &KeyRef<'_>) -> Result<Vec<u8>, KeyFileError> {
 /// loose file permissions).
 pub fn load_signing_key(at: &KeyRef<'_>, alg: Alg) -> Result<(Arc<SigningKey>, Vec<String>), KeyFileError> {
     let bytes = read(at)?;
-    let key = SigningKey::load(&bytes, alg).map_err(|e| at.error(e.to_string()))?;
+    let key = SigningKey::load(bytes.expose(), alg).map_err(|e| at.error(e.to_string()))?;
     let warnings = permission_warning(at.path).into_iter().collect();
     Ok((Arc::new(key), warnings))
 }
@@ -77,7 +80,7 @@ pub fn load_signing_key(at: &KeyRef<'_>, alg: Alg) -> Result<(Arc<SigningKey>, V
 pub fn new_signing_key(at: &KeyRef<'_>, alg: Alg) -> Result<(Arc<SigningKey>, NewFile), KeyFileError> {
     let key = SigningKey::generate(alg).map_err(|e| at.error(format!("cannot generate a {alg} key: {e}")))?;
     let what = format!("route {:?} {} ({alg}, kid {})", at.route, at.field, key.thumbprint());
-    let file = NewFile::private(at.path, what, key.pkcs8_pem());
+    let file = NewFile::private(at.path, what, key.pkcs8_pem().expose().to_vec());
     Ok((Arc::new(key), file))
 }
 
@@ -88,7 +91,8 @@ pub struct NewFile {
     pub path: PathBuf,
     /// What it is, for the log line: `route "demo" dpop.key (ES256, kid ...)`.
     pub what: String,
-    contents: Vec<u8>,
+    /// Wiped on drop: it may be a private key.
+    contents: crate::redact::SecretBytes,
     /// A private key: mode 0600, never over an existing file.
     private: bool,
     /// Remove what is at `path` first (one half of a pair that is regenerated whole).
@@ -115,12 +119,24 @@ pub struct CreateError {
 impl NewFile {
     /// A private key (written 0600, refusing to overwrite).
     pub fn private(path: &Path, what: impl Into<String>, pem: Vec<u8>) -> NewFile {
-        NewFile { path: path.to_path_buf(), what: what.into(), contents: pem, private: true, replace: false }
+        NewFile {
+            path: path.to_path_buf(),
+            what: what.into(),
+            contents: crate::redact::SecretBytes::new(pem),
+            private: true,
+            replace: false,
+        }
     }
 
     /// A public file (a certificate).
     pub fn public(path: &Path, what: impl Into<String>, pem: Vec<u8>) -> NewFile {
-        NewFile { path: path.to_path_buf(), what: what.into(), contents: pem, private: false, replace: false }
+        NewFile {
+            path: path.to_path_buf(),
+            what: what.into(),
+            contents: crate::redact::SecretBytes::new(pem),
+            private: false,
+            replace: false,
+        }
     }
 
     /// Removes what is at the path before writing.
@@ -131,7 +147,7 @@ impl NewFile {
 
     /// What will be written.
     pub fn contents(&self) -> &[u8] {
-        &self.contents
+        self.contents.expose()
     }
 
     /// Writes it (creating its folder), and logs one line naming it.
@@ -144,12 +160,12 @@ impl NewFile {
             }
         }
         if self.private {
-            write_private(&self.path, &self.contents).map_err(error)?;
+            write_private(&self.path, self.contents.expose()).map_err(error)?;
         } else {
             if let Some(dir) = self.path.parent() {
                 std::fs::create_dir_all(dir).map_err(error)?;
             }
-            std::fs::write(&self.path, &self.contents).map_err(error)?;
+            std::fs::write(&self.path, self.contents.expose()).map_err(error)?;
         }
         tracing::info!(file = %self.path.display(), "created {}", self.what);
         Ok(())
@@ -177,7 +193,7 @@ pub fn load_identity(route: &str, m: &MtlsConfig, warnings: &mut Vec<String>) ->
     let cert_at = KeyRef { route, field: "mtls.cert", path: &m.cert };
     let key_at = KeyRef { route, field: "mtls.key", path: &m.key };
     let cert_bytes = read(&cert_at)?;
-    let mut chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_bytes)
+    let mut chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_bytes.expose())
         .collect::<Result<_, _>>()
         .map_err(|e| cert_at.error(format!("not a PEM certificate file: {e}")))?;
     if chain.is_empty() {
@@ -185,7 +201,7 @@ pub fn load_identity(route: &str, m: &MtlsConfig, warnings: &mut Vec<String>) ->
     }
     let key_bytes = read(&key_at)?;
     // The first PEM section decides, whatever its kind.
-    let key = match <(SectionKind, Vec<u8>)>::from_pem_slice(&key_bytes) {
+    let key = match <(SectionKind, Vec<u8>)>::from_pem_slice(key_bytes.expose()) {
         Ok((SectionKind::Certificate, _)) => {
             return Err(key_at.error("holds a certificate, not a private key (are cert and key swapped?)"));
         }

@@ -118,7 +118,7 @@ impl LocalCa {
     pub fn create(config: &Config) -> Result<LocalCa, CaError> {
         let minted =
             pki::generate_local_ca(CA_CN, &permitted_names(config)).map_err(|e| CaError::Mint(e.to_string()))?;
-        write_private(&config.ca_key, minted.key_pem.as_bytes())
+        write_private(&config.ca_key, minted.key_pem.expose().as_bytes())
             .map_err(|e| CaError::Key { path: config.ca_key.clone(), reason: format!("cannot create: {e}") })?;
         let written = config
             .ca_cert
@@ -138,13 +138,13 @@ impl LocalCa {
         let cert_err = |reason: String| CaError::Cert { path: cert_path.to_path_buf(), reason };
         let key_err = |reason: String| CaError::Key { path: key_path.to_path_buf(), reason };
         let read = |p: &Path| {
-            std::fs::read_to_string(p).map_err(|e| match e.kind() {
+            crate::config::file::read_to_string(p, crate::config::file::SMALL_CAP).map_err(|e| match e.kind() {
                 std::io::ErrorKind::NotFound => "file not found".to_string(),
                 _ => format!("cannot read: {e}"),
             })
         };
         let cert_pem = read(cert_path).map_err(cert_err)?;
-        let key_pem = read(key_path).map_err(key_err)?;
+        let key_pem = crate::redact::Secret::new(read(key_path).map_err(key_err)?);
         let der = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
             .next()
             .ok_or_else(|| cert_err("no CERTIFICATE block found".into()))?
@@ -152,7 +152,7 @@ impl LocalCa {
         if !pki::is_ca(&der) {
             return Err(cert_err("not a CA certificate (basicConstraints cA is not set)".into()));
         }
-        let key = private_key(&key_pem).ok_or_else(|| key_err("not a PEM private key".into()))?;
+        let key = private_key(key_pem.expose()).ok_or_else(|| key_err("not a PEM private key".into()))?;
         let signer = rustls::crypto::ring::sign::any_supported_type(&key)
             .map_err(|e| key_err(format!("unsupported private key: {e}")))?;
         CertifiedKey::new(vec![der.clone()], signer)
@@ -253,7 +253,7 @@ fn private_key(pem: &str) -> Option<PrivateKeyDer<'static>> {
 fn certified_key(minted: &Minted) -> Option<CertifiedKey> {
     let chain: Vec<CertificateDer<'static>> =
         CertificateDer::pem_slice_iter(minted.cert_pem.as_bytes()).collect::<Result<_, _>>().ok()?;
-    let key = private_key(&minted.key_pem)?;
+    let key = private_key(minted.key_pem.expose())?;
     let signer = rustls::crypto::ring::sign::any_supported_type(&key).ok()?;
     Some(CertifiedKey::new(chain, signer))
 }

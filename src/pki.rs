@@ -33,7 +33,8 @@ pub fn validity_warning(der: &[u8]) -> Option<String> {
 /// A generated certificate and key, PEM-encoded.
 pub struct Minted {
     pub cert_pem: String,
-    pub key_pem: String,
+    /// The private key: redacted in `Debug`, wiped on drop.
+    pub key_pem: crate::redact::Secret,
 }
 
 /// Why a certificate could not be made.
@@ -233,7 +234,7 @@ pub fn issue_intermediate(issuer: &Minted, cn: &str) -> Result<Minted, PkiError>
 /// The issuer (subject DN, key identifier, key usages, key) of a PEM CA certificate and key.
 fn reissue(issuer: &Minted) -> Result<Issuer<'static, KeyPair>, PkiError> {
     use rustls::pki_types::pem::PemObject as _;
-    let key = key_from_pem(&issuer.key_pem)?;
+    let key = key_from_pem(issuer.key_pem.expose())?;
     let cert = rustls::pki_types::CertificateDer::from_pem_slice(issuer.cert_pem.as_bytes())
         .map_err(|e| PkiError(format!("not a PEM certificate: {e}")))?;
     Ok(Issuer::from_ca_cert_der(&cert, key)?)
@@ -259,8 +260,8 @@ fn cert_pem(cert: &rcgen::Certificate) -> String {
 }
 
 /// PKCS#8 (`PRIVATE KEY`), as `SigningKey::pkcs8_pem` writes keys too.
-fn key_pem(key: &KeyPair) -> String {
-    pem_encode("PRIVATE KEY", key.serialized_der())
+fn key_pem(key: &KeyPair) -> crate::redact::Secret {
+    crate::redact::Secret::new(pem_encode("PRIVATE KEY", key.serialized_der()))
 }
 
 /// The first private key in a PEM text (PKCS#8 for the keys rcgen signs with under ring).
@@ -409,7 +410,7 @@ mod tests {
     #[test]
     fn pem_is_rfc_7468_and_reads_back() {
         let ca = generate_ca("pem test").unwrap();
-        for (text, label) in [(&ca.cert_pem, "CERTIFICATE"), (&ca.key_pem, "PRIVATE KEY")] {
+        for (text, label) in [(ca.cert_pem.as_str(), "CERTIFICATE"), (ca.key_pem.expose(), "PRIVATE KEY")] {
             let lines: Vec<&str> = text.split('\n').collect();
             assert_eq!(lines[0], format!("-----BEGIN {label}-----"));
             assert_eq!(lines[lines.len() - 2], format!("-----END {label}-----"));

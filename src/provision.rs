@@ -189,7 +189,7 @@ fn make(config: &Config, item: &Item, replace: bool) -> Result<Vec<String>, Prov
                 None
             } else {
                 let key = SigningKey::generate(*alg).map_err(|e| generate(&format!("{what} ({alg})"), e))?;
-                write_private(path, &key.pkcs8_pem()).map_err(write_error(what, path))?;
+                write_private(path, key.pkcs8_pem().expose()).map_err(write_error(what, path))?;
                 made.push(format!("{} ({what}, {alg}, kid {})", path.display(), key.thumbprint()));
                 Some(key)
             };
@@ -197,13 +197,14 @@ fn make(config: &Config, item: &Item, replace: bool) -> Result<Vec<String>, Prov
                 let key = match key {
                     Some(k) => k,
                     None => {
-                        let bytes = std::fs::read(path)
+                        let bytes = crate::config::file::read(path, crate::config::file::SMALL_CAP)
+                            .map(crate::redact::SecretBytes::new)
                             .map_err(|e| generate(what, format!("cannot read {}: {e}", path.display())))?;
-                        SigningKey::load(&bytes, *alg).map_err(|e| generate(what, e))?
+                        SigningKey::load(bytes.expose(), *alg).map_err(|e| generate(what, e))?
                     }
                 };
                 let pem = key.pkcs8_pem();
-                let pem = std::str::from_utf8(&pem).map_err(|e| generate(what, e))?;
+                let pem = std::str::from_utf8(pem.expose()).map_err(|e| generate(what, e))?;
                 let cert_pem = crate::pki::self_signed_for_key(pem, cn, 365).map_err(|e| generate(what, e))?;
                 write_public(cert_path, cert_pem.as_bytes()).map_err(write_error(what, cert_path))?;
                 made.push(format!(
@@ -216,7 +217,7 @@ fn make(config: &Config, item: &Item, replace: bool) -> Result<Vec<String>, Prov
             if !cert.exists() || !key.exists() {
                 let minted = crate::pki::self_signed_client(cn, 365).map_err(|e| generate(what, e))?;
                 remove(what, key)?;
-                write_private(key, minted.key_pem.as_bytes()).map_err(write_error(what, key))?;
+                write_private(key, minted.key_pem.expose().as_bytes()).map_err(write_error(what, key))?;
                 write_public(cert, minted.cert_pem.as_bytes()).map_err(write_error(what, cert))?;
                 made.push(format!(
                     "{} + {} ({what}: self-signed client certificate, CN={cn}, 365 days)",
@@ -284,7 +285,7 @@ pub fn new_demo_as_ca(config: &Config) -> Result<Vec<NewFile>, ProvisionError> {
     let ca = crate::pki::generate_ca("tokenrelay demo AS CA")
         .map_err(|e| ProvisionError::Generate { what: what.into(), reason: e.to_string() })?;
     Ok(vec![
-        NewFile::private(&key, "demo AS CA key", ca.key_pem.into_bytes()).replacing(),
+        NewFile::private(&key, "demo AS CA key", ca.key_pem.expose().as_bytes().to_vec()).replacing(),
         NewFile::public(
             &cert,
             "demo AS CA (add it to a route's trust to reach the demo AS over HTTPS)",

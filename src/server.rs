@@ -385,6 +385,9 @@ struct SlotState {
     epoch: Instant,
     /// Requests in flight (from head parsed to response body sent).
     busy: AtomicUsize,
+    /// Whether a request head was ever completed on the connection: until then there is no
+    /// response to flush, and closing it loses nothing.
+    served: AtomicBool,
     /// Last activity, in milliseconds since `epoch`.
     last: AtomicU64,
     /// The connection became a `CONNECT` tunnel: no requests to count, only bytes.
@@ -400,6 +403,7 @@ impl SlotState {
             id,
             epoch,
             busy: AtomicUsize::new(0),
+            served: AtomicBool::new(false),
             last: AtomicU64::new(now),
             tunnel: AtomicBool::new(false),
             shed: AtomicBool::new(false),
@@ -505,6 +509,7 @@ impl Slot {
     pub fn busy(&self) -> Busy {
         let state = self.0.state.clone();
         state.busy.fetch_add(1, Ordering::AcqRel);
+        state.served.store(true, Ordering::Relaxed);
         state.touch();
         Busy(state)
     }
@@ -695,16 +700,21 @@ where
     tracing::debug!(%peer, "closing connection: {why}");
     conn.as_mut().graceful_shutdown();
     let deadline = tokio::time::Instant::now() + bound;
+    let state = &slot.0.state;
     loop {
+        // Dropped at once when no request head was ever completed (a socket still trickling
+        // its first head has nothing to flush: waiting for it would let a flood of such
+        // sockets delay every admission at the cap); otherwise once everything answered has
+        // been quiet for DRAIN_QUIET, however the client keeps the socket open (or trickles
+        // its next head). Nothing a client sends resets either clock.
+        let drained =
+            state.idle_for().is_some_and(|quiet| quiet >= DRAIN_QUIET || !state.served.load(Ordering::Relaxed));
+        if drained || tokio::time::Instant::now() >= deadline {
+            return Ok(());
+        }
         tokio::select! {
             r = conn.as_mut() => return r,
             _ = tokio::time::sleep(DRAIN_QUIET / 4) => {}
-        }
-        // Everything answered and sent, but the client keeps the socket open (or is still
-        // trickling a request head): drop it.
-        let drained = slot.0.state.idle_for().is_some_and(|quiet| quiet >= DRAIN_QUIET);
-        if drained || tokio::time::Instant::now() >= deadline {
-            return Ok(());
         }
     }
 }

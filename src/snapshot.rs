@@ -410,7 +410,7 @@ fn assertion_cert_thumbprint(route: &str, path: &std::path::Path, key: &SigningK
     use rustls::pki_types::pem::PemObject as _;
     let at = KeyRef { route, field: "client.cert", path };
     let bytes = keys::read(&at)?;
-    let der = rustls::pki_types::CertificateDer::from_pem_slice(&bytes)
+    let der = rustls::pki_types::CertificateDer::from_pem_slice(bytes.expose())
         .map_err(|e| at.error(format!("not a PEM certificate: {e}")))?;
     let public =
         crate::pki::public_jwk_of_cert(&der).ok_or_else(|| at.error("cannot read the certificate's public key"))?;

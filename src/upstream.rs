@@ -40,9 +40,10 @@ fn native_roots() -> &'static [CertificateDer<'static>] {
     })
 }
 
-/// Reads every certificate in a PEM file.
+/// Reads every certificate in a PEM file (a trust bundle: at most
+/// [`crate::config::file::BUNDLE_CAP`]).
 pub fn read_certs(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let bytes = std::fs::read(path).map_err(|e| match e.kind() {
+    let bytes = crate::config::file::read(path, crate::config::file::BUNDLE_CAP).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => "file not found".to_string(),
         _ => format!("cannot read: {e}"),
     })?;

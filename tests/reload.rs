@@ -101,7 +101,7 @@ fn pkjwt_proxy(upstream: &str) -> Builder {
 }
 
 fn key_pem(key: &SigningKey) -> Vec<u8> {
-    key.pkcs8_pem()
+    key.pkcs8_pem().expose().to_vec()
 }
 
 /// Writes a private key file (0600), replacing whatever is there.

@@ -62,7 +62,7 @@ pub(super) fn run(config_path: &Path, shell: Shell, regenerate: bool) -> anyhow:
     if roots == 0 {
         eprintln!("warning: no system root certificates found; {} holds the local CA only", bundle.display());
     }
-    print!("{}", env_for(&config, &ca, &bundle, shell));
+    print!("{}", env_for(&config, &ca, &bundle, shell)?);
     Ok(())
 }
 
@@ -98,7 +98,8 @@ pub fn write_bundle(ca: &LocalCa, path: &Path) -> std::io::Result<usize> {
         text.push_str(&pem_block(der));
         count += 1;
     }
-    let _ = writeln!(text, "# {CA_CN}: {}", ca.cert_path().display());
+    // One comment line whatever the path holds: a newline in it must not start a PEM block.
+    text.push_str(&super::quote::comment(&format!("{CA_CN}: {}", ca.cert_path().display())));
     text.push_str(ca.cert_pem());
     if !text.ends_with('\n') {
         text.push('\n');
@@ -112,12 +113,9 @@ pub fn write_bundle(ca: &LocalCa, path: &Path) -> std::io::Result<usize> {
     Ok(count)
 }
 
-/// Single-quotes `s` for a POSIX shell.
+/// Single-quotes `s` for a POSIX shell ([`super::quote::sh`]).
 pub fn sh_quote(s: &str) -> String {
-    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._-:,=@+".contains(&b)) {
-        return s.to_string();
-    }
-    format!("'{}'", s.replace('\'', r"'\''"))
+    super::quote::sh(s)
 }
 
 /// Loopback names to keep out of the proxy: those no route claims.
@@ -149,15 +147,21 @@ pub enum Shell {
 }
 
 /// The variables `tokenrelay ca` sets, in order, and comments worth printing with them.
-fn env_vars(config: &Config, ca: &LocalCa, bundle: &Path) -> (Vec<(&'static str, String)>, Vec<String>) {
+/// Paths in the comments are quoted with `quote` (the shell's own quoting).
+fn env_vars(
+    config: &Config,
+    ca: &LocalCa,
+    bundle: &Path,
+    quote: fn(&str) -> String,
+) -> (Vec<(&'static str, String)>, Vec<String>) {
     let ca_path = absolute(ca.cert_path());
     let bundle = absolute(bundle).display().to_string();
     let mut vars = Vec::new();
-    let mut notes = vec![format!("tokenrelay local CA: {}", ca_path.display())];
+    let mut notes = vec![format!("tokenrelay local CA: {}", quote(&ca_path.display().to_string()))];
     if let Some(c) = ca.constraints() {
         notes.push(format!("name-constrained to: {}", c.describe()));
     }
-    notes.push(format!("merged bundle (system roots + local CA): {bundle}"));
+    notes.push(format!("merged bundle (system roots + local CA): {}", quote(&bundle)));
     match config.forward {
         Some(addr) => {
             let proxy = format!("http://{addr}");
@@ -183,25 +187,39 @@ fn env_vars(config: &Config, ca: &LocalCa, bundle: &Path) -> (Vec<(&'static str,
     (vars, notes)
 }
 
-/// What `tokenrelay ca` prints for `shell`.
-pub fn env_for(config: &Config, ca: &LocalCa, bundle: &Path, shell: Shell) -> String {
-    let (vars, notes) = env_vars(config, ca, bundle);
-    let mut out = String::new();
-    let comment = |out: &mut String, line: &str| {
-        let _ = writeln!(out, "# {line}");
+/// What `tokenrelay ca` prints for `shell`: every value and every path in a comment quoted
+/// for that shell ([`super::quote`]), comments kept to one line each. Dotenv values are read
+/// literally up to the end of the line (`docker --env-file`), so a value holding a control
+/// character is refused rather than printed.
+pub fn env_for(config: &Config, ca: &LocalCa, bundle: &Path, shell: Shell) -> anyhow::Result<String> {
+    use super::quote;
+    let q: fn(&str) -> String = match shell {
+        Shell::Fish => quote::fish,
+        Shell::Powershell => quote::powershell,
+        _ => quote::sh,
     };
+    let (vars, notes) = env_vars(config, ca, bundle, q);
+    let mut out = String::new();
+    let comment = |out: &mut String, line: &str| out.push_str(&quote::comment(line));
     match shell {
         Shell::Json => {
             let map: serde_json::Map<String, serde_json::Value> =
                 vars.into_iter().map(|(k, v)| (k.to_string(), v.into())).collect();
             let _ = writeln!(out, "{}", serde_json::Value::Object(map));
-            return out;
+            return Ok(out);
         }
         Shell::Dotenv => {
             for (k, v) in vars {
+                if v.chars().any(char::is_control) {
+                    anyhow::bail!(
+                        "{k}: the value {v:?} holds a control character, which a .env file cannot carry \
+                         (docker --env-file reads values literally to the end of the line); move the CA \
+                         to a path without one, or use --shell json"
+                    );
+                }
                 let _ = writeln!(out, "{k}={v}");
             }
-            return out;
+            return Ok(out);
         }
         _ => {}
     }
@@ -218,30 +236,31 @@ pub fn env_for(config: &Config, ca: &LocalCa, bundle: &Path, shell: Shell) -> St
     comment(&mut out, usage);
     for (k, v) in &vars {
         let _ = match shell {
-            Shell::Fish => writeln!(out, "set -gx {k} {}", sh_quote(v)),
-            Shell::Powershell => writeln!(out, "$env:{k} = '{}'", v.replace('\'', "''")),
-            _ => writeln!(out, "export {k}={}", sh_quote(v)),
+            Shell::Fish => writeln!(out, "set -gx {k} {}", q(v)),
+            Shell::Powershell => writeln!(out, "$env:{k} = {}", q(v)),
+            _ => writeln!(out, "export {k}={}", q(v)),
         };
     }
     // Java ignores name constraints on trust anchors: importing this CA into the JDK's shared
     // cacerts would let it vouch for any host in every Java program. A per-app trust store
-    // (a copy of cacerts plus this CA) keeps it to the app you start with it.
+    // (a copy of cacerts plus this CA) keeps it to the app you start with it. These commands
+    // are for a POSIX shell (`$JAVA_HOME`), quoted for one.
     let ca_path = absolute(ca.cert_path());
-    let q = |p: &Path| sh_quote(&p.display().to_string());
+    let qp = |p: &Path| quote::sh(&p.display().to_string());
     let store = ca_path.with_file_name("tokenrelay-truststore.p12");
     comment(&mut out, "Java (per app; never import into the JDK's shared cacerts, Java ignores name constraints):");
     comment(&mut out, &format!(
         "  keytool -importkeystore -noprompt -srckeystore \"$JAVA_HOME/lib/security/cacerts\" -srcstorepass changeit -destkeystore {} -deststoretype PKCS12 -deststorepass changeit",
-        q(&store)
+        qp(&store)
     ));
     comment(&mut out, &format!(
         "  keytool -importcert -noprompt -alias tokenrelay-local-ca -file {} -keystore {} -storetype PKCS12 -storepass changeit",
-        q(&ca_path),
-        q(&store)
+        qp(&ca_path),
+        qp(&store)
     ));
     comment(&mut out, &format!(
         "  java -Djavax.net.ssl.trustStore={} -Djavax.net.ssl.trustStoreType=PKCS12 -Djavax.net.ssl.trustStorePassword=changeit ...",
-        q(&store)
+        qp(&store)
     ));
     if let Some(addr) = config.forward {
         comment(&mut out, &format!(
@@ -250,10 +269,10 @@ pub fn env_for(config: &Config, ca: &LocalCa, bundle: &Path, shell: Shell) -> St
             addr.port(),
             addr.ip(),
             addr.port(),
-            sh_quote(&no_proxy(config).replace("::1", "[::1]").replace(',', "|"))
+            quote::sh(&no_proxy(config).replace("::1", "[::1]").replace(',', "|"))
         ));
     }
-    out
+    Ok(out)
 }
 
 fn absolute(p: &Path) -> PathBuf {
@@ -273,7 +292,7 @@ mod tests {
         let (ca, _) = LocalCa::load_or_create(&cfg).unwrap();
         let bundle = bundle_path(&cfg);
         assert_eq!(bundle.file_name().unwrap(), "ca-bundle.pem");
-        let script = env_for(&cfg, &ca, &bundle, Shell::Posix);
+        let script = env_for(&cfg, &ca, &bundle, Shell::Posix).unwrap();
         for var in [
             "HTTPS_PROXY=http://127.0.0.1:8788",
             "HTTP_PROXY=http://127.0.0.1:8788",
@@ -290,13 +309,13 @@ mod tests {
             assert!(script.contains(var), "{var} missing from:\n{script}");
         }
         assert!(!script.contains("-cacerts"), "never the JDK's shared store:\n{script}");
-        let fish = env_for(&cfg, &ca, &bundle, Shell::Fish);
+        let fish = env_for(&cfg, &ca, &bundle, Shell::Fish).unwrap();
         assert!(fish.contains("set -gx http_proxy http://127.0.0.1:8788"), "{fish}");
-        let ps = env_for(&cfg, &ca, &bundle, Shell::Powershell);
+        let ps = env_for(&cfg, &ca, &bundle, Shell::Powershell).unwrap();
         assert!(ps.contains("$env:HTTP_PROXY = 'http://127.0.0.1:8788'"), "{ps}");
-        let json: serde_json::Value = serde_json::from_str(&env_for(&cfg, &ca, &bundle, Shell::Json)).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&env_for(&cfg, &ca, &bundle, Shell::Json).unwrap()).unwrap();
         assert_eq!(json["https_proxy"], "http://127.0.0.1:8788");
-        let dotenv = env_for(&cfg, &ca, &bundle, Shell::Dotenv);
+        let dotenv = env_for(&cfg, &ca, &bundle, Shell::Dotenv).unwrap();
         assert!(dotenv.lines().all(|l| l.contains('=') && !l.starts_with('#')), "{dotenv}");
         assert_eq!(sh_quote("/a b/c'd"), r"'/a b/c'\''d'");
         assert_eq!(sh_quote("/plain/path.pem"), "/plain/path.pem");

@@ -237,11 +237,11 @@ fn next_steps(config: &Config, config_path: &Path, template: Option<Template>) -
         ));
         let what = match c.auth {
             AuthMethod::PrivateKeyJwt | AuthMethod::SelfSignedTlsClientAuth => {
-                Some(format!("its public keys: `tokenrelay jwks --route {}{flag}` prints the JWKS to paste", r.name))
+                Some(format!("its public keys: `tokenrelay jwks --route {}{flag}` prints the JWKS to paste", super::quote::sh(&r.name)))
             }
             AuthMethod::TlsClientAuth => Some(format!(
                 "its certificate's subject: `tokenrelay jwks --route {}{flag} --format registration` prints tls_client_auth_subject_dn",
-                r.name
+                super::quote::sh(&r.name)
             )),
             AuthMethod::ClientSecretBasic | AuthMethod::ClientSecretPost | AuthMethod::ClientSecretJwt => {
                 Some("the secret the config names (the AS issues it)".to_string())

@@ -3,6 +3,7 @@
 
 mod ca;
 mod init;
+pub mod quote;
 mod token;
 
 use std::path::{Path, PathBuf};
@@ -243,8 +244,17 @@ fn use_ansi(no_color: Option<&std::ffi::OsStr>, terminal: bool) -> bool {
 
 fn init_tracing(format: LogFormat, verbosity: i16) {
     // RUST_LOG, when set, wins over -v/-q.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level(verbosity)));
+    // notify logs every inotify event at trace level before the reloader filters it: with a
+    // log file in a watched folder (`tokenrelay -vv run 2> err.log` beside proxy.toml) each
+    // line would be an event that writes a line. The reloader logs the relevant ones itself.
+    // RUST_LOG naming notify still wins.
+    if !std::env::var("RUST_LOG").is_ok_and(|v| v.contains("notify")) {
+        if let Ok(quiet) = "notify=warn".parse() {
+            filter = filter.add_directive(quiet);
+        }
+    }
     use std::io::IsTerminal as _;
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match format {

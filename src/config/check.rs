@@ -207,13 +207,12 @@ impl Cx<'_> {
         }
     }
 
-    fn resolve(&self, p: &str) -> PathBuf {
+    /// Resolves a path against the config's folder; a control character in it is refused
+    /// ([`super::charset::no_control`]).
+    fn resolve(&self, p: &str, span: std::ops::Range<usize>, key: &str) -> Result<PathBuf, ConfigError> {
+        super::charset::no_control(p).map_err(|why| self.err(span, key, why))?;
         let p = Path::new(p);
-        if p.is_absolute() {
-            p.to_path_buf()
-        } else {
-            self.dir().join(p)
-        }
+        Ok(if p.is_absolute() { p.to_path_buf() } else { self.dir().join(p) })
     }
 
     fn addr(&self, s: &Spanned<String>, key: &str) -> Result<SocketAddr, ConfigError> {
@@ -356,8 +355,8 @@ impl Cx<'_> {
             listen_tls,
             forward,
             unknown_hosts: p.unknown_hosts.unwrap_or_default(),
-            ca_cert: self.resolve(p.ca_cert.as_deref().unwrap_or("certs/ca.pem")),
-            ca_key: self.resolve(p.ca_key.as_deref().unwrap_or("certs/ca-key.pem")),
+            ca_cert: self.resolve(p.ca_cert.as_deref().unwrap_or("certs/ca.pem"), 0..0, "proxy.ca_cert")?,
+            ca_key: self.resolve(p.ca_key.as_deref().unwrap_or("certs/ca-key.pem"), 0..0, "proxy.ca_key")?,
             ca_named: p.ca_cert.is_some() || p.ca_key.is_some(),
             max_body,
             allow_origins,
@@ -374,7 +373,11 @@ impl Cx<'_> {
         let r = spanned.into_inner();
         let key = |k: &str| format!("routes.{name}.{k}");
 
+        super::charset::route_name(name).map_err(|why| self.err(span.clone(), &format!("routes.{name}"), why))?;
         let prefix = r.prefix.get_ref().trim_end_matches('/').to_string();
+        if let Err(why) = super::charset::path(r.prefix.get_ref()).and_then(|()| super::charset::path(&prefix)) {
+            return Err(self.err(r.prefix.span(), &key("prefix"), why));
+        }
         if !prefix.starts_with('/') || prefix.contains(['?', '#']) {
             return Err(self.err(
                 r.prefix.span(),
@@ -408,6 +411,9 @@ impl Cx<'_> {
                 if let Some(bad) = list.iter().find(|e| !e.starts_with('/')) {
                     return Err(self.err(span, &key("endpoints"), format!("{bad:?} must be a path starting with '/'")));
                 }
+                if let Some(why) = list.iter().find_map(|e| super::charset::path(e).err()) {
+                    return Err(self.err(span, &key("endpoints"), why));
+                }
                 list
             }
             None => vec!["/token".to_string()],
@@ -435,10 +441,16 @@ impl Cx<'_> {
         };
         let client = r.client.map(|c| self.client(name, c, issuer.is_some(), preset)).transpose()?;
         let mut dpop = r.dpop.map(|d| self.dpop(name, d)).transpose()?;
-        let mtls = r.mtls.map(|m| {
-            let m = m.into_inner();
-            MtlsConfig { cert: self.resolve(&m.cert), key: self.resolve(&m.key) }
-        });
+        let mtls = match r.mtls {
+            Some(m) => {
+                let m = m.into_inner();
+                Some(MtlsConfig {
+                    cert: self.resolve(&m.cert, span.clone(), &key("mtls.cert"))?,
+                    key: self.resolve(&m.key, span.clone(), &key("mtls.key"))?,
+                })
+            }
+            None => None,
+        };
         if let Some(c) = &client {
             if matches!(c.auth, AuthMethod::TlsClientAuth | AuthMethod::SelfSignedTlsClientAuth) && mtls.is_none() {
                 return Err(self.err(
@@ -483,7 +495,7 @@ impl Cx<'_> {
             issuer,
             preset,
             rewrite_metadata: r.rewrite_metadata,
-            trust: r.trust.iter().map(|t| self.resolve(t)).collect(),
+            trust: r.trust.iter().map(|t| self.resolve(t, span.clone(), &key("trust"))).collect::<Result<_, _>>()?,
             timeout,
             endpoints,
             endpoints_configured,
@@ -496,6 +508,7 @@ impl Cx<'_> {
     }
 
     fn upstream(&self, s: &Spanned<String>, key: &str) -> Result<Upstream, ConfigError> {
+        super::charset::no_control(s.get_ref()).map_err(|why| self.err(s.span(), key, why))?;
         let bad = |why: &str| self.err(s.span(), key, format!("{:?}: {why}", s.get_ref()));
         let url = url::Url::parse(s.get_ref())
             .map_err(|e| bad(&format!("not a URL like \"https://as.example.com\" ({e})")))?;
@@ -662,7 +675,7 @@ impl Cx<'_> {
         Ok(ClientConfig {
             id: c.id,
             auth,
-            key: c.key.as_deref().map(|k| self.resolve(k)),
+            key: c.key.as_deref().map(|k| self.resolve(k, span.clone(), &key("key"))).transpose()?,
             create: c.create,
             secret,
             alg,
@@ -670,7 +683,7 @@ impl Cx<'_> {
             lifetime,
             kid: c.kid,
             typ: c.typ.or_else(|| preset.and_then(Preset::typ).map(str::to_string)),
-            cert: c.cert.as_deref().map(|p| self.resolve(p)),
+            cert: c.cert.as_deref().map(|p| self.resolve(p, span.clone(), &key("cert"))).transpose()?,
             nbf: preset == Some(Preset::Entra),
         })
     }
@@ -690,7 +703,7 @@ impl Cx<'_> {
             ));
         }
         Ok(DpopConfig {
-            key: self.resolve(&d.key),
+            key: self.resolve(&d.key, 0..0, &format!("routes.{route}.dpop.key"))?,
             alg,
             create: d.create,
             upgrade_bearer: d.upgrade_bearer.unwrap_or(true),

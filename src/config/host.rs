@@ -121,10 +121,23 @@ impl HostEntry {
         if self.host.parse::<IpAddr>().is_ok() {
             return Ok(());
         }
-        if psl::suffix(self.host.as_bytes()).is_some_and(|s| s.is_known() && s.as_bytes() == self.host.as_bytes()) {
+        // A leading dot claims every name below (RFC 5280 §4.2.1.10: `.example.com` constrains
+        // the CA to the subdomains of example.com): the name without it must not be a public
+        // suffix either, or `.com` would let the CA issue for every `.com` site.
+        let (name, below) = match self.host.strip_prefix('.') {
+            Some(rest) => (rest, true),
+            None => (self.host.as_str(), false),
+        };
+        if name.is_empty() || name.starts_with('.') || name.contains("..") {
+            return Err("is not a host name (one leading dot at most, no empty labels)".into());
+        }
+        if psl::suffix(name.as_bytes()).is_some_and(|s| s.is_known() && s.as_bytes() == name.as_bytes()) {
+            let what = match below {
+                true => format!("{name:?} is a public suffix: a leading dot claims every name below it"),
+                false => format!("{name:?} is a public suffix"),
+            };
             return Err(format!(
-                "{:?} is a public suffix: a CA constrained to it could issue for every site below it; name the host itself",
-                self.host
+                "{what}, and a CA constrained to it could issue for every site below it; name the host itself"
             ));
         }
         Ok(())
@@ -174,10 +187,18 @@ mod tests {
             assert_eq!(HostEntry::parse(bad), None, "{bad:?}");
         }
         assert_eq!(HostEntry::parse("[::1]:9443").unwrap().to_string(), "[::1]:9443");
-        for public in ["com", "co.uk", "github.io", "*.example.com"] {
+        for public in ["com", "co.uk", "github.io", "*.example.com", ".com", ".co.uk", ".github.io", "..x.com"] {
             assert!(HostEntry::parse(public).unwrap().check_claimable().is_err(), "{public}");
         }
-        for fine in ["localhost", "keycloak", "as.example.com", "127.0.0.1", "login.microsoftonline.com"] {
+        for fine in [
+            "localhost",
+            "keycloak",
+            "as.example.com",
+            "127.0.0.1",
+            "login.microsoftonline.com",
+            ".example.com",
+            ".corp",
+        ] {
             assert!(HostEntry::parse(fine).unwrap().check_claimable().is_ok(), "{fine}");
         }
     }

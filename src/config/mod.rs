@@ -6,7 +6,9 @@
 //! fields that cannot work has been refused with an error naming file, line, column and key.
 //! Keys and certificates are *not* read here; that is [`crate::snapshot`]'s job.
 
+mod charset;
 mod check;
+pub mod file;
 pub mod host;
 pub mod raw;
 
@@ -336,7 +338,7 @@ impl ParamRules {
 
 /// Reads and checks the config file at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    let text = file::read_to_string(path, file::SMALL_CAP).map_err(|e| {
         let shown = path.display().to_string();
         if e.kind() == std::io::ErrorKind::NotFound {
             let init = if path == Path::new("proxy.toml") {

@@ -241,7 +241,7 @@ impl DemoAs {
             Ok(mut ledger) => ledger.add_code(code, now),
             Err(_) => return fail("server_error", "the demo AS's state is unavailable"),
         };
-        let mut out = vec![("code", value.as_str())];
+        let mut out = vec![("code", value.expose())];
         if let Some(state) = &state {
             out.push(("state", state));
         }

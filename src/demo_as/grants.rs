@@ -20,6 +20,7 @@ use std::collections::HashMap;
 use subtle::ConstantTimeEq as _;
 
 use crate::jose;
+use crate::redact::Secret;
 
 /// How long an authorization code can be exchanged, in seconds (RFC 6749 §4.1.2: "a maximum
 /// authorization code lifetime of 10 minutes is RECOMMENDED"; shorter is better).
@@ -29,8 +30,8 @@ pub(super) const CODE_LIFETIME: u64 = 60;
 pub(super) const REFRESH_LIFETIME: u64 = 24 * 3600;
 
 /// A fresh opaque token or code: 256 random bits, base64url.
-pub(super) fn new_token() -> String {
-    jose::new_jti() + &jose::new_jti()
+pub(super) fn new_token() -> Secret {
+    Secret::new(jose::new_jti() + &jose::new_jti())
 }
 
 /// What a token is stored under: base64url(SHA-256(token)).
@@ -116,6 +117,11 @@ enum RefreshSlot {
         grant: u64,
         until: u64,
     },
+    /// Never used, revoked with its grant when a code or refresh token of the grant was
+    /// replayed; remembered until it would have expired so its use is named for what it is.
+    Revoked {
+        until: u64,
+    },
 }
 
 /// Why a code or refresh token was refused before any other check.
@@ -128,6 +134,8 @@ pub(super) enum Refused {
     Replayed {
         revoked: usize,
     },
+    /// Never used, but revoked with its grant after another token of the grant was replayed.
+    Revoked,
 }
 
 /// Everything issued, behind the demo AS's one lock.
@@ -148,16 +156,16 @@ impl Ledger {
         });
         self.refresh.retain(|_, slot| match slot {
             RefreshSlot::Active(r) => r.exp >= now,
-            RefreshSlot::Used { until, .. } => *until >= now,
+            RefreshSlot::Used { until, .. } | RefreshSlot::Revoked { until } => *until >= now,
         });
         self.access.retain(|_, t| t.exp > now);
     }
 
     /// Stores `code` and returns its value.
-    pub(super) fn add_code(&mut self, code: Code, now: u64) -> String {
+    pub(super) fn add_code(&mut self, code: Code, now: u64) -> Secret {
         self.prune(now);
         let value = new_token();
-        self.codes.insert(key_of(&value), CodeSlot::Fresh(code));
+        self.codes.insert(key_of(value.expose()), CodeSlot::Fresh(code));
         value
     }
 
@@ -190,10 +198,10 @@ impl Ledger {
     }
 
     /// Stores a refresh token and returns its value.
-    pub(super) fn add_refresh(&mut self, refresh: Refresh, now: u64) -> String {
+    pub(super) fn add_refresh(&mut self, refresh: Refresh, now: u64) -> Secret {
         self.prune(now);
         let value = new_token();
-        self.refresh.insert(key_of(&value), RefreshSlot::Active(refresh));
+        self.refresh.insert(key_of(value.expose()), RefreshSlot::Active(refresh));
         value
     }
 
@@ -207,6 +215,7 @@ impl Ledger {
                 let grant = *grant;
                 Err(Refused::Replayed { revoked: self.revoke(grant) })
             }
+            Some(RefreshSlot::Revoked { .. }) => Err(Refused::Revoked),
             Some(RefreshSlot::Active(r)) if r.exp < now => {
                 self.refresh.remove(&key);
                 Err(Refused::Expired)
@@ -225,15 +234,15 @@ impl Ledger {
                 *slot = RefreshSlot::Used { grant: r.grant, until: r.exp };
                 true
             }
-            RefreshSlot::Used { .. } => false,
+            RefreshSlot::Used { .. } | RefreshSlot::Revoked { .. } => false,
         }
     }
 
     /// Stores an access token and returns its value.
-    pub(super) fn add_access(&mut self, access: Access, now: u64) -> String {
+    pub(super) fn add_access(&mut self, access: Access, now: u64) -> Secret {
         self.prune(now);
         let value = new_token();
-        self.access.insert(key_of(&value), access);
+        self.access.insert(key_of(value.expose()), access);
         value
     }
 
@@ -250,7 +259,7 @@ impl Ledger {
         for slot in self.refresh.values_mut() {
             if let RefreshSlot::Active(r) = slot {
                 if r.grant == grant {
-                    *slot = RefreshSlot::Used { grant, until: r.exp };
+                    *slot = RefreshSlot::Revoked { until: r.exp };
                     revoked += 1;
                 }
             }
@@ -328,18 +337,18 @@ mod tests {
         let mut ledger = Ledger::default();
         let value = ledger.add_code(code(), NOW);
         // Checks may fail without consuming it.
-        assert!(ledger.code(&value, NOW + 1).is_ok());
-        assert!(ledger.code(&value, NOW + 2).is_ok());
-        let grant = ledger.redeem_code(&value, NOW + 2);
+        assert!(ledger.code(value.expose(), NOW + 1).is_ok());
+        assert!(ledger.code(value.expose(), NOW + 2).is_ok());
+        let grant = ledger.redeem_code(value.expose(), NOW + 2);
         let at = ledger.add_access(access(Some(grant)), NOW + 2);
         let other = ledger.add_access(access(None), NOW + 2);
         let refresh = Refresh { grant, authz: authz(), jkt: None, exp: NOW + REFRESH_LIFETIME };
         let rt = ledger.add_refresh(refresh, NOW + 2);
-        assert!(ledger.access(&at, NOW + 3).is_some());
-        assert_eq!(ledger.code(&value, NOW + 3).unwrap_err(), Refused::Replayed { revoked: 2 });
-        assert!(ledger.access(&at, NOW + 3).is_none(), "the access token from the replayed code is revoked");
-        assert!(ledger.access(&other, NOW + 3).is_some(), "other grants are untouched");
-        assert!(matches!(ledger.refresh_token(&rt, NOW + 3), Err(Refused::Replayed { .. })));
+        assert!(ledger.access(at.expose(), NOW + 3).is_some());
+        assert_eq!(ledger.code(value.expose(), NOW + 3).unwrap_err(), Refused::Replayed { revoked: 2 });
+        assert!(ledger.access(at.expose(), NOW + 3).is_none(), "the access token from the replayed code is revoked");
+        assert!(ledger.access(other.expose(), NOW + 3).is_some(), "other grants are untouched");
+        assert_eq!(ledger.refresh_token(rt.expose(), NOW + 3).unwrap_err(), Refused::Revoked, "revoked, never used");
         assert_eq!(ledger.code("never-issued", NOW).unwrap_err(), Refused::Unknown);
     }
 
@@ -347,8 +356,8 @@ mod tests {
     fn a_code_expires() {
         let mut ledger = Ledger::default();
         let value = ledger.add_code(code(), NOW);
-        assert_eq!(ledger.code(&value, NOW + CODE_LIFETIME + 1).unwrap_err(), Refused::Expired);
-        assert_eq!(ledger.code(&value, NOW + 1).unwrap_err(), Refused::Unknown, "an expired code is forgotten");
+        assert_eq!(ledger.code(value.expose(), NOW + CODE_LIFETIME + 1).unwrap_err(), Refused::Expired);
+        assert_eq!(ledger.code(value.expose(), NOW + 1).unwrap_err(), Refused::Unknown, "an expired code is forgotten");
     }
 
     #[test]
@@ -356,27 +365,28 @@ mod tests {
         let mut ledger = Ledger::default();
         let grant = ledger.redeem_code("code", NOW);
         let first = ledger.add_refresh(Refresh { grant, authz: authz(), jkt: None, exp: NOW + 10 }, NOW);
-        assert!(ledger.refresh_token(&first, NOW + 1).is_ok());
-        assert!(ledger.rotate(&first));
-        assert!(!ledger.rotate(&first), "rotated once");
+        assert!(ledger.refresh_token(first.expose(), NOW + 1).is_ok());
+        assert!(ledger.rotate(first.expose()));
+        assert!(!ledger.rotate(first.expose()), "rotated once");
         let second = ledger.add_refresh(Refresh { grant, authz: authz(), jkt: None, exp: NOW + 100 }, NOW + 1);
         let at = ledger.add_access(access(Some(grant)), NOW + 1);
-        assert!(ledger.refresh_token(&second, NOW + 2).is_ok());
-        assert_eq!(ledger.refresh_token(&first, NOW + 2).unwrap_err(), Refused::Replayed { revoked: 2 });
-        assert!(matches!(ledger.refresh_token(&second, NOW + 2), Err(Refused::Replayed { revoked: 0 })));
-        assert!(ledger.access(&at, NOW + 2).is_none());
+        assert!(ledger.refresh_token(second.expose(), NOW + 2).is_ok());
+        assert_eq!(ledger.refresh_token(first.expose(), NOW + 2).unwrap_err(), Refused::Replayed { revoked: 2 });
+        // The rotated-to token was never used: it is revoked, not "already used".
+        assert_eq!(ledger.refresh_token(second.expose(), NOW + 2).unwrap_err(), Refused::Revoked);
+        assert!(ledger.access(at.expose(), NOW + 2).is_none());
         // An expired refresh token is refused as expired, then forgotten.
         let grant = ledger.redeem_code("other", NOW);
         let old = ledger.add_refresh(Refresh { grant, authz: authz(), jkt: None, exp: NOW + 5 }, NOW);
-        assert_eq!(ledger.refresh_token(&old, NOW + 6).unwrap_err(), Refused::Expired);
-        assert_eq!(ledger.refresh_token(&old, NOW + 6).unwrap_err(), Refused::Unknown);
+        assert_eq!(ledger.refresh_token(old.expose(), NOW + 6).unwrap_err(), Refused::Expired);
+        assert_eq!(ledger.refresh_token(old.expose(), NOW + 6).unwrap_err(), Refused::Unknown);
     }
 
     #[test]
     fn tokens_are_stored_hashed() {
         let mut ledger = Ledger::default();
         let value = ledger.add_access(access(None), NOW);
-        assert!(!format!("{ledger:?}").contains(&value));
+        assert!(!format!("{ledger:?}").contains(value.expose()));
         assert!(authz().has_scope("openid") && !authz().has_scope("open"));
     }
 }

@@ -79,15 +79,16 @@ pub(super) fn server_config(config: &crate::config::Config) -> Result<Arc<rustls
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let (cert, key) = crate::provision::demo_as_ca_paths(config);
     let read = |path: &std::path::Path| {
-        std::fs::read_to_string(path).map_err(|source| TlsSetupError::ReadCa { path: path.to_path_buf(), source })
+        crate::config::file::read_to_string(path, crate::config::file::SMALL_CAP)
+            .map_err(|source| TlsSetupError::ReadCa { path: path.to_path_buf(), source })
     };
-    let ca = crate::pki::Minted { cert_pem: read(&cert)?, key_pem: read(&key)? };
+    let ca = crate::pki::Minted { cert_pem: read(&cert)?, key_pem: crate::redact::Secret::new(read(&key)?) };
     let leaf = crate::pki::issue_leaf(&ca, &["localhost", "127.0.0.1", "::1"], crate::pki::LeafUse::Server, 30)
         .map_err(TlsSetupError::Leaf)?;
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(leaf.cert_pem.as_bytes())
         .collect::<Result<_, _>>()
         .map_err(TlsSetupError::Pem)?;
-    let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).map_err(TlsSetupError::Pem)?;
+    let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.expose().as_bytes()).map_err(TlsSetupError::Pem)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()

@@ -18,6 +18,7 @@ use super::verify::{check_certificate, check_secret, Registration};
 use super::{json_response, now, oauth_error, read_body, Answer, DemoAs, TOKEN_LIFETIME};
 use crate::config::AuthMethod;
 use crate::jose;
+use crate::redact::Secret;
 use crate::rewrite::client_auth::JWT_BEARER;
 use crate::rewrite::form::Form;
 
@@ -50,6 +51,10 @@ fn refused(what: &str, why: Refused) -> Answer {
         Refused::Expired => invalid_grant(format!("the {what} has expired")),
         Refused::Replayed { revoked } => invalid_grant(format!(
             "the {what} was already used; the {revoked} token(s) issued from it are revoked (RFC 6749 §4.1.2, RFC 9700 §4.14.2)"
+        )),
+        Refused::Revoked => invalid_grant(format!(
+            "the {what} was revoked, never used: another code or refresh token of the same grant was replayed, \
+             so every token of the grant was revoked (RFC 9700 §4.14.2); start a new authorization"
         )),
     }
 }
@@ -116,7 +121,7 @@ impl DemoAs {
         scope: Option<String>,
         binding: &Binding,
         now: u64,
-    ) -> (String, Map<String, Value>) {
+    ) -> (Secret, Map<String, Value>) {
         let access = Access {
             client_id: client_id.to_string(),
             sub: sub.map(str::to_string),
@@ -127,7 +132,7 @@ impl DemoAs {
         };
         let token = ledger.add_access(access, now);
         let mut answer = Map::new();
-        answer.insert("access_token".into(), token.clone().into());
+        answer.insert("access_token".into(), token.expose().into());
         answer.insert("token_type".into(), if binding.jkt.is_some() { "DPoP" } else { "Bearer" }.into());
         answer.insert("expires_in".into(), TOKEN_LIFETIME.into());
         if let Some(scope) = scope {
@@ -175,7 +180,7 @@ impl DemoAs {
             answer.insert("id_token".into(), id_token.into());
         }
         let value = ledger.add_refresh(refresh, now);
-        answer.insert("refresh_token".into(), value.into());
+        answer.insert("refresh_token".into(), value.expose().into());
         Ok(())
     }
 
@@ -241,7 +246,7 @@ impl DemoAs {
         let jkt = if client.auth == AuthMethod::None { binding.jkt.clone() } else { None };
         let exp = now.saturating_add(REFRESH_LIFETIME);
         let refresh = Refresh { grant, authz: code.authz.clone(), jkt, exp };
-        self.finish(ledger, &mut answer, &token, refresh, code.nonce.as_deref(), verified, now)?;
+        self.finish(ledger, &mut answer, token.expose(), refresh, code.nonce.as_deref(), verified, now)?;
         Ok(answer)
     }
 
@@ -305,7 +310,7 @@ impl DemoAs {
             self.access_token(ledger, &authz.client_id, Some(&authz.sub), Some(old.grant), scope, binding, now);
         let refresh = Refresh { exp: now.saturating_add(REFRESH_LIFETIME), ..old };
         // OIDC Core §12.2: a refreshed ID token carries no nonce.
-        self.finish(ledger, &mut answer, &token, refresh, None, verified, now)?;
+        self.finish(ledger, &mut answer, token.expose(), refresh, None, verified, now)?;
         Ok(answer)
     }
 

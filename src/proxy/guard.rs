@@ -27,8 +27,12 @@ pub(super) fn check_exposure(
     if hosts.next().is_some() {
         return Err(ProxyError::BadRequest("two Host headers (RFC 9112 §3.2)".into()));
     }
-    if first.is_none() && uri.authority().is_none() && version == http::Version::HTTP_11 {
-        return Err(ProxyError::BadRequest("an HTTP/1.1 request without Host (RFC 9112 §3.2)".into()));
+    // HTTP/1.0 made Host optional, but a request without one could not be checked against
+    // the DNS-rebinding guard at all: refused in every version (RFC 9112 §3.2, RFC 9113 §8.3.1).
+    if first.is_none() && uri.authority().is_none() {
+        return Err(ProxyError::BadRequest(format!(
+            "an {version:?} request without Host: tokenrelay checks that Host names this machine (RFC 9112 §3.2); send Host"
+        )));
     }
     // An absolute-form target (RFC 9112 §3.2.2) names the authority the request is for, and
     // a server uses it over `Host`: it must be loopback too, whatever `Host` says.
@@ -296,6 +300,9 @@ mod tests {
             headers(&[("host", "localhost:8787"), ("origin", "https://app.example"), ("sec-fetch-site", "cross-site")]);
         assert!(check_exposure(&listed, &uri, &["https://app.example".into()]).is_ok(), "allowed origins are exempt");
         assert!(check_exposure(&HeaderMap::new(), &uri, &[]).is_err(), "HTTP/1.1 without Host");
+        for version in [http::Version::HTTP_10, http::Version::HTTP_2] {
+            assert!(super::check_exposure(version, &HeaderMap::new(), &uri, &[]).is_err(), "{version:?} without Host");
+        }
         let mut two = headers(&[("host", "localhost:8787")]);
         two.append(header::HOST, "localhost:8787".parse().unwrap());
         assert!(check_exposure(&two, &uri, &[]).is_err(), "two Host headers");

@@ -442,7 +442,7 @@ async fn relay<B: AppBody>(
                     method: &parts.method,
                     target: &target,
                     headers,
-                    payload: Payload::Resource { body, token: &token },
+                    payload: Payload::Resource { body, token: token.expose() },
                 },
                 outcome,
             )
@@ -458,8 +458,8 @@ async fn relay<B: AppBody>(
 enum Exchange {
     /// A client-authenticated endpoint (token, PAR, ...): form POST, to be signed.
     Token { form: Form },
-    /// Anything else; carries the access token when the app sent one.
-    Resource { access_token: Option<String> },
+    /// Anything else; carries the access token when the app sent one (wiped on drop).
+    Resource { access_token: Option<crate::redact::Secret> },
 }
 
 impl Exchange {
@@ -501,6 +501,6 @@ impl Exchange {
         if token.is_empty() || !(is_dpop || (is_bearer && dpop.upgrade_bearer)) {
             return none;
         }
-        Exchange::Resource { access_token: Some(token.to_string()) }
+        Exchange::Resource { access_token: Some(crate::redact::Secret::new(token)) }
     }
 }

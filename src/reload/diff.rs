@@ -33,7 +33,9 @@ impl Listeners {
     pub(super) fn read(c: &Config) -> Listeners {
         let local_ca = (c.listen_tls.is_some() || c.forward.is_some()).then(|| {
             let mut hash = Sha256::new();
-            let read = [&c.ca_cert, &c.ca_key].iter().all(|p| std::fs::read(p).map(|b| hash.update(b)).is_ok());
+            let read = [&c.ca_cert, &c.ca_key]
+                .iter()
+                .all(|p| crate::config::file::read(p, crate::config::file::SMALL_CAP).map(|b| hash.update(b)).is_ok());
             (c.ca_cert.clone(), c.ca_key.clone(), read.then(|| hash.finalize().into()))
         });
         Listeners {

@@ -16,11 +16,19 @@ pub(super) type Fingerprint = Vec<(PathBuf, Option<[u8; 32]>)>;
 
 /// SHA-256 of the config file, taken before the first load (see [`super::spawn`]).
 pub fn config_hash(path: &std::path::Path) -> Option<Vec<u8>> {
-    std::fs::read(path).ok().map(|b| Sha256::digest(b).to_vec())
+    read(path).map(|b| Sha256::digest(b).to_vec())
 }
 
+/// Hashes every file; a FIFO, a device or a file over the cap hashes as unreadable
+/// (the load that follows says why), never blocks or fills memory.
 pub(super) fn fingerprint(files: &[PathBuf]) -> Fingerprint {
-    files.iter().map(|f| (f.clone(), std::fs::read(f).ok().map(|bytes| Sha256::digest(bytes).into()))).collect()
+    files.iter().map(|f| (f.clone(), read(f).map(|bytes| Sha256::digest(bytes).into()))).collect()
+}
+
+/// A named file's bytes, read as [`crate::config::file::read`] does (trust bundles are the
+/// largest files named).
+fn read(path: &Path) -> Option<Vec<u8>> {
+    crate::config::file::read(path, crate::config::file::BUNDLE_CAP).ok()
 }
 
 /// `path` made absolute (without resolving symlinks), so it compares equal to the paths

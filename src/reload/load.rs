@@ -44,6 +44,8 @@ pub enum ReloadError {
     Empty { path: PathBuf },
     #[error("{}: the config files kept changing while being read", path.display())]
     Unsettled { path: PathBuf },
+    #[error("{}: loading the config files took over {after:?} and was abandoned (a file on a hung mount?); the next save loads them again", path.display())]
+    TimedOut { path: PathBuf, after: Duration },
     #[error("loading the config panicked or was cancelled: {0}")]
     Internal(String),
 }

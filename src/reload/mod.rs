@@ -67,6 +67,11 @@ pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(50);
 /// long after its first event, so saves are never starved.
 pub const DEBOUNCE_MAX: Duration = Duration::from_millis(500);
 
+/// A reload's file work (hash, read, parse, load keys) that takes longer than this is
+/// refused, so a file that never finishes reading cannot hold up the next save. Loading reads
+/// a few small files; on a loaded 2-core machine it takes well under 100 ms.
+pub const LOAD_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// How reloads are triggered.
 #[derive(Debug, Clone)]
 pub struct ReloadOptions {
@@ -282,8 +287,12 @@ impl Reloader {
     fn relevant(&self, event: notify::Result<Event>) -> bool {
         match (event, &self.watch) {
             (Ok(event), Some(w)) => {
+                // Only events about the named files are logged: a log file written into the
+                // config's folder (`tokenrelay -vv run 2> err.log`) must not log its own writes.
                 let relevant = w.is_relevant(&event);
-                tracing::trace!(relevant, kind = ?event.kind, paths = ?event.paths, "file event");
+                if relevant {
+                    tracing::trace!(kind = ?event.kind, paths = ?event.paths, "file event");
+                }
                 relevant
             }
             (Ok(_), None) => false,
@@ -334,11 +343,17 @@ impl Reloader {
             settle: self.debounce,
             loaded_keys: loaded_key_files(&self.snapshot.borrow().config),
         };
-        let loaded = tokio::task::spawn_blocking(move || job.run()).await.unwrap_or_else(|e| Loaded::Done {
-            result: Err(ReloadError::Internal(e.to_string())),
-            read: None,
-            files: None,
-        });
+        // A load stuck in the kernel (a hung network mount) is left to finish on its blocking
+        // thread; the reloader refuses it and stays free for the next save.
+        let loaded = match tokio::time::timeout(LOAD_TIMEOUT, tokio::task::spawn_blocking(move || job.run())).await {
+            Ok(Ok(loaded)) => loaded,
+            Ok(Err(e)) => Loaded::Done { result: Err(ReloadError::Internal(e.to_string())), read: None, files: None },
+            Err(_) => Loaded::Done {
+                result: Err(ReloadError::TimedOut { path: self.path.clone(), after: LOAD_TIMEOUT }),
+                read: None,
+                files: None,
+            },
+        };
         let (result, read, files) = match loaded {
             Loaded::Unchanged => {
                 tracing::debug!("config files saved without changes; nothing to reload");

@@ -47,7 +47,7 @@ pub struct Builder {
 pub fn write_key(dir: &Path, name: &str, alg: Alg) -> (PathBuf, Arc<SigningKey>) {
     let key = SigningKey::generate(alg).unwrap();
     let path = dir.join(name);
-    tokenrelay::keys::write_private(&path, &key.pkcs8_pem()).unwrap();
+    tokenrelay::keys::write_private(&path, key.pkcs8_pem().expose()).unwrap();
     (path, Arc::new(key))
 }
 

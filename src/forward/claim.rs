@@ -14,25 +14,45 @@ use http::Uri;
 use crate::config::host::Authority as Target;
 use crate::snapshot::{Route, Snapshot};
 
+/// How specifically `route`'s `hosts` claim `target` (3: with its port; 2: the upstream's own
+/// host on the upstream's port; 1: a bare name on any port), or `None`.
+fn hosts_score(route: &Route, target: &Target) -> Option<u8> {
+    route
+        .cfg
+        .hosts
+        .iter()
+        .filter(|entry| entry.host == target.host)
+        .filter_map(|entry| match entry.port {
+            Some(p) if p == target.port => Some(3),
+            Some(_) => None,
+            None if entry.host == route.cfg.upstream.host => (route.cfg.upstream.port == target.port).then_some(2),
+            None => Some(1),
+        })
+        .max()
+}
+
+/// The origin of a metadata endpoint on another origin than `route`'s upstream that `target`
+/// names, when `route`'s `hosts` do not claim it themselves: requests there go to that
+/// origin, not to the upstream.
+pub fn metadata_origin(route: &Route, target: &Target) -> Option<String> {
+    if hosts_score(route, target).is_some() {
+        return None;
+    }
+    let crate::discovery::State::Found(meta) = route.discovery.as_ref()?.state() else { return None };
+    let table = route.endpoints(Some(&meta));
+    let found = table
+        .list
+        .iter()
+        .flat_map(|e| [&e.url, &e.send])
+        .find(|u| u.origin() != route.cfg.upstream.origin() && u.host() == target.host && u.port() == target.port);
+    found.map(|u| u.origin().to_string())
+}
+
 /// The route that claims `target`, most specific claim first (see the module docs).
 pub fn claim<'a>(snapshot: &'a Snapshot, target: &Target) -> Option<&'a Arc<Route>> {
     let mut best: Option<(u8, &Arc<Route>)> = None;
     for route in &snapshot.routes {
-        for entry in &route.cfg.hosts {
-            if entry.host != target.host {
-                continue;
-            }
-            let score = match entry.port {
-                Some(p) if p == target.port => 3,
-                Some(_) => continue,
-                None if entry.host == route.cfg.upstream.host => {
-                    if route.cfg.upstream.port != target.port {
-                        continue;
-                    }
-                    2
-                }
-                None => 1,
-            };
+        if let Some(score) = hosts_score(route, target) {
             if best.is_none_or(|(s, _)| score > s) {
                 best = Some((score, route));
             }
@@ -40,15 +60,8 @@ pub fn claim<'a>(snapshot: &'a Snapshot, target: &Target) -> Option<&'a Arc<Rout
         // A route with an `issuer` also claims the hosts of its metadata's client-authenticated
         // endpoints on other origins (Google: `oauth2.googleapis.com` for issuer
         // `accounts.google.com`), so they are signed, never tunnelled.
-        let found = route.discovery.as_ref().map(|d| d.state());
-        if let Some(crate::discovery::State::Found(meta)) = found {
-            let table = route.endpoints(Some(&meta));
-            let named = table.list.iter().flat_map(|e| [&e.url, &e.send]).any(|u| {
-                u.origin() != route.cfg.upstream.origin() && u.host() == target.host && u.port() == target.port
-            });
-            if named && best.is_none_or(|(s, _)| s < 2) {
-                best = Some((2, route));
-            }
+        if metadata_origin(route, target).is_some() && best.is_none_or(|(s, _)| s < 2) {
+            best = Some((2, route));
         }
     }
     best.map(|(_, r)| r)

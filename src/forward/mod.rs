@@ -223,13 +223,7 @@ impl ForwardProxy {
 
     /// A request for a claimed host: the pipeline when the path is under the route's upstream
     /// path, untouched otherwise. The route is looked up again on the live snapshot.
-    async fn relay_claimed(
-        &self,
-        req: Request<Incoming>,
-        peer: SocketAddr,
-        target: &Target,
-        scheme: &str,
-    ) -> Response<Body> {
+    async fn relay_claimed(&self, req: Request<Incoming>, peer: SocketAddr, target: &Target) -> Response<Body> {
         let snapshot = self.snapshot();
         let Some(route) = claim(&snapshot, target) else {
             return misdirected(&format!(
@@ -242,12 +236,10 @@ impl ForwardProxy {
             Ok(p) => p.into_owned(),
             Err(e) => return e.into_response(),
         };
-        let origin = match crate::urlnorm::EndpointUrl::parse(&format!("{scheme}://{target}/")) {
-            Ok(u) => u.origin().to_string(),
-            Err(e) => return text(StatusCode::BAD_REQUEST, format!("tokenrelay: {e}")),
-        };
-        // A host claimed for a metadata endpoint on another origin has no base path: every
-        // path on it goes through the pipeline (signed at the endpoint, guarded elsewhere).
+        // A host the route's `hosts` claim is relayed to the upstream. A host claimed for a
+        // metadata endpoint on another origin goes to that origin, which has no base path:
+        // every path on it goes through the pipeline (signed at the endpoint, guarded elsewhere).
+        let origin = claim::metadata_origin(route, target).unwrap_or_else(|| route.cfg.upstream.origin().to_string());
         let base = if origin == route.cfg.upstream.origin() { route.cfg.upstream.base_path.as_str() } else { "" };
         match rest_of(&resolved, base) {
             Some(rest) => {
@@ -273,8 +265,7 @@ impl ForwardProxy {
         }
         let snapshot = self.snapshot();
         if claim(&snapshot, &target).is_some() {
-            let scheme = req.uri().scheme_str().unwrap_or("http").to_ascii_lowercase();
-            return self.relay_claimed(req, peer, &target, &scheme).await;
+            return self.relay_claimed(req, peer, &target).await;
         }
         if snapshot.config.unknown_hosts == UnknownHosts::Refuse {
             return text(
@@ -332,7 +323,7 @@ impl Handler for Intercepted {
             tracing::warn!(target = %self.target, %peer, "refused: {why}");
             return misdirected(&why);
         }
-        self.proxy.relay_claimed(req, peer, &self.target, "https").await
+        self.proxy.relay_claimed(req, peer, &self.target).await
     }
 }
 

@@ -77,6 +77,9 @@ pub struct Config {
     pub allow_remote: bool,
     /// `[proxy] max_connections`; `None`: the default, derived from the open-file limit.
     pub max_connections: Option<usize>,
+    /// `[proxy] allow_users`: local users served besides the running one and root (names
+    /// resolved at load); checked at accept by [`crate::peer::Gate`].
+    pub allow_users: std::sync::Arc<crate::peer::AllowUsers>,
     pub demo_as: Option<DemoAsConfig>,
     /// Routes, longest prefix first so the most specific one matches.
     pub routes: Vec<RouteConfig>,

@@ -138,7 +138,7 @@ pub struct Conn {
     /// (a `CONNECT` tunnel) keeps a clone, so the tunnel keeps counting against the cap.
     pub slot: Slot,
     /// Whether the local user owning the peer socket may be served, decided once at accept
-    /// ([`crate::peer`]); a refused connection gets `403` to every request, from [`service`].
+    /// ([`crate::peer`]); a refused connection gets `403` to every request, before any handler.
     pub access: crate::peer::Access,
 }
 

@@ -453,6 +453,25 @@ key = "certs/client.pem"
     }
 
     #[test]
+    fn allow_users_takes_names_uids_or_star_alone() {
+        let users = parse_str("[proxy]\nallow_users = [\"root\", 1001]\n").unwrap().allow_users;
+        let listed: Vec<u32> = users.users().iter().map(|u| u.uid).collect();
+        assert_eq!(listed, [0, 1001]);
+        assert!(parse_str("[proxy]\nallow_users = [\"*\"]\n").unwrap().allow_users.is_any());
+        assert_eq!(*parse_str("").unwrap().allow_users, crate::peer::AllowUsers::default());
+        for (bad, why) in [
+            ("[\"no-such-user-tokenrelay\"]", "no local user is named \"no-such-user-tokenrelay\""),
+            ("[\"*\", \"root\"]", "list it alone"),
+            ("[-1]", "not a uid"),
+            ("[4294967295]", "not a uid"),
+            ("[1.5]", "a user name (\"alice\"), a uid (1001)"),
+        ] {
+            let err = parse_str(&format!("[proxy]\nallow_users = {bad}\n")).unwrap_err().to_string();
+            assert!(err.contains("proxy.allow_users") && err.contains(why), "{bad}: {err}");
+        }
+    }
+
+    #[test]
     fn zero_limits_and_framing_header_rules_are_refused() {
         let err =
             parse_str(&MIN.replace("[routes.demo.client]", "timeout = \"0s\"\n[routes.demo.client]")).unwrap_err();

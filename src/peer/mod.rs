@@ -9,8 +9,8 @@
 //! `/.tokenrelay/`, or tunnel through the forward proxy. ssh-agent answers this with socket
 //! permissions; an HTTP endpoint cannot, since apps only speak TCP to it. But the kernel knows
 //! which uid holds the other end of a loopback TCP connection, and tells us for the exact
-//! 4-tuple: `NETLINK_SOCK_DIAG` ([`netlink`], what `ss` uses), with `/proc/net/tcp{,6}`
-//! ([`procnet`]) as the fallback.
+//! 4-tuple: `NETLINK_SOCK_DIAG` (`netlink.rs`, what `ss` uses), with `/proc/net/tcp{,6}`
+//! (`procnet.rs`) as the fallback.
 //!
 //! # The rule
 //!
@@ -90,6 +90,17 @@ pub fn lookup(local: SocketAddr, peer: SocketAddr) -> Result<Owner, LookupError>
 /// the connection under IPv4.
 fn canonical(a: SocketAddr) -> SocketAddr {
     SocketAddr::new(a.ip().to_canonical(), a.port())
+}
+
+/// [`lookup`] through `/proc/net/tcp{,6}` alone, the fallback (for `benches/peer_lookup.rs`).
+#[cfg(target_os = "linux")]
+#[doc(hidden)]
+pub fn lookup_via_proc(local: SocketAddr, peer: SocketAddr) -> Result<Owner, LookupError> {
+    match procnet::find(canonical(peer), canonical(local)) {
+        Ok(Some(socket)) => owner(socket),
+        Ok(None) => Ok(Owner::NotLocal),
+        Err(e) => Err(LookupError::Failed(e.to_string())),
+    }
 }
 
 #[cfg(target_os = "linux")]

@@ -11,6 +11,8 @@
 //!
 //! Prints p50/p99 in µs. Linux only (elsewhere there is no lookup to measure).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -28,7 +28,9 @@
 //!   cannot be, so it is refused (a race with a closing socket).
 //! - Other operating systems: no lookup; served, and said at every start and in `check`.
 
+#[cfg(target_os = "linux")]
 mod netlink;
+#[cfg(target_os = "linux")]
 mod procnet;
 mod users;
 
@@ -44,6 +46,7 @@ use crate::body::{self, Body};
 pub use users::{name_of, running_uid, uid_of};
 
 /// One TCP socket as the kernel describes it.
+#[cfg(target_os = "linux")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Socket {
     /// The TCP state (`linux/tcp_states.h`).
@@ -76,14 +79,12 @@ pub enum LookupError {
 
 /// Who owns the peer socket of the connection accepted at `local` from `peer`.
 pub fn lookup(local: SocketAddr, peer: SocketAddr) -> Result<Owner, LookupError> {
-    let (local, peer) = (canonical(local), canonical(peer));
-    #[cfg(target_os = "linux")]
-    return linux_lookup(local, peer);
-    #[cfg(not(target_os = "linux"))]
-    {
-        let _ = (local, peer);
-        Err(LookupError::Unsupported)
-    }
+    platform_lookup(canonical(local), canonical(peer))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn platform_lookup(_local: SocketAddr, _peer: SocketAddr) -> Result<Owner, LookupError> {
+    Err(LookupError::Unsupported)
 }
 
 /// IPv4-mapped IPv6 as IPv4: a dual-stack listener sees `::ffff:127.0.0.1`, the kernel files
@@ -104,7 +105,7 @@ pub fn lookup_via_proc(local: SocketAddr, peer: SocketAddr) -> Result<Owner, Loo
 }
 
 #[cfg(target_os = "linux")]
-fn linux_lookup(local: SocketAddr, peer: SocketAddr) -> Result<Owner, LookupError> {
+fn platform_lookup(local: SocketAddr, peer: SocketAddr) -> Result<Owner, LookupError> {
     use std::sync::atomic::{AtomicBool, Ordering};
     /// netlink has answered once: from then on its `ENOENT` means "no such socket", not "no
     /// inet_diag in this kernel", and `/proc` is not read.

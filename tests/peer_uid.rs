@@ -3,7 +3,8 @@
 //! the uid, the user and the setting that would allow it).
 //!
 //! The other user is uid 65534 (`nobody`): the test, running as root, starts curl through
-//! `setpriv --reuid=65534 --regid=65534 --clear-groups` (util-linux). Without root or setpriv
+//! `setpriv --reuid=65534 --regid=65534 --clear-groups` (util-linux); one test runs the
+//! tokenrelay binary itself as 65534, so "the running user" and root are two users. Without root or setpriv
 //! the tests say so loudly and pass without checking; CI runs them as root.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -13,6 +14,7 @@ mod common;
 use std::net::SocketAddr;
 use std::path::Path;
 
+use common::process::ProxyProcess;
 use common::proxy::{edit, write_key, TestProxy};
 use common::upstream::{Recorder, Reply};
 use tokenrelay::jose::Alg;
@@ -242,4 +244,34 @@ async fn a_reload_that_adds_or_removes_a_user_applies_to_new_connections() {
     assert_refused(&token(Some(OTHER), &proxy.base).await, "removed again");
     assert_eq!(up.seen().len(), 1, "only the request made while allowed reached the upstream");
     proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_proxy_run_by_another_user_serves_that_user_and_root_only() {
+    if skip().is_some() {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt as _;
+    const RUNNER: u32 = OTHER;
+    const THIRD: u32 = OTHER - 1;
+    let up = Recorder::start(|_, _| Reply::token()).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = dir.path().join("proxy.toml");
+    std::fs::write(&path, config(&up.url(), "listen = \"127.0.0.1:0\"")).unwrap();
+    write_key(dir.path(), "client.pem", Alg::ES256);
+    for file in [dir.path().to_path_buf(), path.clone(), dir.path().join("client.pem")] {
+        std::os::unix::fs::chown(&file, Some(RUNNER), Some(RUNNER)).unwrap();
+    }
+    let proxy = ProxyProcess::start_as(RUNNER, &[], &path, "info");
+    let base = proxy.base.clone();
+    assert_eq!(token(Some(RUNNER), &base).await.status, 200, "the user running tokenrelay");
+    assert_eq!(token(None, &base).await.status, 200, "root");
+    let third = token(Some(THIRD), &base).await;
+    assert_eq!(third.status, 403, "{third:?}");
+    assert_eq!(third.json()["peer_uid"], THIRD);
+    assert_eq!(up.seen().len(), 2, "only the running user's and root's requests reached the upstream");
+    let log = proxy.stop();
+    assert!(log.contains(&format!("uid {RUNNER}")) && log.contains("running tokenrelay"), "who may connect: {log}");
+    assert!(log.contains("refused 1 connection(s)"), "one log line for the refused connection: {log}");
 }

@@ -212,19 +212,7 @@ impl AllowUsers {
         if self.any {
             return "any local user ([proxy] allow_users = [\"*\"])".into();
         }
-        let mut who = vec![self.served_by_default()];
-        who.extend(self.users.iter().map(User::to_string));
-        format!("{} (other local users get 403; [proxy] allow_users adds them)", who.join(", "))
-    }
-
-    /// The running user and root, in words.
-    fn served_by_default(&self) -> String {
-        let me = User::from_uid(running_uid());
-        if me.uid == 0 {
-            format!("{me}, who runs tokenrelay")
-        } else {
-            format!("{me}, who runs tokenrelay, and root")
-        }
+        format!("{} (other local users get 403; [proxy] allow_users adds them)", self.served())
     }
 
     /// The warning this setting earns at every start, reload and `check`, if any.
@@ -328,9 +316,16 @@ impl Refusal {
 }
 
 impl AllowUsers {
-    /// Everyone served, for a refusal: "root (uid 0), who runs tokenrelay, and alice (uid 1001)".
+    /// Everyone served: "alice (uid 1000, running tokenrelay), root (uid 0), bob (uid 1001)".
     fn served(&self) -> String {
-        let mut who = vec![self.served_by_default()];
+        let me = User::from_uid(running_uid());
+        let mut who = vec![match &me.name {
+            Some(name) => format!("{name} (uid {}, running tokenrelay)", me.uid),
+            None => format!("uid {} (running tokenrelay)", me.uid),
+        }];
+        if me.uid != 0 {
+            who.push("root (uid 0)".into());
+        }
         who.extend(self.users.iter().map(User::to_string));
         who.join(", ")
     }

@@ -125,6 +125,9 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
     if let Some(w) = snapshot.config.exposure_warning() {
         tracing::warn!("{w}");
     }
+    if let Some(w) = snapshot.config.allow_users.warning() {
+        tracing::warn!("{w}");
+    }
     let config = snapshot.config.clone();
     let (listener, addr) = bind(opts.listener, config.listen, "[proxy] listen").await?;
     let demo = match &config.demo_as {
@@ -159,7 +162,13 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
     let mut back_tasks = Vec::new();
     // One connection budget for every listener (see `crate::server`): a flood on one
     // cannot starve the others of descriptors.
-    let connections = crate::server::Tracker::new(crate::server::connection_limit(config.max_connections));
+    // Who may connect: the live config's `allow_users`, read at each accept (`crate::peer`).
+    let peers = {
+        let snapshot = snapshot_rx.clone();
+        crate::peer::Gate::live(move || snapshot.borrow().config.allow_users.clone())
+    };
+    let connections =
+        crate::server::Tracker::with_peers(crate::server::connection_limit(config.max_connections), peers);
     tracing::debug!(limit = connections.limit(), "connection limit");
     if let Some((l, _)) = demo {
         let (issuer, task) =
@@ -172,6 +181,7 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
     shared.reload = reload_status.clone();
     let shared = Arc::new(shared);
     tracing::info!(%addr, routes = ?snapshot_tx.borrow().prefixes(), "tokenrelay listening");
+    tracing::info!("who may connect: {}", config.allow_users.describe());
     if let (Some((l, local)), Some(ca)) = (tls, &ca) {
         let resolver = Arc::new(crate::local_ca::LoopbackResolver(ca.clone()));
         let server_tls = crate::local_ca::server_config(resolver)?;

@@ -28,6 +28,7 @@ pub mod forward;
 pub mod jose;
 pub mod keys;
 pub mod local_ca;
+pub mod peer;
 pub mod pki;
 pub mod provision;
 pub mod proxy;

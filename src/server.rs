@@ -137,12 +137,21 @@ pub struct Conn {
     /// The connection's place in the [`Tracker`]: a handler that takes the connection over
     /// (a `CONNECT` tunnel) keeps a clone, so the tunnel keeps counting against the cap.
     pub slot: Slot,
+    /// Whether the local user owning the peer socket may be served, decided once at accept
+    /// ([`crate::peer`]); a refused connection gets `403` to every request, before any handler.
+    pub access: crate::peer::Access,
 }
 
 impl Conn {
     /// A plain-TCP connection from `peer`, counted nowhere.
     pub fn plain(peer: SocketAddr) -> Conn {
-        Conn { peer, peer_cert: None, tls: false, slot: Slot::detached() }
+        Conn {
+            peer,
+            peer_cert: None,
+            tls: false,
+            slot: Slot::detached(),
+            access: crate::peer::Access::Allowed { uid: None },
+        }
     }
 }
 
@@ -242,6 +251,9 @@ pub struct Tracker {
     accept_errors: RateLimited,
     shed_log: RateLimited,
     refused_log: RateLimited,
+    /// Who may connect (`[proxy] allow_users`), checked at accept.
+    peers: crate::peer::Gate,
+    peer_log: RateLimited,
 }
 
 impl fmt::Debug for Tracker {
@@ -251,8 +263,14 @@ impl fmt::Debug for Tracker {
 }
 
 impl Tracker {
-    /// A tracker admitting at most `limit` connections (at least 1).
+    /// A tracker admitting at most `limit` connections (at least 1) from the running user
+    /// and root.
     pub fn new(limit: usize) -> Arc<Tracker> {
+        Tracker::with_peers(limit, crate::peer::Gate::default())
+    }
+
+    /// A tracker admitting at most `limit` connections, from the local users `peers` allows.
+    pub fn with_peers(limit: usize, peers: crate::peer::Gate) -> Arc<Tracker> {
         Arc::new(Tracker {
             limit: limit.max(1),
             epoch: Instant::now(),
@@ -262,7 +280,22 @@ impl Tracker {
             accept_errors: RateLimited::default(),
             shed_log: RateLimited::default(),
             refused_log: RateLimited::default(),
+            peers,
+            peer_log: RateLimited::default(),
         })
+    }
+
+    /// The accept-time peer check ([`crate::peer::Gate::check`]); refusals are logged, at
+    /// most one line per [`LOG_EVERY`].
+    fn check_peer(&self, stream: &tokio::net::TcpStream, peer: SocketAddr) -> crate::peer::Access {
+        let local = stream.local_addr().unwrap_or(peer);
+        let access = self.peers.check(local, peer);
+        if let Some(refusal) = access.refusal() {
+            if let Some(n) = self.peer_log.hit() {
+                tracing::warn!(%peer, "refused {n} connection(s) from local users not allowed; latest: {refusal}");
+            }
+        }
+        access
     }
 
     /// The cap.
@@ -672,6 +705,9 @@ fn service<H: Handler>(
         let busy = conn.slot.busy();
         let (handler, conn) = (handler.clone(), conn.clone());
         async move {
+            if let Some(refusal) = conn.access.refusal() {
+                return Ok(refusal.response());
+            }
             let resp = handler.call(req, conn).await;
             Ok::<_, Infallible>(resp.map(|body| {
                 body.map_frame(move |frame| {
@@ -767,15 +803,19 @@ async fn serve_with<H: Handler>(
         let builder = builder.clone();
         let mode = mode.clone();
         let mut shutdown = shutdown.clone();
+        let tracker = tracker.clone();
         tokio::spawn(async move {
+            // Once per connection, in its own task: the lookup is a syscall or two, and naming a
+            // refused user may ask the user database.
+            let access = tracker.check_peer(&stream, peer);
             let result = match mode {
                 Mode::Plain => {
-                    let conn = Conn { peer, peer_cert: None, tls: false, slot: slot.clone() };
+                    let conn = Conn { peer, peer_cert: None, tls: false, slot: slot.clone(), access };
                     let conn = builder.serve_connection(TokioIo::new(stream), service(handler, conn));
                     drive(conn.into_owned(), &slot, &mut shutdown, peer).await
                 }
                 Mode::Upgrades => {
-                    let conn = Conn { peer, peer_cert: None, tls: false, slot: slot.clone() };
+                    let conn = Conn { peer, peer_cert: None, tls: false, slot: slot.clone(), access };
                     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service(handler, conn));
                     drive(conn.into_owned(), &slot, &mut shutdown, peer).await
                 }
@@ -792,7 +832,7 @@ async fn serve_with<H: Handler>(
                     };
                     let peer_cert =
                         tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| Arc::from(c.as_ref()));
-                    let conn = Conn { peer, peer_cert, tls: true, slot: slot.clone() };
+                    let conn = Conn { peer, peer_cert, tls: true, slot: slot.clone(), access };
                     let conn = builder.serve_connection(TokioIo::new(tls), service(handler, conn));
                     drive(conn.into_owned(), &slot, &mut shutdown, peer).await
                 }

@@ -332,6 +332,7 @@ fn banner(running: &crate::app::Running) -> String {
         let _ = writeln!(out, "  demo AS    {scheme}://{a}");
     }
     let _ = writeln!(out, "  inspector  http://{}/.tokenrelay/", running.addr);
+    let _ = writeln!(out, "  who        {}", c.allow_users.describe());
     for r in &snapshot.routes {
         let cfg = &r.cfg;
         let mut what = Vec::new();
@@ -421,6 +422,7 @@ fn check_report(snapshot: &crate::snapshot::Snapshot, discovered: &Discovered, o
     let c = &snapshot.config;
     let mut warnings: Vec<String> = snapshot.warnings.clone();
     warnings.extend(c.exposure_warning());
+    warnings.extend(c.allow_users.warning());
     if snapshot.routes.is_empty() {
         warnings.push(
             "no routes: tokenrelay relays nothing (add a [routes.NAME] table; `tokenrelay init` in an empty folder writes a starter)"
@@ -571,6 +573,7 @@ fn check_report(snapshot: &crate::snapshot::Snapshot, discovered: &Discovered, o
         "listen_tls": c.listen_tls.map(|a| format!("https://{a}")),
         "forward": c.forward.map(|a| format!("http://{a}")),
         "demo_as": c.demo_as.as_ref().map(|d| format!("{}://{}", if d.tls { "https" } else { "http" }, d.listen)),
+        "who_may_connect": c.allow_users.describe(),
         "routes": routes,
         "warnings": warnings,
         "errors": errors,
@@ -587,6 +590,7 @@ fn print_check(report: &Value) {
             println!("{label} {v}");
         }
     }
+    println!("who may connect: {}", text(&report["who_may_connect"]));
     for r in report["routes"].as_array().into_iter().flatten() {
         let auth = match r.get("client") {
             Some(c) => format!("{} as {:?}", text(&c["auth"]), text(&c["id"])),

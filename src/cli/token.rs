@@ -137,7 +137,10 @@ async fn start_demo_as_if_needed(
         }
         Err(e) => return Err(e).context(format!("cannot start the demo AS on {}", demo.listen)),
     };
-    let connections = crate::server::Tracker::new(crate::server::connection_limit(config.max_connections));
+    let connections = crate::server::Tracker::with_peers(
+        crate::server::connection_limit(config.max_connections),
+        crate::peer::Gate::fixed(config.allow_users.clone()),
+    );
     let (_, task) = crate::demo_as::spawn(listener, config, snapshot, connections, shutdown)?;
     Ok(Some(task))
 }

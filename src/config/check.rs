@@ -314,6 +314,7 @@ impl Cx<'_> {
             Some(n) => Some(*n.get_ref()),
             None => None,
         };
+        let allow_users = std::sync::Arc::new(self.allow_users(&p.allow_users)?);
         let mut routes = Vec::new();
         for (name, route) in raw.routes {
             routes.push(self.route(&name, route)?);
@@ -363,9 +364,58 @@ impl Cx<'_> {
             allow_remote: remote,
             exchanges: p.exchanges.unwrap_or(200),
             max_connections,
+            allow_users,
             demo_as,
             routes,
         })
+    }
+
+    /// `[proxy] allow_users`: names resolved through the user database now (at every load, so
+    /// a reload sees a new user), uids taken as they are (a container's uid may have no name
+    /// on the host).
+    fn allow_users(&self, list: &[Spanned<raw::RawUser>]) -> Result<crate::peer::AllowUsers, ConfigError> {
+        use crate::peer::{AllowUsers, User};
+        const KEY: &str = "proxy.allow_users";
+        let mut users = Vec::new();
+        for entry in list {
+            let user = match entry.get_ref() {
+                raw::RawUser::Name(n) if n == "*" => {
+                    if list.len() > 1 {
+                        return Err(self.err(
+                            entry.span(),
+                            KEY,
+                            "\"*\" lets every local user in; list it alone, or list the users instead",
+                        ));
+                    }
+                    return Ok(AllowUsers::any());
+                }
+                raw::RawUser::Name(n) => match crate::peer::uid_of(n) {
+                    Ok(Some(uid)) => User { uid, name: Some(n.clone()) },
+                    Ok(None) => {
+                        return Err(self.err(
+                            entry.span(),
+                            KEY,
+                            format!("no local user is named {n:?} (`getent passwd {n}` finds none); check the spelling, or give the uid, like 1001"),
+                        ))
+                    }
+                    Err(e) => {
+                        return Err(self.err(entry.span(), KEY, format!("cannot look up user {n:?}: {e}; give the uid instead")))
+                    }
+                },
+                raw::RawUser::Uid(uid) => match u32::try_from(*uid) {
+                    Ok(uid) if uid != u32::MAX => User::from_uid(uid),
+                    _ => {
+                        return Err(self.err(
+                            entry.span(),
+                            KEY,
+                            format!("{uid} is not a uid (0 to 4294967294); `id -u NAME` prints one"),
+                        ))
+                    }
+                },
+            };
+            users.push(user);
+        }
+        Ok(AllowUsers::listed(users))
     }
 
     fn route(&self, name: &str, spanned: Spanned<RawRoute>) -> Result<RouteConfig, ConfigError> {

@@ -79,6 +79,9 @@ pub struct Config {
     pub allow_remote: bool,
     /// `[proxy] max_connections`; `None`: the default, derived from the open-file limit.
     pub max_connections: Option<usize>,
+    /// `[proxy] allow_users`: local users served besides the running one and root (names
+    /// resolved at load); checked at accept by [`crate::peer::Gate`].
+    pub allow_users: std::sync::Arc<crate::peer::AllowUsers>,
     pub demo_as: Option<DemoAsConfig>,
     /// Routes, longest prefix first so the most specific one matches.
     pub routes: Vec<RouteConfig>,
@@ -439,6 +442,25 @@ key = "certs/client.pem"
         }
         let open = parse_str("[proxy]\nallow_remote = true\nlisten_tls = \"0.0.0.0:8443\"\n").unwrap();
         assert_eq!(open.exposed_listeners(), ["proxy.listen_tls 0.0.0.0:8443"]);
+    }
+
+    #[test]
+    fn allow_users_takes_names_uids_or_star_alone() {
+        let users = parse_str("[proxy]\nallow_users = [\"root\", 1001]\n").unwrap().allow_users;
+        let listed: Vec<u32> = users.users().iter().map(|u| u.uid).collect();
+        assert_eq!(listed, [0, 1001]);
+        assert!(parse_str("[proxy]\nallow_users = [\"*\"]\n").unwrap().allow_users.is_any());
+        assert_eq!(*parse_str("").unwrap().allow_users, crate::peer::AllowUsers::default());
+        for (bad, why) in [
+            ("[\"no-such-user-tokenrelay\"]", "no local user is named \"no-such-user-tokenrelay\""),
+            ("[\"*\", \"root\"]", "list it alone"),
+            ("[-1]", "not a uid"),
+            ("[4294967295]", "not a uid"),
+            ("[1.5]", "a user name (\"alice\"), a uid (1001)"),
+        ] {
+            let err = parse_str(&format!("[proxy]\nallow_users = {bad}\n")).unwrap_err().to_string();
+            assert!(err.contains("proxy.allow_users") && err.contains(why), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -40,6 +40,38 @@ pub struct RawProxy {
     /// Extra `Origin` values allowed to use the proxy (default: none; a form POST needs no CORS preflight, so other origins are refused).
     #[serde(default)]
     pub allow_origins: Vec<Spanned<String>>,
+    /// Local users served besides the one running tokenrelay and root: names, uids, or `"*"`.
+    #[serde(default)]
+    pub allow_users: Vec<Spanned<RawUser>>,
+}
+
+/// An `allow_users` entry: a user name (or `"*"`) or a uid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RawUser {
+    Name(String),
+    Uid(i64),
+}
+
+impl<'de> Deserialize<'de> for RawUser {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<RawUser, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = RawUser;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a user name (\"alice\"), a uid (1001), or \"*\" for any local user")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<RawUser, E> {
+                Ok(RawUser::Uid(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<RawUser, E> {
+                Ok(RawUser::Uid(i64::try_from(v).unwrap_or(i64::MAX)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawUser, E> {
+                Ok(RawUser::Name(v.to_string()))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]

@@ -123,6 +123,9 @@ pub fn describe_changes(old: &Snapshot, new: &Snapshot) -> String {
     if a.allow_origins != b.allow_origins {
         proxy.push("allow_origins");
     }
+    if a.allow_users != b.allow_users {
+        proxy.push("allow_users");
+    }
     let mut parts = Vec::new();
     if !added.is_empty() {
         parts.push(format!("routes added [{}]", added.join(", ")));

@@ -385,6 +385,9 @@ impl Reloader {
         if let Some(w) = new.config.exposure_warning() {
             tracing::warn!("{w}");
         }
+        if let Some(w) = new.config.allow_users.warning() {
+            tracing::warn!("{w}");
+        }
         let restart = self.listeners.changes(&listeners);
         let changes = describe_changes(&old, &new);
         new.start_discovery();

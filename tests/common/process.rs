@@ -50,6 +50,14 @@ impl ProxyProcess {
         Self::spawn(sh, args, config, rust_log)
     }
 
+    /// Like [`ProxyProcess::start`], run as `uid` (its gid the same number, no supplementary
+    /// groups) through `setpriv` (util-linux); the test must be root.
+    pub fn start_as(uid: u32, args: &[&str], config: &Path, rust_log: &str) -> ProxyProcess {
+        let mut setpriv = Command::new("setpriv");
+        setpriv.args([format!("--reuid={uid}"), format!("--regid={uid}"), "--clear-groups".into(), BIN.into()]);
+        Self::spawn(setpriv, args, config, rust_log)
+    }
+
     fn spawn(mut command: Command, args: &[&str], config: &Path, rust_log: &str) -> ProxyProcess {
         let log_dir = tempfile::tempdir().unwrap();
         let log = log_dir.path().join("tokenrelay.log");

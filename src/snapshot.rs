@@ -237,6 +237,9 @@ pub struct Snapshot {
     pub config: Arc<Config>,
     pub routes: Vec<Arc<Route>>,
     pub warnings: Vec<String>,
+    /// The config version this snapshot is (1 at start, +1 per applied reload; the number
+    /// `GET /.tokenrelay/status` shows and every exchange record carries).
+    pub version: u64,
 }
 
 impl Snapshot {
@@ -357,7 +360,7 @@ impl Snapshot {
             });
             routes.push(Arc::new(route));
         }
-        Ok(Snapshot { config: Arc::new(config), routes, warnings })
+        Ok(Snapshot { config: Arc::new(config), routes, warnings, version: 1 })
     }
 
     /// Starts AS discovery in the background for every route with an `issuer` (call once the

@@ -3,6 +3,7 @@
 
 mod ca;
 mod init;
+mod replay;
 mod token;
 
 use std::path::{Path, PathBuf};
@@ -26,6 +27,7 @@ Examples:
   tokenrelay jwks --route okta          # the JWKS to register at the AS
   tokenrelay check                      # validate config, keys and each issuer's metadata
   tokenrelay token --route demo         # one token request, explained
+  tokenrelay replay 7                   # exchange 7 again, after saving proxy.toml
   eval \"$(tokenrelay ca)\"               # trust the local CA, use the forward proxy
   tokenrelay -v run --log-format json   # debug logs, one JSON object per line
   tokenrelay completions bash > ~/.local/share/bash-completion/completions/tokenrelay";
@@ -147,6 +149,21 @@ pub enum Command {
         #[arg(long)]
         regenerate: bool,
     },
+    /// Ask the running proxy to send exchange ID again through its current config (after a
+    /// save), and explain the new exchange like `token` does. Exits 0 when the AS said 2xx.
+    #[command(
+        after_help = "Examples:\n  tokenrelay replay 7                      # exchange 7 again, through the saved config\n  tokenrelay replay 7 --json               # the new exchange record as JSON\n  curl -s -X POST http://127.0.0.1:8787/.tokenrelay/exchanges/7/replay   # the same, as JSON"
+    )]
+    Replay {
+        /// The exchange id (as the inspector, the log or `/.tokenrelay/exchanges` show it).
+        id: u64,
+        /// The proxy's base URL (default: `http://` + the config's `[proxy] listen`).
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+        /// Print the new exchange record as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     #[command(
         after_help = "Examples:\n  tokenrelay completions bash > ~/.local/share/bash-completion/completions/tokenrelay\n  tokenrelay completions zsh > \"${fpath[1]}/_tokenrelay\"\n  tokenrelay completions fish > ~/.config/fish/completions/tokenrelay.fish"
@@ -172,6 +189,7 @@ pub fn main() -> ExitCode {
         Command::Token { route, params, show_token, json } => {
             token::run(&cli.config, &route, &params, show_token, json)
         }
+        Command::Replay { id, url, json } => replay::run(&cli.config, id, url.as_deref(), json),
         Command::Completions { shell } => {
             use clap::CommandFactory as _;
             let mut script = Vec::new();

@@ -686,12 +686,32 @@ impl Cx<'_> {
                 "DPoP needs an asymmetric alg (RFC 9449 §4.2)",
             ));
         }
+        let answer_bearer = match &d.token_type {
+            None => false,
+            Some(t) if t.get_ref().eq_ignore_ascii_case("bearer") => true,
+            Some(t) if t.get_ref().eq_ignore_ascii_case("dpop") => false,
+            Some(t) => {
+                return Err(self.err(
+                    t.span(),
+                    &format!("routes.{route}.dpop.token_type"),
+                    format!("{:?} is not a token_type tokenrelay can answer with; use \"Bearer\" (or leave it out for the AS's own)", t.get_ref()),
+                ))
+            }
+        };
+        if answer_bearer && d.upgrade_bearer == Some(false) {
+            return Err(self.err(
+                d.token_type.as_ref().map(Spanned::span).unwrap_or(0..0),
+                &format!("routes.{route}.dpop.token_type"),
+                "token_type = \"Bearer\" needs upgrade_bearer = true: the app will call APIs with Bearer, which only the upgrade turns into DPoP",
+            ));
+        }
         Ok(DpopConfig {
             key: self.resolve(&d.key),
             alg,
             create: d.create,
             upgrade_bearer: d.upgrade_bearer.unwrap_or(true),
             require_bound: d.require_bound,
+            answer_bearer,
         })
     }
 

@@ -316,6 +316,9 @@ pub struct DpopConfig {
     pub create: bool,
     pub upgrade_bearer: bool,
     pub require_bound: bool,
+    /// `token_type = "Bearer"`: the app gets `"Bearer"` where the AS answered `"DPoP"`
+    /// (for OAuth libraries that refuse `DPoP`; pair with `upgrade_bearer`).
+    pub answer_bearer: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -223,3 +223,49 @@ async fn a_request_with_values_never_kept_is_not_replayable_and_the_guards_hold(
     assert_eq!(resp.headers()["location"], "/.tokenrelay/");
     proxy.stop();
 }
+
+/// `[routes.NAME.dpop] token_type = "Bearer"` with `upgrade_bearer`: an app whose library
+/// refuses `DPoP` gets `Bearer`, sends the token as `Bearer`, and the API call still carries
+/// a proof the demo AS's resource accepts.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bearer_answer_for_a_dpop_bound_token_still_works_with_upgrade_bearer() {
+    let (dir, good) = demo_with_wrong_audience("https://wrong.example/token");
+    let config = dir.path().join("proxy.toml");
+    let paired = common::proxy::edit(
+        &good,
+        "[routes.demo.dpop]               # DPoP proofs (RFC 9449) on token requests",
+        "[routes.demo.dpop]\ntoken_type = \"Bearer\"\nupgrade_bearer = true",
+    );
+    // Without the upgrade the pair makes no sense: check says so, naming the key.
+    let refused = paired.replace("upgrade_bearer = true", "upgrade_bearer = false");
+    std::fs::write(&config, &refused).unwrap();
+    let out = tr(dir.path(), &["check", "--offline"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("routes.demo.dpop.token_type") && err.contains("upgrade_bearer"),
+        "{err}"
+    );
+
+    std::fs::write(&config, &paired).unwrap();
+    let proxy = ProxyProcess::start(&["run"], &config, "info");
+    let base = proxy.base.clone();
+    let (status, answer) = post_form(&base, "/demo/token", "grant_type=client_credentials").await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["token_type"], "Bearer", "{answer}");
+    let record = newest(&base, "demo").await;
+    assert_eq!(record["answer"]["token_type"], "DPoP", "the AS's own answer is recorded");
+    assert_eq!(record["actions"]["answer_token_type"], "Bearer");
+    assert_eq!(record["issued"]["binding"]["verdict"], "bound", "{record}");
+
+    let token = answer["access_token"].as_str().unwrap();
+    let resp = common::proxy::client()
+        .get(format!("{base}/demo/resource"))
+        .header("authorization", format!("Bearer {token}"))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    let body: Value = resp.json().await.unwrap_or(Value::Null);
+    assert_eq!(status, 200, "{body}");
+    proxy.stop();
+}

@@ -76,9 +76,15 @@ pub enum JwksFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the proxy (the default).
+    #[command(
+        after_help = "Examples:\n  tokenrelay run                           # ./proxy.toml; saved changes apply live\n  tokenrelay run --config dev/proxy.toml   # another config\n  tokenrelay -v run --log-format json      # debug logs, one JSON object per line"
+    )]
     Run,
     /// Validate the config, load every key and certificate, fetch each issuer's metadata,
     /// print the resolved routes. Binds no listener; exits 1 on any error.
+    #[command(
+        after_help = "Examples:\n  tokenrelay check                         # keys, certificates, each issuer's metadata\n  tokenrelay check --offline               # no network\n  tokenrelay check --json | jq .warnings"
+    )]
     Check {
         /// Skip fetching AS metadata (RFC 8414 / OIDC discovery) for routes with an issuer.
         #[arg(long)]
@@ -122,6 +128,9 @@ pub enum Command {
     },
     /// Send one token request through the route's pipeline, in-process, and explain it:
     /// what was sent, what the AS answered, and hints when it said no. Exits 0 on a 2xx.
+    #[command(
+        after_help = "Examples:\n  tokenrelay token --route demo            # client_credentials, explained\n  tokenrelay token --route okta --param scope=api.read --json\n  tokenrelay token --route demo --show-token   # print the tokens too"
+    )]
     Token {
         /// The route to use.
         #[arg(long)]
@@ -140,6 +149,9 @@ pub enum Command {
     /// Print the environment that makes common runtimes trust the local CA and use the
     /// forward proxy, as shell exports: `eval "$(tokenrelay ca)"`. Creates the CA when missing
     /// and writes a merged bundle (system roots + local CA) beside it.
+    #[command(
+        after_help = "Examples:\n  eval \"$(tokenrelay ca)\"                  # trust the local CA, use the forward proxy\n  tokenrelay ca --shell fish | source\n  tokenrelay ca --shell dotenv > .env.tokenrelay\n  tokenrelay ca --regenerate               # after adding hosts to a route"
+    )]
     Ca {
         /// Syntax of the output.
         #[arg(long, value_enum, default_value = "posix")]
@@ -173,6 +185,9 @@ pub enum Command {
         shell: clap_complete::Shell,
     },
     /// Print the man page (roff): `tokenrelay man > tokenrelay.1; man ./tokenrelay.1`.
+    #[command(
+        after_help = "Examples:\n  tokenrelay man > tokenrelay.1 && man ./tokenrelay.1\n  tokenrelay man | gzip > /usr/local/share/man/man1/tokenrelay.1.gz"
+    )]
     Man,
 }
 
@@ -191,9 +206,8 @@ pub fn main() -> ExitCode {
         }
         Command::Replay { id, url, json } => replay::run(&cli.config, id, url.as_deref(), json),
         Command::Completions { shell } => {
-            use clap::CommandFactory as _;
             let mut script = Vec::new();
-            clap_complete::generate(shell, &mut Cli::command(), "tokenrelay", &mut script);
+            clap_complete::generate(shell, &mut completion_command(&cli.config), "tokenrelay", &mut script);
             out(&String::from_utf8_lossy(&script));
             Ok(())
         }
@@ -234,13 +248,65 @@ fn error_text(e: &anyhow::Error) -> String {
     out
 }
 
+/// The command line for completion scripts: `--route` offers the route names of the config
+/// (when it loads; regenerate the script after adding a route).
+fn completion_command(config: &Path) -> clap::Command {
+    use clap::CommandFactory as _;
+    let names: Vec<String> =
+        crate::config::load(config).map(|c| c.routes.iter().map(|r| r.name.clone()).collect()).unwrap_or_default();
+    let mut cmd = Cli::command();
+    if names.is_empty() {
+        return cmd;
+    }
+    // The script is generated once per process: leaking the few names is what clap's
+    // `&'static str` values ask for without its `string` feature.
+    let names: Vec<&'static str> = names.into_iter().map(|n| &*Box::leak(n.into_boxed_str())).collect();
+    for sub in ["token", "jwks"] {
+        let names = names.clone();
+        cmd = cmd.mut_subcommand(sub, |c| {
+            c.mut_arg("route", |a| a.value_parser(clap::builder::PossibleValuesParser::new(names)))
+        });
+    }
+    cmd
+}
+
 fn man() -> anyhow::Result<()> {
     use clap::CommandFactory as _;
     let mut out = Vec::new();
     clap_mangen::Man::new(Cli::command()).render(&mut out).context("cannot render the man page")?;
     self::out(&String::from_utf8_lossy(&out));
+    self::out(MAN_CONFIG);
     Ok(())
 }
+
+/// The man page's CONFIGURATION section: the `proxy.toml` tables and their keys (README.md's
+/// "Config walkthrough" has every detail).
+const MAN_CONFIG: &str = r#".SH CONFIGURATION
+\fBproxy.toml\fR (\fB--config\fR, default ./proxy.toml) applies live when saved. Paths are relative to its folder; \fB${VAR}\fR expands environment variables.
+.TP
+\fB[proxy]\fR
+\fBlisten\fR (reverse mode, 127.0.0.1:8787), \fBlisten_tls\fR, \fBforward\fR (HTTPS_PROXY), \fBunknown_hosts\fR (tunnel | refuse), \fBca_cert\fR, \fBca_key\fR, \fBallow_remote\fR, \fBallow_origins\fR, \fBmax_connections\fR, \fBmax_body\fR, \fBexchanges\fR (records kept for the inspector).
+.TP
+\fB[demo_as]\fR
+\fBlisten\fR, \fBtls\fR, \fBdpop_nonce\fR, \fBuser\fR, \fBredirect_uris\fR: the built-in verifying AS, started by \fBrun\fR.
+.TP
+\fB[routes.NAME]\fR
+\fBprefix\fR, \fBupstream\fR, \fBissuer\fR (discovery; aud), \fBhosts\fR (forward mode), \fBtrust\fR, \fBtimeout\fR, \fBendpoints\fR, \fBpreset\fR (keycloak | okta | entra | auth0 | fapi2), \fBrewrite_metadata\fR.
+.TP
+\fB[routes.NAME.client]\fR
+\fBid\fR, \fBauth\fR (none | client_secret_basic | client_secret_post | client_secret_jwt | private_key_jwt | tls_client_auth | self_signed_tls_client_auth), \fBkey\fR, \fBsecret\fR / \fBsecret_env\fR, \fBalg\fR, \fBaudience\fR (issuer | token_endpoint | endpoint | URL), \fBlifetime\fR, \fBkid\fR, \fBcreate\fR.
+.TP
+\fB[routes.NAME.dpop]\fR
+\fBkey\fR, \fBalg\fR, \fBcreate\fR, \fBupgrade_bearer\fR, \fBrequire_bound\fR, \fBtoken_type\fR ("Bearer": for libraries that refuse DPoP; with upgrade_bearer).
+.TP
+\fB[routes.NAME.mtls]\fR
+\fBcert\fR (leaf first, then intermediates), \fBkey\fR.
+.TP
+\fB[routes.NAME.headers]\fR, \fB[routes.NAME.params]\fR
+\fBset\fR, \fBremove\fR; params also \fBadd\fR (only when the app sent none).
+.SH LOCAL ENDPOINTS
+On the reverse listener, loopback only: \fB/.tokenrelay/\fR (inspector), \fB/.tokenrelay/exchanges\fR, \fB/.tokenrelay/exchanges/ID\fR, \fBPOST /.tokenrelay/exchanges/ID/replay\fR, \fB/.tokenrelay/exchanges/A/diff/B\fR, \fB/.tokenrelay/exchanges.har\fR, \fB/.tokenrelay/reloads\fR, \fB/.tokenrelay/status\fR, \fB/.tokenrelay/jwks/ROUTE\fR.
+"#;
 
 /// The default log filter for `verbosity` (-v +1, -q -1 each): info by default.
 fn default_level(verbosity: i16) -> &'static str {
@@ -463,6 +529,7 @@ fn check_report(snapshot: &crate::snapshot::Snapshot, discovered: &Discovered, o
         }
     }
     let mut errors = Vec::new();
+    let mut notes: Vec<String> = Vec::new();
     let mut routes = Vec::new();
     for r in &snapshot.routes {
         let cfg = &r.cfg;
@@ -471,6 +538,15 @@ fn check_report(snapshot: &crate::snapshot::Snapshot, discovered: &Discovered, o
             Some(Ok(meta)) => Some(meta),
             Some(Err(e)) if e.is_mismatch() => {
                 errors.push(format!("route {:?}: {e}", cfg.name));
+                None
+            }
+            // The built-in demo AS runs only inside `tokenrelay run` (and `token`): nothing
+            // to warn about when it is not running yet.
+            Some(Err(_)) if init::points_at_demo(c, cfg) => {
+                notes.push(format!(
+                    "route {:?}: the demo AS is not running; `tokenrelay run` starts it (its metadata is checked then)",
+                    cfg.name
+                ));
                 None
             }
             Some(Err(e)) => {
@@ -550,6 +626,7 @@ fn check_report(snapshot: &crate::snapshot::Snapshot, discovered: &Discovered, o
         "demo_as": c.demo_as.as_ref().map(|d| format!("{}://{}", if d.tls { "https" } else { "http" }, d.listen)),
         "routes": routes,
         "warnings": warnings,
+        "notes": notes,
         "errors": errors,
     })
 }
@@ -603,6 +680,9 @@ fn print_check(report: &Value) {
         if let Some(p) = r.get("params") {
             println!("  params: add {} set {} remove [{}]", p["add"], p["set"], list(&p["remove"]));
         }
+    }
+    for n in report["notes"].as_array().into_iter().flatten() {
+        println!("note: {}", text(n));
     }
     for w in report["warnings"].as_array().into_iter().flatten() {
         println!("warning: {}", text(w));

@@ -1,0 +1,110 @@
+//! Friction a new user met, each fixed and held here, through the real binary: `check` right
+//! after `init` (the demo AS starts with `run`), `tokenrelay token` without a discovery
+//! failure, `--help` examples on every command, completions offering route names, the man
+//! page's config section, and a port-in-use error naming the config file used.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use common::process::BIN;
+
+fn tr(dir: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .current_dir(dir)
+        .env_remove("TOKENRELAY_CONFIG")
+        .env_remove("RUST_LOG")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> (String, String) {
+    (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `init`, on free ports.
+fn initialised() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(tr(dir.path(), &["init"]).status.success());
+    let config = std::fs::read_to_string(dir.path().join("proxy.toml"))
+        .unwrap()
+        .replace("127.0.0.1:8787", &format!("127.0.0.1:{}", free_port()))
+        .replace("127.0.0.1:9443", &format!("127.0.0.1:{}", free_port()));
+    std::fs::write(dir.path().join("proxy.toml"), config).unwrap();
+    dir
+}
+
+/// Item 1: the demo AS runs only inside `run` (and `token`): `check` says so instead of
+/// warning that its metadata is unavailable, and `token` starts it before discovery.
+#[test]
+fn check_after_init_and_token_say_nothing_alarming_about_the_demo_as() {
+    let dir = initialised();
+    let out = tr(dir.path(), &["check"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(!stdout.contains("warning:"), "no warning right after init:\n{stdout}");
+    assert!(
+        stdout.contains("note: route \"demo\": the demo AS is not running; `tokenrelay run` starts it"),
+        "{stdout}"
+    );
+
+    let out = tr(dir.path(), &["token", "--route", "demo"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("-> 200"), "{stdout}");
+    assert!(!stderr.contains("discovery failed") && !stderr.contains("WARN"), "token logged a failure:\n{stderr}");
+}
+
+/// Item 7: every command's `--help` ends with examples; completions offer the config's route
+/// names for `--route`; the man page documents the config.
+#[test]
+fn help_examples_completions_and_man() {
+    let dir = initialised();
+    for cmd in ["run", "check", "jwks", "init", "ca", "token", "replay", "completions", "man"] {
+        let out = tr(dir.path(), &[cmd, "--help"]);
+        let (stdout, _) = text(&out);
+        let tail = stdout.rsplit("Examples:").next().unwrap();
+        assert!(stdout.contains("Examples:") && tail.contains("tokenrelay"), "{cmd} --help has no examples:\n{stdout}");
+    }
+    let config = std::fs::read_to_string(dir.path().join("proxy.toml")).unwrap();
+    std::fs::write(
+        dir.path().join("proxy.toml"),
+        config + "\n[routes.okta-staging]\nprefix = \"/okta\"\nupstream = \"https://example.com\"\n",
+    )
+    .unwrap();
+    let (bash, _) = text(&tr(dir.path(), &["completions", "bash"]));
+    let route_line = bash.lines().find(|l| l.contains("--route)")).map(|_| ()).is_some();
+    assert!(route_line, "{bash}");
+    assert!(bash.contains("demo okta-staging"), "the route names are offered for --route");
+    let (man, _) = text(&tr(dir.path(), &["man"]));
+    for expected in [".SH CONFIGURATION", "[routes.NAME.client]", "upgrade_bearer", "/.tokenrelay/exchanges.har"] {
+        assert!(man.contains(expected), "{expected:?} missing from the man page");
+    }
+}
+
+/// Item 8: a port in use names the config file actually used, and the key to change.
+#[test]
+fn a_port_in_use_names_the_config_used() {
+    let dir = initialised();
+    let config = std::fs::read_to_string(dir.path().join("proxy.toml")).unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let listen = config.lines().find(|l| l.starts_with("listen = ")).unwrap().to_string();
+    let other = dir.path().join("other.toml");
+    std::fs::write(&other, config.replacen(&listen, &format!("listen = \"127.0.0.1:{port}\""), 1)).unwrap();
+    let out = tr(dir.path(), &["run", "--config", other.to_str().unwrap()]);
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(stderr.contains(&format!("127.0.0.1:{port}")) && stderr.contains("[proxy] listen"), "{stderr}");
+    assert!(stderr.contains("other.toml") && !stderr.contains("in proxy.toml"), "names the config used: {stderr}");
+}

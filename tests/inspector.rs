@@ -382,6 +382,20 @@ async fn the_inspector_lists_explains_and_leaks_nothing_in_a_real_browser() {
     assert!(!reload.contains("hidden") && reload.contains("reload failing, still serving v1"), "{reload}");
     assert!(section(&dom, "<span id=\"version\"", "</span>").contains("config v1"), "{dom}");
 
+    // An answer tokenrelay gave itself (no route claims the path) is labelled as its own.
+    let (status, _) = proxy.post_form("/nowhere/token", "grant_type=client_credentials").await;
+    assert_eq!(status, 404);
+    let list: Vec<serde_json::Value> =
+        proxy.http.get(format!("{}/.tokenrelay/exchanges", proxy.base)).send().await.unwrap().json().await.unwrap();
+    let own = list[0]["id"].as_u64().unwrap();
+    let dom =
+        run_chromium(&chromium, trap.port, &format!("{}/.tokenrelay/#{own}", proxy.base), &["--dump-dom".to_string()])
+            .await;
+    let detail = section(&dom, "<section id=\"detail\">", "</section>");
+    assert!(detail.contains("tokenrelay answered itself (the AS was not asked)"), "{detail}");
+    assert!(!detail.contains("The AS answered"), "{detail}");
+    assert!(section(&dom, "<tbody id=\"rows\">", "</tbody>").contains("tokenrelay answered itself"), "{dom}");
+
     eprintln!("chromium ready in {installed:?}; the page rendered in {browser:?}; whole test {:?}", started.elapsed());
     proxy.stop().await;
 }

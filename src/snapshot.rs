@@ -35,7 +35,11 @@ pub fn load(path: &std::path::Path, opts: BuildOptions) -> Result<Snapshot, Load
         // Routes may trust the demo AS's CA: it must exist before their TLS clients are built.
         crate::provision::ensure_demo_as_ca(&config).map_err(LoadError::DemoAsCa)?;
     }
-    Ok(Snapshot::build(config, opts)?)
+    let config_path = config.path.clone();
+    Ok(Snapshot::build(config, opts).map_err(|e| match e {
+        BuildError::Key(k) => BuildError::Key(k.locate_in(&config_path)),
+        other => other,
+    })?)
 }
 
 /// Why a snapshot could not be built.

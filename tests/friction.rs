@@ -108,3 +108,27 @@ fn a_port_in_use_names_the_config_used() {
     assert!(stderr.contains(&format!("127.0.0.1:{port}")) && stderr.contains("[proxy] listen"), "{stderr}");
     assert!(stderr.contains("other.toml") && !stderr.contains("in proxy.toml"), "names the config used: {stderr}");
 }
+
+/// Item 2: a mistyped key path points at the typo (`file:line:column`) and the file meant,
+/// and does not advise `init` (which would create an unregistered key under the typo); a
+/// missing key of a name `init` makes does.
+#[test]
+fn a_mistyped_key_path_gets_a_location_and_a_did_you_mean() {
+    let dir = initialised();
+    let config = std::fs::read_to_string(dir.path().join("proxy.toml")).unwrap();
+    let typo = common::proxy::edit(&config, "key = \"certs/client.pem\"", "key = \"certs/clinet.pem\"");
+    let line = typo.lines().position(|l| l.contains("certs/clinet.pem")).unwrap() + 1;
+    let column = typo.lines().nth(line - 1).unwrap().find("\"certs/clinet.pem\"").unwrap() + 1;
+    std::fs::write(dir.path().join("proxy.toml"), &typo).unwrap();
+    let out = tr(dir.path(), &["check", "--offline"]);
+    let (stdout, stderr) = text(&out);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(stderr.contains(&format!("proxy.toml:{line}:{column}: route \"demo\": client.key")), "{stderr}");
+    assert!(stderr.contains("did you mean") && stderr.contains("certs/client.pem"), "{stderr}");
+    assert!(!stderr.contains("run `tokenrelay init` to create it"), "{stderr}");
+
+    std::fs::write(dir.path().join("proxy.toml"), &config).unwrap();
+    std::fs::remove_file(dir.path().join("certs/client.pem")).unwrap();
+    let (_, stderr) = text(&tr(dir.path(), &["check", "--offline"]));
+    assert!(stderr.contains("run `tokenrelay init` to create it") && !stderr.contains("did you mean"), "{stderr}");
+}

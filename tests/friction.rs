@@ -132,3 +132,62 @@ fn a_mistyped_key_path_gets_a_location_and_a_did_you_mean() {
     let (_, stderr) = text(&tr(dir.path(), &["check", "--offline"]));
     assert!(stderr.contains("run `tokenrelay init` to create it") && !stderr.contains("did you mean"), "{stderr}");
 }
+
+/// Item 5: the per-exchange log line leaves empty fields out; with `--log-format json` every
+/// line is JSON, the note about a demo AS already listening (from `token`) included.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_exchange_line_is_short_and_json_logs_are_all_json() {
+    let dir = initialised();
+    let config = dir.path().join("proxy.toml");
+    let proxy = common::process::ProxyProcess::start(&["--log-format", "json", "run"], &config, "info");
+    let resp = common::proxy::client()
+        .post(format!("{}/demo/token", proxy.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("grant_type=client_credentials")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    // `token` beside the running proxy: its demo AS port is taken, and it says so in JSON.
+    let out = Command::new(BIN)
+        .args(["--log-format", "json", "token", "--route", "demo", "--config"])
+        .arg(&config)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token_log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(token_log.contains("using the demo AS already listening there"), "{token_log}");
+    let log = proxy.stop();
+    for line in log.lines().chain(token_log.lines()).filter(|l| !l.trim().is_empty()) {
+        serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    }
+    let exchange: serde_json::Value = log
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["fields"]["message"] == "exchange")
+        .expect("an exchange line");
+    let fields = exchange["fields"].as_object().unwrap();
+    for (k, v) in fields {
+        assert!(v != "-" && v != "[]" && v != "", "empty field {k} is logged: {exchange}");
+    }
+    for absent in ["refused", "hint", "as_error", "retry", "removed"] {
+        assert!(!fields.contains_key(absent), "{absent} logged for a good exchange: {exchange}");
+    }
+    assert_eq!(fields["auth"], "private_key_jwt");
+
+    // The text line too: short, no placeholder dashes.
+    let proxy = common::process::ProxyProcess::start(&["run"], &config, "info");
+    common::proxy::client()
+        .post(format!("{}/demo/token", proxy.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("grant_type=client_credentials")
+        .send()
+        .await
+        .unwrap();
+    let log = proxy.stop();
+    let line = log.lines().find(|l| l.contains(" exchange ") || l.ends_with("exchange")).map(str::to_string);
+    let line = line.unwrap_or_else(|| panic!("no exchange line in:\n{log}"));
+    assert!(!line.contains("=-") && !line.contains("=\"-\"") && !line.contains("=[]"), "{line}");
+    assert!(line.len() < 400, "{} characters: {line}", line.len());
+}

@@ -137,7 +137,8 @@ async fn start_demo_as_if_needed(
     let listener = match tokio::net::TcpListener::bind(demo.listen).await {
         Ok(l) => l,
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-            eprintln!("note: {} is in use; using the demo AS already listening there", demo.listen);
+            // Through the log, so that `--log-format json` keeps every line JSON.
+            tracing::info!(demo_as = %demo.listen, "{} is in use; using the demo AS already listening there", demo.listen);
             return Ok(None);
         }
         Err(e) => return Err(e).context(format!("cannot start the demo AS on {}", demo.listen)),

@@ -247,26 +247,32 @@ pub async fn handle_recorded<B: AppBody>(
         let hint = record.as_ref().and_then(|r| r.hints.first().cloned());
         let answer = outcome.answer.as_ref();
         // One line per exchange; a refusal or an AS error is the same line at warn, with why.
+        // Empty fields are left out (an `Option` field that is `None` is not recorded), so the
+        // line says only what happened; lists are comma-separated.
+        let list = |v: &[String]| (!v.is_empty()).then(|| v.join(","));
+        let removed = list(&outcome.injected.removed.iter().map(|r| r.to_string()).collect::<Vec<_>>());
+        let params = list(&outcome.changed_params);
+        let called = outcome.attempt_log.last();
         macro_rules! exchange_line {
             ($level:ident) => {
                 tracing::$level!(
-                    route = %outcome.route,
+                    route = (!outcome.route.is_empty()).then(|| tracing::field::display(&outcome.route)),
                     status,
-                    upstream = outcome.attempt_log.last().map_or("-", |a| a.url.as_str()),
-                    upstream_ms = outcome.upstream_ms as u64,
+                    upstream = called.map(|a| a.url.as_str()),
+                    upstream_ms = called.map(|_| outcome.upstream_ms as u64),
                     total_ms,
-                    attempts = outcome.attempts,
-                    retry = outcome.attempt_log.iter().find_map(|a| a.retried_because.as_deref()).unwrap_or("-"),
-                    auth = if outcome.injected.method.is_empty() { "-" } else { outcome.injected.method },
-                    kid = outcome.injected.kid.as_deref().unwrap_or("-"),
-                    jti = outcome.injected.jti.as_deref().unwrap_or("-"),
-                    dpop_jti = outcome.dpop_jti.as_deref().unwrap_or("-"),
-                    removed = ?outcome.injected.removed,
-                    params = ?outcome.changed_params,
-                    as_error = answer.and_then(|a| a.error.as_deref()).unwrap_or("-"),
-                    as_error_description = answer.and_then(|a| a.error_description.as_deref()).unwrap_or("-"),
-                    refused = refused.as_deref().unwrap_or("-"),
-                    hint = hint.as_deref().unwrap_or("-"),
+                    attempts = (outcome.attempts > 1).then_some(outcome.attempts),
+                    retry = outcome.attempt_log.iter().find_map(|a| a.retried_because.as_deref()),
+                    auth = (!outcome.injected.method.is_empty()).then_some(outcome.injected.method),
+                    kid = outcome.injected.kid.as_deref(),
+                    jti = outcome.injected.jti.as_deref(),
+                    dpop_jti = outcome.dpop_jti.as_deref(),
+                    removed = removed.as_deref(),
+                    params = params.as_deref(),
+                    as_error = answer.and_then(|a| a.error.as_deref()),
+                    as_error_description = answer.and_then(|a| a.error_description.as_deref()),
+                    refused = refused.as_deref(),
+                    hint = hint.as_deref(),
                     "exchange"
                 )
             };

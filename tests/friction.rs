@@ -191,3 +191,46 @@ async fn the_exchange_line_is_short_and_json_logs_are_all_json() {
     assert!(!line.contains("=-") && !line.contains("=\"-\"") && !line.contains("=[]"), "{line}");
     assert!(line.len() < 400, "{} characters: {line}", line.len());
 }
+
+/// Item 3: a starter config's placeholders left unedited are warned about by `check`; the
+/// next steps name real files; `jwks --format pem` prints the public key for ASes that
+/// take PEM.
+#[test]
+fn starter_placeholders_are_warned_and_next_steps_name_real_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = tr(dir.path(), &["init", "--template", "keycloak"]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    let out = tr(dir.path(), &["check", "--offline"]);
+    let (stdout, _) = text(&out);
+    assert!(stdout.contains("routes.keycloak.issuer = \"https://keycloak.example.com/realms/myrealm\" is the starter config's placeholder"), "{stdout}");
+    assert!(
+        stdout.contains("routes.keycloak.client.id = \"my-client\" is the starter config's placeholder"),
+        "{stdout}"
+    );
+    // Edited: no such warning.
+    let config = std::fs::read_to_string(dir.path().join("proxy.toml")).unwrap();
+    let edited = config.replace("keycloak.example.com", "sso.corp.test").replace("\"my-client\"", "\"billing\"");
+    std::fs::write(dir.path().join("proxy.toml"), edited).unwrap();
+    let (stdout, _) = text(&tr(dir.path(), &["check", "--offline"]));
+    assert!(!stdout.contains("placeholder"), "{stdout}");
+
+    for template in ["entra", "auth0"] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = tr(dir.path(), &["init", "--template", template]);
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{stdout}{stderr}");
+        assert!(!stdout.contains("client.cert") && !stdout.contains("<client.key>"), "{template}: {stdout}");
+        if template == "entra" {
+            assert!(
+                stdout.contains("certs/client-cert.pem") && dir.path().join("certs/client-cert.pem").exists(),
+                "{stdout}"
+            );
+        } else {
+            assert!(stdout.contains("tokenrelay jwks --route auth0 --format pem"), "{stdout}");
+            let out = tr(dir.path(), &["jwks", "--route", "auth0", "--format", "pem"]);
+            let (pem, stderr) = text(&out);
+            assert!(out.status.success(), "{stderr}");
+            assert!(pem.starts_with("-----BEGIN PUBLIC KEY-----") && !pem.contains("PRIVATE"), "{pem}");
+        }
+    }
+}

@@ -61,8 +61,8 @@ impl Template {
             Template::Generic => Some("register the JWKS as the client's `jwks` (RFC 7591), or paste it where the AS takes client keys"),
             Template::Keycloak => Some("Keycloak admin console: Clients -> the client -> Credentials: Client Authenticator \"Signed JWT\"; Keys tab: Import key, format \"JSON Web Key Set\""),
             Template::Okta => Some("Okta Admin Console: Applications -> the app -> General -> Client Credentials: \"Public key / Private key\", Add key: paste keys[0] of the JWKS"),
-            Template::Entra => Some("Entra admin center: App registrations -> the app -> Certificates & secrets -> Certificates: upload the client.cert file"),
-            Template::Auth0 => Some("Auth0 dashboard: Applications -> the app -> Credentials: Authentication Method \"Private Key JWT\", add the public key as PEM (`openssl pkey -pubout -in <client.key>`)"),
+            Template::Entra => Some("Entra admin center: App registrations -> the app -> Certificates & secrets -> Certificates: upload certs/client-cert.pem"),
+            Template::Auth0 => Some("Auth0 dashboard: Applications -> the app -> Credentials: Authentication Method \"Private Key JWT\", add the public key as PEM (`tokenrelay jwks --route auth0 --format pem`)"),
         }
     }
 }

@@ -71,6 +71,8 @@ pub enum JwksFormat {
     /// Per route: the JWKS plus client id, auth method, x5t#S256, tls_client_auth_subject_dn,
     /// dpop_jkt.
     Registration,
+    /// The client's public key as PEM (SubjectPublicKeyInfo), for ASes that take one (Auth0).
+    Pem,
 }
 
 #[derive(Debug, Subcommand)]
@@ -276,6 +278,55 @@ fn man() -> anyhow::Result<()> {
     clap_mangen::Man::new(Cli::command()).render(&mut out).context("cannot render the man page")?;
     self::out(&String::from_utf8_lossy(&out));
     self::out(MAN_CONFIG);
+    Ok(())
+}
+
+/// Values of `route` that are placeholders from a starter template: a client id of
+/// `my-client`, or a URL on an example domain (RFC 2606 §3: `example.com`, `.net`, `.org`,
+/// and the `.example` TLD), as `(key, value)`.
+fn placeholders(route: &crate::config::RouteConfig) -> Vec<(String, String)> {
+    let example = |url: &str| {
+        url::Url::parse(url).ok().and_then(|u| u.host_str().map(str::to_ascii_lowercase)).is_some_and(|h| {
+            ["example.com", "example.net", "example.org"].iter().any(|d| h == *d || h.ends_with(&format!(".{d}")))
+                || h.ends_with(".example")
+        })
+    };
+    let name = &route.name;
+    let mut out = Vec::new();
+    if let Some(issuer) = route.issuer.as_deref().filter(|i| example(i)) {
+        out.push((format!("routes.{name}.issuer"), issuer.to_string()));
+    } else if example(&route.upstream.url("")) {
+        out.push((format!("routes.{name}.upstream"), route.upstream.url("")));
+    }
+    if let Some(id) = route.client.as_ref().map(|c| c.id.as_str()).filter(|id| *id == "my-client") {
+        out.push((format!("routes.{name}.client.id"), id.to_string()));
+    }
+    for (table, map) in [("add", &route.params.add), ("set", &route.params.set)] {
+        for (k, v) in map.iter().filter(|(_, v)| example(v)) {
+            out.push((format!("routes.{name}.params.{table}.{k}"), v.clone()));
+        }
+    }
+    out
+}
+
+/// `jwks --format pem`: the route's client public key as PEM.
+fn public_pem(config: &Path, only: Option<&str>) -> anyhow::Result<()> {
+    let snapshot = crate::snapshot::load(config, BuildOptions::default())?;
+    let route = match (only, snapshot.routes.len()) {
+        (Some(name), _) => snapshot.routes.iter().find(|r| r.cfg.name == name),
+        (None, 1) => snapshot.routes.first(),
+        (None, _) => anyhow::bail!("{} has several routes: pick one with --route NAME", config.display()),
+    }
+    .with_context(|| format!("no route named {:?} in {}", only.unwrap_or_default(), config.display()))?;
+    let Credential::Key(key) = &route.credential else {
+        anyhow::bail!("route {:?} signs with no private key: there is no public key to register", route.cfg.name);
+    };
+    eprintln!(
+        "the public key to register for route {:?} (client id {:?}):",
+        route.cfg.name,
+        route.cfg.client.as_ref().map(|c| c.id.as_str()).unwrap_or_default()
+    );
+    out(&String::from_utf8_lossy(&key.public_pem()));
     Ok(())
 }
 
@@ -512,6 +563,16 @@ fn check_report(snapshot: &crate::snapshot::Snapshot, discovered: &Discovered, o
                 r.cfg.name, demo.listen
             ));
         }
+    }
+    // Values a starter config asks the user to replace (`# <- yours`), left unedited.
+    for r in &snapshot.routes {
+        warnings.extend(placeholders(&r.cfg).into_iter().map(|(key, value)| {
+            format!(
+                "route {:?}: {key} = {value:?} is the starter config's placeholder: replace it with your AS's (marked `# <- yours` in {})",
+                r.cfg.name,
+                c.path.display()
+            )
+        }));
     }
     // Hosts claimed after the local CA was made are outside its name constraints.
     if c.forward.is_some() && c.ca_cert.exists() && c.ca_key.exists() {
@@ -756,6 +817,9 @@ pub fn jwks_document(config: &Path, only: Option<&str>) -> anyhow::Result<Value>
 }
 
 fn jwks(config: &Path, only: Option<&str>, format: JwksFormat) -> anyhow::Result<()> {
+    if format == JwksFormat::Pem {
+        return public_pem(config, only);
+    }
     let doc = jwks_document(config, only)?;
     if format == JwksFormat::Registration {
         eprintln!("Register each route's \"jwks\" (and x5c / tls_client_auth_subject_dn for mTLS clients) at your AS.");

@@ -68,3 +68,44 @@ async fn the_python_recipes_get_tokens_through_tokenrelay() {
     assert_eq!(got["authlib"]["id_token"], true);
     proxy.stop();
 }
+
+/// openid-client v6, as the README shows it: discovery through tokenrelay's rewritten
+/// document, `None()` client authentication, `allowInsecureRequests` for the loopback proxy.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_openid_client_recipe_gets_a_token_through_tokenrelay() {
+    let node_dir = tests_dir("recipes_node");
+    let install = node_dir.clone();
+    tokio::task::spawn_blocking(move || {
+        install_once(&install, &install.join("node_modules/openid-client/package.json"), || {
+            common::process::npm_install(&install)
+        })
+    })
+    .await
+    .unwrap()
+    .unwrap_or_else(|e| panic!("Node.js and npm are required for the openid-client recipe: {e}"));
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN).arg("init").current_dir(dir.path()).env_remove("TOKENRELAY_CONFIG").output().unwrap();
+    assert!(out.status.success());
+    let (listen, demo) = (free_port(), free_port());
+    let config = std::fs::read_to_string(dir.path().join("proxy.toml"))
+        .unwrap()
+        .replace("127.0.0.1:8787", &format!("127.0.0.1:{listen}"))
+        .replace("127.0.0.1:9443", &format!("127.0.0.1:{demo}"))
+        .replace("[routes.demo.client]", "rewrite_metadata = true\n\n[routes.demo.client]");
+    std::fs::write(dir.path().join("proxy.toml"), config).unwrap();
+    let proxy = ProxyProcess::start(&["run"], &dir.path().join("proxy.toml"), "info");
+    let route = format!("{}/demo", proxy.base);
+    let script = node_dir.join("recipes.mjs");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("node").arg(script).arg(route).arg("demo-app").current_dir(node_dir).output().unwrap()
+    })
+    .await
+    .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}{}\nproxy log:\n{}", String::from_utf8_lossy(&out.stderr), proxy.log());
+    let got: Value = serde_json::from_str(said.trim()).unwrap();
+    assert_eq!(got["token_endpoint"], format!("{}/demo/token", proxy.base), "{got}");
+    assert_eq!(got["verified"]["client_id"], "demo-app", "{got}");
+    assert_eq!(got["verified"]["auth_method"], "private_key_jwt", "{got}");
+    proxy.stop();
+}

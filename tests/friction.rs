@@ -234,3 +234,26 @@ fn starter_placeholders_are_warned_and_next_steps_name_real_files() {
         }
     }
 }
+
+/// Item 2, second half: `init` replacing a key a running proxy uses says that proxy now signs
+/// with the new one, which must be registered again.
+#[test]
+fn init_replacing_a_key_of_a_running_proxy_says_to_register_it_again() {
+    let dir = initialised();
+    let out = tr(dir.path(), &["init", "--only", "client", "--yes"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stdout.contains("tokenrelay running"), "no proxy runs yet: {stdout}");
+
+    let proxy = common::process::ProxyProcess::start(&["run"], &dir.path().join("proxy.toml"), "info");
+    let out = tr(dir.path(), &["init", "--only", "client", "--yes"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let listen = proxy.base.trim_start_matches("http://").to_string();
+    assert!(
+        stdout.contains(&format!("note: the tokenrelay running on {listen} with this config now uses the new")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("register the new one"), "{stdout}");
+    proxy.stop();
+}

@@ -257,3 +257,34 @@ fn init_replacing_a_key_of_a_running_proxy_says_to_register_it_again() {
     assert!(stdout.contains("register the new one"), "{stdout}");
     proxy.stop();
 }
+
+/// Item 3: the path the app will call (what `check` shows, without the AS's metadata) is the
+/// one the starter template's own comment names.
+#[test]
+fn the_path_check_shows_is_the_one_the_template_comment_names() {
+    for template in ["keycloak", "okta", "entra", "auth0"] {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(tr(dir.path(), &["init", "--template", template]).status.success());
+        let config = std::fs::read_to_string(dir.path().join("proxy.toml")).unwrap();
+        let comment = config
+            .lines()
+            .find(|l| l.starts_with("prefix = "))
+            .and_then(|l| l.split("http://127.0.0.1:8787").nth(1))
+            .map(|rest| rest.split_whitespace().next().unwrap().to_string())
+            .unwrap_or_else(|| panic!("{template}: no URL in the prefix comment"));
+        let (stdout, _) = text(&tr(dir.path(), &["check", "--offline"]));
+        let calls = stdout
+            .split("(app calls ")
+            .nth(1)
+            .and_then(|rest| rest.split(')').next())
+            .unwrap_or_else(|| panic!("{template}: {stdout}"))
+            .to_string();
+        // `<tenant>` in a comment stands for whatever the issuer says.
+        let same = comment.split('/').count() == calls.split('/').count()
+            && comment
+                .split('/')
+                .zip(calls.split('/'))
+                .all(|(c, a)| c == a || (c.starts_with('<') && c.ends_with('>')));
+        assert!(same, "{template}: the comment says {comment}, check says the app calls {calls}");
+    }
+}

@@ -407,7 +407,12 @@ impl Cx<'_> {
                 }
                 list
             }
-            None => vec!["/token".to_string()],
+            // Without metadata, a vendor preset's own token path under the issuer (what its
+            // starter config's comment shows), when the upstream is the issuer's origin.
+            None => match (preset, &r.upstream, issuer.as_deref()) {
+                (Some(p), None, Some(i)) => vec![p.token_path(i)],
+                _ => vec!["/token".to_string()],
+            },
         };
         let hosts = match &r.hosts {
             None => vec![HostEntry { host: upstream.host.clone(), port: None }],

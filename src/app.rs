@@ -26,8 +26,8 @@ pub enum StartError {
     DemoAs(#[from] crate::demo_as::SpawnError),
     #[error("loading the config stopped unexpectedly: {0}")]
     Internal(String),
-    #[error("cannot listen on {addr} ({key}): {source} (is another tokenrelay running? change {key} in proxy.toml)")]
-    Bind { addr: SocketAddr, key: &'static str, source: std::io::Error },
+    #[error("cannot listen on {addr} ({key} in {}): {source} (is another tokenrelay running? change {key} in {})", config.display(), config.display())]
+    Bind { addr: SocketAddr, key: &'static str, config: PathBuf, source: std::io::Error },
     #[error(transparent)]
     LocalCa(#[from] crate::local_ca::CaError),
 }
@@ -80,12 +80,14 @@ async fn bind(
     given: Option<TcpListener>,
     addr: SocketAddr,
     key: &'static str,
+    config: &std::path::Path,
 ) -> Result<(TcpListener, SocketAddr), StartError> {
+    let failed = |source| StartError::Bind { addr, key, config: config.to_path_buf(), source };
     let listener = match given {
         Some(l) => l,
-        None => TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, key, source })?,
+        None => TcpListener::bind(addr).await.map_err(failed)?,
     };
-    let local = listener.local_addr().map_err(|source| StartError::Bind { addr, key, source })?;
+    let local = listener.local_addr().map_err(failed)?;
     Ok((listener, local))
 }
 
@@ -129,17 +131,17 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
         tracing::warn!("{w}");
     }
     let config = snapshot.config.clone();
-    let (listener, addr) = bind(opts.listener, config.listen, "[proxy] listen").await?;
+    let (listener, addr) = bind(opts.listener, config.listen, "[proxy] listen", &config.path).await?;
     let demo = match &config.demo_as {
-        Some(d) => Some(bind(opts.demo_as_listener, d.listen, "[demo_as] listen").await?),
+        Some(d) => Some(bind(opts.demo_as_listener, d.listen, "[demo_as] listen", &config.path).await?),
         None => None,
     };
     let tls = match config.listen_tls {
-        Some(a) => Some(bind(opts.tls_listener, a, "[proxy] listen_tls").await?),
+        Some(a) => Some(bind(opts.tls_listener, a, "[proxy] listen_tls", &config.path).await?),
         None => None,
     };
     let forward = match config.forward {
-        Some(a) => Some(bind(opts.forward_listener, a, "[proxy] forward").await?),
+        Some(a) => Some(bind(opts.forward_listener, a, "[proxy] forward", &config.path).await?),
         None => None,
     };
     let (demo_as_addr, tls_addr, forward_addr) =

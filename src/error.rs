@@ -29,6 +29,10 @@ pub enum ProxyError {
     /// Something of tokenrelay's own that does not exist (an exchange id, a local path).
     #[error("{0}")]
     NotFound(String),
+    /// A request to tokenrelay's own endpoints that the state does not allow (an exchange
+    /// that cannot be replayed).
+    #[error("{0}")]
+    Conflict(String),
     #[error("no route claims {path}; configured prefixes: {}", if prefixes.is_empty() { "(none)".to_string() } else { prefixes.join(", ") })]
     NoRoute { path: String, prefixes: Vec<String> },
     #[error("request body is over the {limit}-byte limit (raise [proxy] max_body if this is intended)")]
@@ -72,6 +76,7 @@ pub enum RefusalKind {
     BadRequest,
     Forbidden,
     NotFound,
+    Conflict,
     NoRoute,
     TooLarge,
     Signing,
@@ -95,6 +100,7 @@ impl ProxyError {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::Forbidden(_) => StatusCode::FORBIDDEN,
             ProxyError::NoRoute { .. } | ProxyError::NotFound(_) => StatusCode::NOT_FOUND,
+            ProxyError::Conflict(_) => StatusCode::CONFLICT,
             ProxyError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::Signing(_)
             | ProxyError::Upstream(_)
@@ -111,6 +117,7 @@ impl ProxyError {
             ProxyError::BadRequest(_) => RefusalKind::BadRequest,
             ProxyError::Forbidden(_) => RefusalKind::Forbidden,
             ProxyError::NotFound(_) => RefusalKind::NotFound,
+            ProxyError::Conflict(_) => RefusalKind::Conflict,
             ProxyError::NoRoute { .. } => RefusalKind::NoRoute,
             ProxyError::TooLarge { .. } => RefusalKind::TooLarge,
             ProxyError::Signing(_) => RefusalKind::Signing,

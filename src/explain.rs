@@ -9,6 +9,16 @@
 //! signature is ever stored. The last `[proxy] exchanges` records (default 200, 0 = off) live
 //! in [`Exchanges`], served as JSON at `/.tokenrelay/exchanges` and by the inspector page.
 
+mod compare;
+mod har;
+pub mod issued;
+mod replay;
+
+pub use compare::{compare, Difference};
+pub use har::har;
+pub use issued::Issued;
+pub use replay::ReplayInput;
+
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -84,6 +94,15 @@ pub struct Record {
     pub refused: Option<Refusal>,
     pub hints: Vec<String>,
     pub total_ms: u64,
+    /// The config version that served this exchange (`GET /.tokenrelay/reloads`).
+    pub config_version: u64,
+    /// The exchange this one replayed (`POST /.tokenrelay/exchanges/{id}/replay`).
+    pub replay_of: Option<u64>,
+    /// Whether it can be replayed: shown as `{"replayable": .., "not_kept": [..]}`.
+    pub replay: ReplayInput,
+    /// What the AS issued (JWT header and claims) and the binding verdict.
+    #[serde(skip_serializing_if = "Issued::is_empty")]
+    pub issued: Issued,
 }
 
 /// A wall-clock time, formatted (RFC 3339, UTC, milliseconds) only when shown.
@@ -138,6 +157,9 @@ pub struct Actions {
     pub headers_removed: Vec<String>,
     /// Competing credentials the app sent that were removed (RFC 6749 §2.3).
     pub credentials_removed: Vec<&'static str>,
+    /// The `token_type` the app got instead of the AS's (`dpop.token_type = "Bearer"`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub answer_token_type: Option<&'static str>,
 }
 
 /// One upstream attempt.
@@ -150,6 +172,12 @@ pub struct Attempt {
     /// Why this attempt was followed by another (`use_dpop_nonce`).
     pub retried_because: Option<String>,
     pub error: Option<String>,
+    /// The header names sent on this attempt (values are not kept), for the HAR export.
+    #[serde(skip)]
+    pub sent_headers: Vec<http::HeaderName>,
+    /// The form parameter names sent on this attempt, in order, for the HAR export.
+    #[serde(skip)]
+    pub sent_params: Vec<String>,
 }
 
 /// A JWT tokenrelay signed, kept as its signing input (`header.payload`, RFC 7515 §5.1): the

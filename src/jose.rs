@@ -293,6 +293,12 @@ impl SigningKey {
         crate::redact::SecretBytes::new(self.pair.as_key_pair().to_pem_private_key())
     }
 
+    /// SubjectPublicKeyInfo PEM of the public key, for ASes that register a PEM public key
+    /// instead of a JWKS (`tokenrelay jwks --format pem`).
+    pub fn public_pem(&self) -> Vec<u8> {
+        self.pair.as_key_pair().to_pem_public_key()
+    }
+
     /// Signs `claims` (a JSON object: a `Map` or a `Serialize` struct) as a compact JWS with
     /// `header` (`alg` is set here).
     pub fn sign(&self, header: Map<String, Value>, claims: &(impl Serialize + ?Sized)) -> Result<String, JoseError> {

@@ -26,12 +26,40 @@ pub enum Credential {
 
 /// A key file problem, with enough context to act on.
 #[derive(Debug, thiserror::Error)]
-#[error("route {route:?}: {field} {path:?}: {reason}")]
+#[error("{}route {route:?}: {field} {path:?}: {reason}", location.as_deref().map(|l| format!("{l}: ")).unwrap_or_default())]
 pub struct KeyFileError {
     pub route: String,
     pub field: String,
     pub path: PathBuf,
     pub reason: String,
+    /// `file:line:column` of the path in the config, when known (a file not found).
+    pub location: Option<String>,
+}
+
+impl KeyFileError {
+    /// Adds where the config names the file (`file:line:column` of its quoted path), for a
+    /// file that was not found: that is where the typo is.
+    pub fn locate_in(mut self, config: &Path) -> KeyFileError {
+        if self.location.is_some() || !self.reason.starts_with("file not found") {
+            return self;
+        }
+        let Ok(text) = std::fs::read_to_string(config) else { return self };
+        let folder = config.parent().unwrap_or(Path::new(""));
+        let rel = self.path.strip_prefix(folder).unwrap_or(&self.path);
+        // `./certs/x.pem` as resolved against a config in the working folder: the config
+        // says `certs/x.pem`.
+        let rel: PathBuf = rel.components().filter(|c| !matches!(c, std::path::Component::CurDir)).collect();
+        for written in [rel.display().to_string(), self.path.display().to_string()] {
+            let quoted = format!("\"{written}\"");
+            if let Some(at) = text.find(&quoted) {
+                let line = text[..at].matches('\n').count() + 1;
+                let column = at - text[..at].rfind('\n').map_or(0, |i| i + 1) + 1;
+                self.location = Some(format!("{}:{line}:{column}", config.display()));
+                break;
+            }
+        }
+        self
+    }
 }
 
 /// Where a key is used, for messages.
@@ -49,6 +77,7 @@ impl KeyRef<'_> {
             field: self.field.to_string(),
             path: self.path.to_path_buf(),
             reason: reason.into(),
+            location: None,
         }
     }
 }
@@ -58,11 +87,46 @@ impl KeyRef<'_> {
 pub fn read(at: &KeyRef<'_>) -> Result<SecretBytes, KeyFileError> {
     crate::config::file::read(at.path, crate::config::file::SMALL_CAP).map(SecretBytes::new).map_err(|e| {
         match e.kind() {
-            std::io::ErrorKind::NotFound => at.error("file not found (run `tokenrelay init` to create it)"),
+            std::io::ErrorKind::NotFound => at.error(not_found(at.path)),
             std::io::ErrorKind::PermissionDenied => at.error("permission denied (check the file's owner and mode)"),
             _ => at.error(format!("cannot read: {e}")),
         }
     })
+}
+
+/// Names `init` creates (its starter configs' defaults): for these, `init` is the fix.
+const INIT_NAMES: [&str; 6] = ["client.pem", "dpop.pem", "client-cert.pem", "client-key.pem", "ca.pem", "ca-key.pem"];
+
+/// Why `path` is missing and what to do: a did-you-mean among the files in its folder when
+/// one is close (a typo: `init` would create an unregistered key under the wrong name), else
+/// `tokenrelay init` when it makes files of that name, else a plain "check the path".
+fn not_found(path: &Path) -> String {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let folder = path.parent().unwrap_or(Path::new("."));
+    let close = std::fs::read_dir(folder)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|other| *other != name)
+        .map(|other| (strsim::damerau_levenshtein(&name, &other), other))
+        .filter(|(d, other)| *d <= 2.max(other.len() / 5))
+        .min();
+    if let Some((_, other)) = close {
+        let shown = folder.join(&other);
+        return format!(
+            "file not found; did you mean {:?}? (fix the path in the config; `tokenrelay init` would create a new, unregistered key under the mistyped name)",
+            shown.display().to_string()
+        );
+    }
+    if !folder.exists() {
+        return format!("file not found: the folder {:?} does not exist either (check the path; `tokenrelay init` creates certs/ with the starter's keys)", folder.display().to_string());
+    }
+    if INIT_NAMES.contains(&name.as_str()) {
+        "file not found (run `tokenrelay init` to create it)".into()
+    } else {
+        "file not found (check the path; for a new key, `tokenrelay init` or create = true)".into()
+    }
 }
 
 /// Loads a private signing key for `alg`. Never writes: a key marked `create = true` that is

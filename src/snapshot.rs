@@ -39,7 +39,11 @@ pub fn load(path: &std::path::Path, opts: BuildOptions) -> Result<Snapshot, Load
         true => crate::provision::new_demo_as_ca(&config).map_err(LoadError::DemoAsCa)?,
         false => Vec::new(),
     };
-    Ok(Snapshot::build_with(config, opts, new_files)?)
+    let config_path = config.path.clone();
+    Ok(Snapshot::build_with(config, opts, new_files).map_err(|e| match e {
+        BuildError::Key(k) => BuildError::Key(k.locate_in(&config_path)),
+        other => other,
+    })?)
 }
 
 /// Why a snapshot could not be built.
@@ -193,6 +197,9 @@ pub struct Snapshot {
     /// made in memory: not on disk until [`Snapshot::create_files`], so a config that is
     /// refused leaves nothing behind.
     pub new_files: Vec<keys::NewFile>,
+    /// The config version this snapshot is (1 at start, +1 per applied reload; the number
+    /// `GET /.tokenrelay/status` shows and every exchange record carries).
+    pub version: u64,
 }
 
 impl Snapshot {
@@ -364,7 +371,7 @@ impl Snapshot {
             });
             routes.push(Arc::new(route));
         }
-        Ok(Snapshot { config: Arc::new(config), routes, warnings, new_files })
+        Ok(Snapshot { config: Arc::new(config), routes, warnings, new_files, version: 1 })
     }
 
     /// Starts AS discovery in the background for every route with an `issuer` (call once the

@@ -1,8 +1,11 @@
 //! Reload state, as `GET /.tokenrelay/status` on the reverse listener shows it: the serving
 //! config version, reload counters and times, the last refused reload's error, and the
-//! listener changes that wait for a restart. Written by [`crate::reload`], read by the
+//! listener changes that wait for a restart; and the recent reload attempts
+//! (`GET /.tokenrelay/reloads`, [`ReloadEvent`]), which the inspector shows between the
+//! exchanges. Written by [`crate::reload`], read by the
 //! status endpoint in [`crate::proxy`] and by [`crate::app::Running`].
 
+use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::SystemTime;
 
@@ -51,10 +54,49 @@ impl ReloadStats {
     }
 }
 
+/// How many reload attempts [`ReloadStatus::history`] keeps.
+pub const RELOAD_HISTORY: usize = 50;
+
+/// One reload attempt, as `GET /.tokenrelay/reloads` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ReloadEvent {
+    /// The config version serving after the attempt (new when accepted, the old one when
+    /// refused).
+    pub version: u64,
+    /// RFC 3339, UTC, milliseconds.
+    pub time: String,
+    /// What started it: `files` (a save), `SIGHUP` or `request`.
+    pub trigger: &'static str,
+    /// The watched files whose contents changed since the last attempt (as the config
+    /// names them, relative to its folder when under it).
+    pub files: Vec<String>,
+    pub accepted: bool,
+    /// What an accepted reload changed (the reload log line's summary).
+    pub changes: Option<String>,
+    /// Why a refused reload was refused (file, line, column and key where known).
+    pub error: Option<String>,
+}
+
+impl ReloadEvent {
+    /// An attempt that ended now.
+    pub fn now(version: u64, trigger: &'static str, files: Vec<String>) -> ReloadEvent {
+        ReloadEvent {
+            version,
+            time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            trigger,
+            files,
+            accepted: false,
+            changes: None,
+            error: None,
+        }
+    }
+}
+
 /// Reload state shared by the reloader, the status endpoint and [`crate::app::Running`].
 #[derive(Debug)]
 pub struct ReloadStatus {
     stats: Mutex<ReloadStats>,
+    history: Mutex<VecDeque<ReloadEvent>>,
 }
 
 impl Default for ReloadStatus {
@@ -70,6 +112,7 @@ impl Default for ReloadStatus {
                 failing: false,
                 restart_needed: Vec::new(),
             }),
+            history: Mutex::new(VecDeque::new()),
         }
     }
 }
@@ -96,6 +139,21 @@ impl ReloadStatus {
         before
     }
 
+    /// Keeps `event` in the history (the last [`RELOAD_HISTORY`]).
+    pub(crate) fn attempted(&self, event: ReloadEvent) {
+        let mut h = self.history.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        while h.len() >= RELOAD_HISTORY {
+            h.pop_front();
+        }
+        h.push_back(event);
+    }
+
+    /// The recent reload attempts, newest first.
+    pub fn history(&self) -> Vec<ReloadEvent> {
+        let h = self.history.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        h.iter().rev().cloned().collect()
+    }
+
     pub(crate) fn failed(&self, error: String) -> ReloadStats {
         let mut s = self.lock();
         s.failures += 1;
@@ -109,6 +167,16 @@ impl ReloadStatus {
 /// The status endpoint's answer.
 pub fn response(status: &ReloadStatus) -> Response<Body> {
     let body = status.stats().to_json().to_string();
+    let mut resp = Response::new(full(Bytes::from(body)));
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// The reloads endpoint's answer: [`ReloadStatus::history`] as a JSON array.
+pub fn reloads_response(status: &ReloadStatus) -> Response<Body> {
+    let body = serde_json::to_string(&status.history()).unwrap_or_else(|_| "[]".into());
     let mut resp = Response::new(full(Bytes::from(body)));
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));

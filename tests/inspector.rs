@@ -382,7 +382,130 @@ async fn the_inspector_lists_explains_and_leaks_nothing_in_a_real_browser() {
     assert!(!reload.contains("hidden") && reload.contains("reload failing, still serving v1"), "{reload}");
     assert!(section(&dom, "<span id=\"version\"", "</span>").contains("config v1"), "{dom}");
 
+    // An answer tokenrelay gave itself (no route claims the path) is labelled as its own.
+    let (status, _) = proxy.post_form("/nowhere/token", "grant_type=client_credentials").await;
+    assert_eq!(status, 404);
+    let list: Vec<serde_json::Value> =
+        proxy.http.get(format!("{}/.tokenrelay/exchanges", proxy.base)).send().await.unwrap().json().await.unwrap();
+    let own = list[0]["id"].as_u64().unwrap();
+    let dom =
+        run_chromium(&chromium, trap.port, &format!("{}/.tokenrelay/#{own}", proxy.base), &["--dump-dom".to_string()])
+            .await;
+    let detail = section(&dom, "<section id=\"detail\">", "</section>");
+    assert!(detail.contains("tokenrelay answered itself (the AS was not asked)"), "{detail}");
+    assert!(!detail.contains("The AS answered"), "{detail}");
+    assert!(section(&dom, "<tbody id=\"rows\">", "</tbody>").contains("tokenrelay answered itself"), "{dom}");
+
     eprintln!("chromium ready in {installed:?}; the page rendered in {browser:?}; whole test {:?}", started.elapsed());
+    proxy.stop().await;
+}
+
+/// Replay and compare by clicking, in Chromium driven by puppeteer-core (tests/inspector_clicks):
+/// the AS refuses an assertion whose `aud` is not its issuer; the developer saves the fix,
+/// clicks "replay" on the failed exchange (the AS now answers 200 and the page shows the new
+/// exchange as a replay), then "compare with previous", which names the changed claim. An
+/// exchange that carried a code has its replay button off, saying why.
+/// `TOKENRELAY_SCREENSHOT=1` also rewrites `docs/compare.png`, the README's screenshot.
+#[tokio::test(flavor = "multi_thread")]
+async fn replay_and_compare_by_clicking_in_chromium() {
+    let chromium = tokio::task::spawn_blocking(chromium).await.unwrap();
+    let clicks = common::process::tests_dir("inspector_clicks");
+    let install = clicks.clone();
+    tokio::task::spawn_blocking(move || {
+        install_once(&install, &install.join("node_modules/puppeteer-core/package.json"), || {
+            common::process::npm_install(&install)
+        })
+    })
+    .await
+    .unwrap()
+    .unwrap();
+
+    const ISSUER: &str = "https://login.example.com";
+    // An AS that checks the assertion's aud, as a real one does.
+    let up = Recorder::start(|seen, _| {
+        let aud = seen.param("client_assertion").map(|a| common::upstream::Seen::jwt_claims(&a)["aud"].clone());
+        if aud.as_ref().and_then(|a| a.as_str()) == Some(ISSUER) {
+            Reply::json(200, serde_json::json!({"access_token": TOKEN, "token_type": "DPoP", "expires_in": 60}))
+        } else {
+            Reply::json(
+                401,
+                serde_json::json!({"error": "invalid_client", "error_description": "aud is not the issuer"}),
+            )
+        }
+    })
+    .await;
+    let good = config(&up.url());
+    let bad = good.replace(
+        "alg = \"ES256\"\n\n[routes.app.dpop]",
+        "alg = \"ES256\"\naudience = \"https://login.example.com/wrong\"\n\n[routes.app.dpop]",
+    );
+    assert_ne!(good, bad);
+    let builder = TestProxy::builder(bad).watch(false);
+    write_key(builder.dir(), "client.pem", Alg::ES256);
+    write_key(builder.dir(), "dpop.pem", Alg::ES256);
+    let proxy = builder.start().await;
+    let (status, _) = proxy
+        .post_form(
+            "/app/token",
+            "grant_type=authorization_code&code=planted-code-9&redirect_uri=http%3A%2F%2Flocalhost%2Fcb",
+        )
+        .await;
+    assert_eq!(status, 401);
+    let (status, _) = proxy.post_form("/app/token", "grant_type=client_credentials&scope=read").await;
+    assert_eq!(status, 401);
+    let list: Vec<serde_json::Value> =
+        proxy.http.get(format!("{}/.tokenrelay/exchanges", proxy.base)).send().await.unwrap().json().await.unwrap();
+    let (failed, with_code) = (list[0]["id"].as_u64().unwrap(), list[1]["id"].as_u64().unwrap());
+    std::fs::write(proxy.path("proxy.toml"), &good).unwrap();
+    assert!(matches!(proxy.running.reload_now().await, tokenrelay::reload::Outcome::Applied { .. }));
+
+    let trap = OffLoopbackTrap::start().await;
+    let shot = if std::env::var("TOKENRELAY_SCREENSHOT").as_deref() == Ok("1") {
+        let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs");
+        std::fs::create_dir_all(&docs).unwrap();
+        docs.join("compare.png").display().to_string()
+    } else {
+        "-".to_string()
+    };
+    let args = [
+        clicks.join("clicks.js").display().to_string(),
+        chromium.display().to_string(),
+        trap.port.to_string(),
+        format!("{}/.tokenrelay/#{failed}", proxy.base),
+        format!("{}/.tokenrelay/#{with_code}", proxy.base),
+        shot,
+    ];
+    let out = tokio::task::spawn_blocking(move || Command::new("node").args(&args).output().unwrap()).await.unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "clicks.js failed: {said}{}", String::from_utf8_lossy(&out.stderr));
+    let page: serde_json::Value = serde_json::from_str(said.trim()).unwrap();
+    let before = page["before"].as_str().unwrap();
+    assert!(
+        before.starts_with(&format!("#{failed} ")) && before.contains("401") && before.contains("config v1"),
+        "{before}"
+    );
+    let after = page["after"].as_str().unwrap();
+    assert!(
+        after.contains(&format!("replay of #{failed}")) && after.contains("200") && after.contains("config v2"),
+        "{after}"
+    );
+    let compare = page["compare"].as_str().unwrap();
+    for expected in ["assertion.claims.aud", "https://login.example.com/wrong", "config_version", "status"] {
+        assert!(compare.contains(expected), "{expected:?} not in the comparison: {compare}");
+    }
+    assert!(!compare.contains("claims.jti"), "{compare}");
+    let rows = page["rows"].as_str().unwrap();
+    assert!(rows.contains("saved → config v2"), "the save is in the timeline: {rows}");
+    assert_eq!(page["off"]["disabled"], true, "{page}");
+    let note = page["off"]["note"].as_str().unwrap();
+    assert!(note.contains("replay is off") && note.contains("\"code\""), "{note}");
+    // What the AS saw: the two app requests and the replay, whose aud is now the issuer.
+    let seen = up.seen();
+    assert_eq!(seen.len(), 3);
+    let aud = common::upstream::Seen::jwt_claims(&seen[2].param("client_assertion").unwrap())["aud"].clone();
+    assert_eq!(aud, ISSUER);
+    assert_eq!(seen[2].param("scope").as_deref(), Some("read"));
+    assert_eq!(trap.seen(), Vec::<String>::new(), "the inspector made requests off loopback");
     proxy.stop().await;
 }
 

@@ -61,8 +61,8 @@ impl Template {
             Template::Generic => Some("register the JWKS as the client's `jwks` (RFC 7591), or paste it where the AS takes client keys"),
             Template::Keycloak => Some("Keycloak admin console: Clients -> the client -> Credentials: Client Authenticator \"Signed JWT\"; Keys tab: Import key, format \"JSON Web Key Set\""),
             Template::Okta => Some("Okta Admin Console: Applications -> the app -> General -> Client Credentials: \"Public key / Private key\", Add key: paste keys[0] of the JWKS"),
-            Template::Entra => Some("Entra admin center: App registrations -> the app -> Certificates & secrets -> Certificates: upload the client.cert file"),
-            Template::Auth0 => Some("Auth0 dashboard: Applications -> the app -> Credentials: Authentication Method \"Private Key JWT\", add the public key as PEM (`openssl pkey -pubout -in <client.key>`)"),
+            Template::Entra => Some("Entra admin center: App registrations -> the app -> Certificates & secrets -> Certificates: upload certs/client-cert.pem"),
+            Template::Auth0 => Some("Auth0 dashboard: Applications -> the app -> Credentials: Authentication Method \"Private Key JWT\", add the public key as PEM (`tokenrelay jwks --route auth0 --format pem`)"),
         }
     }
 }
@@ -156,9 +156,22 @@ pub(super) fn run(
             confirm(&list)?;
         }
     }
+    let running = !replacing.is_empty() && proxy_running(config.listen);
     let made = crate::provision::init(&config, &parts)?;
     let replaced_any = !replacing.is_empty();
     let mut text = String::new();
+    if running {
+        // The running proxy reloads the new files at once: from now on it signs with them.
+        for i in &replacing {
+            text.push_str(&format!(
+                "note: the tokenrelay running on {} with this config now uses the new {} ({}): {}\n",
+                config.listen,
+                i.what,
+                i.paths().iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" + "),
+                i.consequence()
+            ));
+        }
+    }
     if made.is_empty() {
         text.push_str(&format!(
             "nothing to create: every key and certificate {} names exists\n",
@@ -171,6 +184,26 @@ pub(super) fn run(
     text.push_str(&next_steps(&config, config_path, wrote_template));
     out(&text);
     Ok(())
+}
+
+/// Is a tokenrelay answering on `listen` (its status endpoint)?
+fn proxy_running(listen: std::net::SocketAddr) -> bool {
+    use std::io::Read as _;
+    let mut addr = listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let timeout = std::time::Duration::from_millis(500);
+    let Ok(mut stream) = std::net::TcpStream::connect_timeout(&addr, timeout) else { return false };
+    let _ = stream.set_read_timeout(Some(timeout));
+    let request = format!("GET {} HTTP/1.0\r\nHost: {addr}\r\n\r\n", crate::status::STATUS_PATH);
+    if stream.write_all(request.as_bytes()).is_err() {
+        return false;
+    }
+    let mut answer = Vec::new();
+    let _ = stream.take(64 * 1024).read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    answer.starts_with("HTTP/1.") && answer.contains("\"restart_needed\"")
 }
 
 /// Asks on the terminal; refuses without one.

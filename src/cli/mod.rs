@@ -4,6 +4,7 @@
 mod ca;
 mod init;
 pub mod quote;
+mod replay;
 mod token;
 
 use std::path::{Path, PathBuf};
@@ -27,6 +28,7 @@ Examples:
   tokenrelay jwks --route okta          # the JWKS to register at the AS
   tokenrelay check                      # validate config, keys and each issuer's metadata
   tokenrelay token --route demo         # one token request, explained
+  tokenrelay replay 7                   # exchange 7 again, after saving proxy.toml
   eval \"$(tokenrelay ca)\"               # trust the local CA, use the forward proxy
   tokenrelay -v run --log-format json   # debug logs, one JSON object per line
   tokenrelay completions bash > ~/.local/share/bash-completion/completions/tokenrelay";
@@ -70,14 +72,22 @@ pub enum JwksFormat {
     /// Per route: the JWKS plus client id, auth method, x5t#S256, tls_client_auth_subject_dn,
     /// dpop_jkt.
     Registration,
+    /// The client's public key as PEM (SubjectPublicKeyInfo), for ASes that take one (Auth0).
+    Pem,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the proxy (the default).
+    #[command(
+        after_help = "Examples:\n  tokenrelay run                           # ./proxy.toml; saved changes apply live\n  tokenrelay run --config dev/proxy.toml   # another config\n  tokenrelay -v run --log-format json      # debug logs, one JSON object per line"
+    )]
     Run,
     /// Validate the config, load every key and certificate, fetch each issuer's metadata,
     /// print the resolved routes. Binds no listener; exits 1 on any error.
+    #[command(
+        after_help = "Examples:\n  tokenrelay check                         # keys, certificates, each issuer's metadata\n  tokenrelay check --offline               # no network\n  tokenrelay check --json | jq .warnings"
+    )]
     Check {
         /// Skip fetching AS metadata (RFC 8414 / OIDC discovery) for routes with an issuer.
         #[arg(long)]
@@ -121,6 +131,9 @@ pub enum Command {
     },
     /// Send one token request through the route's pipeline, in-process, and explain it:
     /// what was sent, what the AS answered, and hints when it said no. Exits 0 on a 2xx.
+    #[command(
+        after_help = "Examples:\n  tokenrelay token --route demo            # client_credentials, explained\n  tokenrelay token --route okta --param scope=api.read --json\n  tokenrelay token --route demo --show-token   # print the tokens too"
+    )]
     Token {
         /// The route to use.
         #[arg(long)]
@@ -139,6 +152,9 @@ pub enum Command {
     /// Print the environment that makes common runtimes trust the local CA and use the
     /// forward proxy, as shell exports: `eval "$(tokenrelay ca)"`. Creates the CA when missing
     /// and writes a merged bundle (system roots + local CA) beside it.
+    #[command(
+        after_help = "Examples:\n  eval \"$(tokenrelay ca)\"                  # trust the local CA, use the forward proxy\n  tokenrelay ca --shell fish | source\n  tokenrelay ca --shell dotenv > .env.tokenrelay\n  tokenrelay ca --regenerate               # after adding hosts to a route"
+    )]
     Ca {
         /// Syntax of the output.
         #[arg(long, value_enum, default_value = "posix")]
@@ -147,6 +163,21 @@ pub enum Command {
         /// host to `hosts`). Everything that trusted the old CA must trust the new one.
         #[arg(long)]
         regenerate: bool,
+    },
+    /// Ask the running proxy to send exchange ID again through its current config (after a
+    /// save), and explain the new exchange like `token` does. Exits 0 when the AS said 2xx.
+    #[command(
+        after_help = "Examples:\n  tokenrelay replay 7                      # exchange 7 again, through the saved config\n  tokenrelay replay 7 --json               # the new exchange record as JSON\n  curl -s -X POST http://127.0.0.1:8787/.tokenrelay/exchanges/7/replay   # the same, as JSON"
+    )]
+    Replay {
+        /// The exchange id (as the inspector, the log or `/.tokenrelay/exchanges` show it).
+        id: u64,
+        /// The proxy's base URL (default: `http://` + the config's `[proxy] listen`).
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+        /// Print the new exchange record as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     #[command(
@@ -157,6 +188,9 @@ pub enum Command {
         shell: clap_complete::Shell,
     },
     /// Print the man page (roff): `tokenrelay man > tokenrelay.1; man ./tokenrelay.1`.
+    #[command(
+        after_help = "Examples:\n  tokenrelay man > tokenrelay.1 && man ./tokenrelay.1\n  tokenrelay man | gzip > /usr/local/share/man/man1/tokenrelay.1.gz"
+    )]
     Man,
 }
 
@@ -173,10 +207,10 @@ pub fn main() -> ExitCode {
         Command::Token { route, params, show_token, json } => {
             token::run(&cli.config, &route, &params, show_token, json)
         }
+        Command::Replay { id, url, json } => replay::run(&cli.config, id, url.as_deref(), json),
         Command::Completions { shell } => {
-            use clap::CommandFactory as _;
             let mut script = Vec::new();
-            clap_complete::generate(shell, &mut Cli::command(), "tokenrelay", &mut script);
+            clap_complete::generate(shell, &mut completion_command(&cli.config), "tokenrelay", &mut script);
             out(&String::from_utf8_lossy(&script));
             Ok(())
         }
@@ -217,13 +251,114 @@ fn error_text(e: &anyhow::Error) -> String {
     out
 }
 
+/// The command line for completion scripts: `--route` offers the route names of the config
+/// (when it loads; regenerate the script after adding a route).
+fn completion_command(config: &Path) -> clap::Command {
+    use clap::CommandFactory as _;
+    let names: Vec<String> =
+        crate::config::load(config).map(|c| c.routes.iter().map(|r| r.name.clone()).collect()).unwrap_or_default();
+    let mut cmd = Cli::command();
+    if names.is_empty() {
+        return cmd;
+    }
+    // The script is generated once per process: leaking the few names is what clap's
+    // `&'static str` values ask for without its `string` feature.
+    let names: Vec<&'static str> = names.into_iter().map(|n| &*Box::leak(n.into_boxed_str())).collect();
+    for sub in ["token", "jwks"] {
+        let names = names.clone();
+        cmd = cmd.mut_subcommand(sub, |c| {
+            c.mut_arg("route", |a| a.value_parser(clap::builder::PossibleValuesParser::new(names)))
+        });
+    }
+    cmd
+}
+
 fn man() -> anyhow::Result<()> {
     use clap::CommandFactory as _;
     let mut out = Vec::new();
     clap_mangen::Man::new(Cli::command()).render(&mut out).context("cannot render the man page")?;
     self::out(&String::from_utf8_lossy(&out));
+    self::out(MAN_CONFIG);
     Ok(())
 }
+
+/// Values of `route` that are placeholders from a starter template: a client id of
+/// `my-client`, or a URL on an example domain (RFC 2606 §3: `example.com`, `.net`, `.org`,
+/// and the `.example` TLD), as `(key, value)`.
+fn placeholders(route: &crate::config::RouteConfig) -> Vec<(String, String)> {
+    let example = |url: &str| {
+        url::Url::parse(url).ok().and_then(|u| u.host_str().map(str::to_ascii_lowercase)).is_some_and(|h| {
+            ["example.com", "example.net", "example.org"].iter().any(|d| h == *d || h.ends_with(&format!(".{d}")))
+                || h.ends_with(".example")
+        })
+    };
+    let name = &route.name;
+    let mut out = Vec::new();
+    if let Some(issuer) = route.issuer.as_deref().filter(|i| example(i)) {
+        out.push((format!("routes.{name}.issuer"), issuer.to_string()));
+    } else if example(&route.upstream.url("")) {
+        out.push((format!("routes.{name}.upstream"), route.upstream.url("")));
+    }
+    if let Some(id) = route.client.as_ref().map(|c| c.id.as_str()).filter(|id| *id == "my-client") {
+        out.push((format!("routes.{name}.client.id"), id.to_string()));
+    }
+    for (table, map) in [("add", &route.params.add), ("set", &route.params.set)] {
+        for (k, v) in map.iter().filter(|(_, v)| example(v)) {
+            out.push((format!("routes.{name}.params.{table}.{k}"), v.clone()));
+        }
+    }
+    out
+}
+
+/// `jwks --format pem`: the route's client public key as PEM.
+fn public_pem(config: &Path, only: Option<&str>) -> anyhow::Result<()> {
+    let snapshot = crate::snapshot::load(config, BuildOptions::default())?;
+    let route = match (only, snapshot.routes.len()) {
+        (Some(name), _) => snapshot.routes.iter().find(|r| r.cfg.name == name),
+        (None, 1) => snapshot.routes.first(),
+        (None, _) => anyhow::bail!("{} has several routes: pick one with --route NAME", config.display()),
+    }
+    .with_context(|| format!("no route named {:?} in {}", only.unwrap_or_default(), config.display()))?;
+    let Credential::Key(key) = &route.credential else {
+        anyhow::bail!("route {:?} signs with no private key: there is no public key to register", route.cfg.name);
+    };
+    eprintln!(
+        "the public key to register for route {:?} (client id {:?}):",
+        route.cfg.name,
+        route.cfg.client.as_ref().map(|c| c.id.as_str()).unwrap_or_default()
+    );
+    out(&String::from_utf8_lossy(&key.public_pem()));
+    Ok(())
+}
+
+/// The man page's CONFIGURATION section: the `proxy.toml` tables and their keys (README.md's
+/// "Config walkthrough" has every detail).
+const MAN_CONFIG: &str = r#".SH CONFIGURATION
+\fBproxy.toml\fR (\fB--config\fR, default ./proxy.toml) applies live when saved. Paths are relative to its folder; \fB${VAR}\fR expands environment variables.
+.TP
+\fB[proxy]\fR
+\fBlisten\fR (reverse mode, 127.0.0.1:8787), \fBlisten_tls\fR, \fBforward\fR (HTTPS_PROXY), \fBunknown_hosts\fR (tunnel | refuse), \fBca_cert\fR, \fBca_key\fR, \fBallow_remote\fR, \fBallow_origins\fR, \fBmax_connections\fR, \fBmax_body\fR, \fBexchanges\fR (records kept for the inspector).
+.TP
+\fB[demo_as]\fR
+\fBlisten\fR, \fBtls\fR, \fBdpop_nonce\fR, \fBuser\fR, \fBredirect_uris\fR: the built-in verifying AS, started by \fBrun\fR.
+.TP
+\fB[routes.NAME]\fR
+\fBprefix\fR, \fBupstream\fR, \fBissuer\fR (discovery; aud), \fBhosts\fR (forward mode), \fBtrust\fR, \fBtimeout\fR, \fBendpoints\fR, \fBpreset\fR (keycloak | okta | entra | auth0 | fapi2), \fBrewrite_metadata\fR.
+.TP
+\fB[routes.NAME.client]\fR
+\fBid\fR, \fBauth\fR (none | client_secret_basic | client_secret_post | client_secret_jwt | private_key_jwt | tls_client_auth | self_signed_tls_client_auth), \fBkey\fR, \fBsecret\fR / \fBsecret_env\fR, \fBalg\fR, \fBaudience\fR (issuer | token_endpoint | endpoint | URL), \fBlifetime\fR, \fBkid\fR, \fBcreate\fR.
+.TP
+\fB[routes.NAME.dpop]\fR
+\fBkey\fR, \fBalg\fR, \fBcreate\fR, \fBupgrade_bearer\fR, \fBrequire_bound\fR, \fBtoken_type\fR ("Bearer": for libraries that refuse DPoP; with upgrade_bearer).
+.TP
+\fB[routes.NAME.mtls]\fR
+\fBcert\fR (leaf first, then intermediates), \fBkey\fR.
+.TP
+\fB[routes.NAME.headers]\fR, \fB[routes.NAME.params]\fR
+\fBset\fR, \fBremove\fR; params also \fBadd\fR (only when the app sent none).
+.SH LOCAL ENDPOINTS
+On the reverse listener, loopback only: \fB/.tokenrelay/\fR (inspector), \fB/.tokenrelay/exchanges\fR, \fB/.tokenrelay/exchanges/ID\fR, \fBPOST /.tokenrelay/exchanges/ID/replay\fR, \fB/.tokenrelay/exchanges/A/diff/B\fR, \fB/.tokenrelay/exchanges.har\fR, \fB/.tokenrelay/reloads\fR, \fB/.tokenrelay/status\fR, \fB/.tokenrelay/jwks/ROUTE\fR.
+"#;
 
 /// The default log filter for `verbosity` (-v +1, -q -1 each): info by default.
 fn default_level(verbosity: i16) -> &'static str {
@@ -460,6 +595,16 @@ fn check_report(snapshot: &crate::snapshot::Snapshot, discovered: &Discovered, o
             ));
         }
     }
+    // Values a starter config asks the user to replace (`# <- yours`), left unedited.
+    for r in &snapshot.routes {
+        warnings.extend(placeholders(&r.cfg).into_iter().map(|(key, value)| {
+            format!(
+                "route {:?}: {key} = {value:?} is the starter config's placeholder: replace it with your AS's (marked `# <- yours` in {})",
+                r.cfg.name,
+                c.path.display()
+            )
+        }));
+    }
     // Hosts claimed after the local CA was made are outside its name constraints.
     if c.forward.is_some() && c.ca_cert.exists() && c.ca_key.exists() {
         if let Ok(ca) = crate::local_ca::LocalCa::load(&c.ca_cert, &c.ca_key) {
@@ -476,6 +621,7 @@ fn check_report(snapshot: &crate::snapshot::Snapshot, discovered: &Discovered, o
         }
     }
     let mut errors = Vec::new();
+    let mut notes: Vec<String> = Vec::new();
     let mut routes = Vec::new();
     for r in &snapshot.routes {
         let cfg = &r.cfg;
@@ -484,6 +630,15 @@ fn check_report(snapshot: &crate::snapshot::Snapshot, discovered: &Discovered, o
             Some(Ok(meta)) => Some(meta),
             Some(Err(e)) if e.is_mismatch() => {
                 errors.push(format!("route {:?}: {e}", cfg.name));
+                None
+            }
+            // The built-in demo AS runs only inside `tokenrelay run` (and `token`): nothing
+            // to warn about when it is not running yet.
+            Some(Err(_)) if init::points_at_demo(c, cfg) => {
+                notes.push(format!(
+                    "route {:?}: the demo AS is not running; `tokenrelay run` starts it (its metadata is checked then)",
+                    cfg.name
+                ));
                 None
             }
             Some(Err(e)) => {
@@ -576,6 +731,7 @@ fn check_report(snapshot: &crate::snapshot::Snapshot, discovered: &Discovered, o
         "who_may_connect": c.allow_users.describe(),
         "routes": routes,
         "warnings": warnings,
+        "notes": notes,
         "errors": errors,
     })
 }
@@ -631,6 +787,9 @@ fn print_check(report: &Value) {
         if let Some(p) = r.get("params") {
             println!("  params: add {} set {} remove [{}]", p["add"], p["set"], list(&p["remove"]));
         }
+    }
+    for n in report["notes"].as_array().into_iter().flatten() {
+        println!("note: {}", text(n));
     }
     for w in report["warnings"].as_array().into_iter().flatten() {
         println!("warning: {}", text(w));
@@ -710,6 +869,9 @@ pub fn jwks_document(config: &Path, only: Option<&str>) -> anyhow::Result<Value>
 }
 
 fn jwks(config: &Path, only: Option<&str>, format: JwksFormat) -> anyhow::Result<()> {
+    if format == JwksFormat::Pem {
+        return public_pem(config, only);
+    }
     let doc = jwks_document(config, only)?;
     if format == JwksFormat::Registration {
         eprintln!("Register each route's \"jwks\" (and x5c / tls_client_auth_subject_dn for mTLS clients) at your AS.");

@@ -51,10 +51,12 @@ async fn exchange(
         .cloned()
         .with_context(|| format!("no route named {route_name:?} in {}", config.display()))?;
     let config = snapshot.config.clone();
-    snapshot.start_discovery();
     let (snapshot_tx, snapshot_rx) = tokio::sync::watch::channel(Arc::new(snapshot));
     let (_stop, shutdown) = tokio::sync::watch::channel(false);
+    // The demo AS first: discovery against it would otherwise fail (and log so) before it
+    // listens.
     let _demo = start_demo_as_if_needed(&config, &route, snapshot_rx.clone(), shutdown).await?;
+    snapshot_rx.borrow().start_discovery();
     let shared = Arc::new(Shared::new(snapshot_rx));
 
     let mut form = form_urlencoded::Serializer::new(String::new());
@@ -132,7 +134,8 @@ async fn start_demo_as_if_needed(
     let listener = match tokio::net::TcpListener::bind(demo.listen).await {
         Ok(l) => l,
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-            eprintln!("note: {} is in use; using the demo AS already listening there", demo.listen);
+            // Through the log, so that `--log-format json` keeps every line JSON.
+            tracing::info!(demo_as = %demo.listen, "{} is in use; using the demo AS already listening there", demo.listen);
             return Ok(None);
         }
         Err(e) => return Err(e).context(format!("cannot start the demo AS on {}", demo.listen)),

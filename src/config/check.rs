@@ -466,7 +466,12 @@ impl Cx<'_> {
                 }
                 list
             }
-            None => vec!["/token".to_string()],
+            // Without metadata, a vendor preset's own token path under the issuer (what its
+            // starter config's comment shows), when the upstream is the issuer's origin.
+            None => match (preset, &r.upstream, issuer.as_deref()) {
+                (Some(p), None, Some(i)) => vec![p.token_path(i)],
+                _ => vec!["/token".to_string()],
+            },
         };
         let hosts = match &r.hosts {
             None => vec![HostEntry { host: upstream.host.clone(), port: None }],
@@ -752,12 +757,32 @@ impl Cx<'_> {
                 "DPoP needs an asymmetric alg (RFC 9449 §4.2)",
             ));
         }
+        let answer_bearer = match &d.token_type {
+            None => false,
+            Some(t) if t.get_ref().eq_ignore_ascii_case("bearer") => true,
+            Some(t) if t.get_ref().eq_ignore_ascii_case("dpop") => false,
+            Some(t) => {
+                return Err(self.err(
+                    t.span(),
+                    &format!("routes.{route}.dpop.token_type"),
+                    format!("{:?} is not a token_type tokenrelay can answer with; use \"Bearer\" (or leave it out for the AS's own)", t.get_ref()),
+                ))
+            }
+        };
+        if answer_bearer && d.upgrade_bearer == Some(false) {
+            return Err(self.err(
+                d.token_type.as_ref().map(Spanned::span).unwrap_or(0..0),
+                &format!("routes.{route}.dpop.token_type"),
+                "token_type = \"Bearer\" needs upgrade_bearer = true: the app will call APIs with Bearer, which only the upgrade turns into DPoP",
+            ));
+        }
         Ok(DpopConfig {
             key: self.resolve(&d.key, 0..0, &format!("routes.{route}.dpop.key"))?,
             alg,
             create: d.create,
             upgrade_bearer: d.upgrade_bearer.unwrap_or(true),
             require_bound: d.require_bound,
+            answer_bearer,
         })
     }
 

@@ -179,6 +179,19 @@ impl Preset {
         }
     }
 
+    /// The vendor's token endpoint path (from the issuer's origin) for `issuer`: where the
+    /// route signs when the AS metadata cannot be fetched.
+    pub fn token_path(self, issuer: &str) -> String {
+        let path = url::Url::parse(issuer).map(|u| u.path().trim_end_matches('/').to_string()).unwrap_or_default();
+        match self {
+            Preset::Keycloak => format!("{path}/protocol/openid-connect/token"),
+            Preset::Okta => format!("{path}/v1/token"),
+            Preset::Entra => format!("{}/oauth2/v2.0/token", path.strip_suffix("/v2.0").unwrap_or(&path)),
+            Preset::Auth0 => "/oauth/token".to_string(),
+            Preset::Fapi2 => format!("{path}/token"),
+        }
+    }
+
     pub fn default_alg(self) -> Alg {
         match self {
             Preset::Keycloak | Preset::Okta | Preset::Auth0 => Alg::RS256,
@@ -311,6 +324,9 @@ pub struct DpopConfig {
     pub create: bool,
     pub upgrade_bearer: bool,
     pub require_bound: bool,
+    /// `token_type = "Bearer"`: the app gets `"Bearer"` where the AS answered `"DPoP"`
+    /// (for OAuth libraries that refuse `DPoP`; pair with `upgrade_bearer`).
+    pub answer_bearer: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

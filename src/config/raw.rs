@@ -213,6 +213,8 @@ pub struct RawDpop {
     /// Refuse (502) token responses whose `token_type` is not `DPoP` (default: warn only).
     #[serde(default)]
     pub require_bound: bool,
+    /// `"Bearer"`: rewrite a `DPoP` answer's `token_type` for libraries that reject it.
+    pub token_type: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

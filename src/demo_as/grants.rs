@@ -240,8 +240,12 @@ impl Ledger {
 
     /// Stores an access token and returns its value.
     pub(super) fn add_access(&mut self, access: Access, now: u64) -> Secret {
+        self.add_access_as(new_token(), access, now)
+    }
+
+    /// Stores access token `value` (a signed JWT access token, RFC 9068) and returns it.
+    pub(super) fn add_access_as(&mut self, value: Secret, access: Access, now: u64) -> Secret {
         self.prune(now);
-        let value = new_token();
         self.access.insert(key_of(value.expose()), access);
         value
     }

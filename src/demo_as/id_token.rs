@@ -71,6 +71,21 @@ impl IdTokenKey {
     }
 }
 
+impl IdTokenKey {
+    /// A JWT access token (RFC 9068 §2: `typ` `at+jwt`; `iss`, `exp`, `aud`, `sub`,
+    /// `client_id`, `iat`, `jti`, and `scope` when granted), with the binding in `cnf`
+    /// (RFC 9449 §6.1 `jkt`, RFC 8705 §3.1 `x5t#S256`), signed with the key `jwks_uri` serves.
+    pub(super) fn sign_access(&self, issuer: &str, mut claims: Map<String, Value>) -> Result<String, JoseError> {
+        claims.insert("iss".into(), issuer.into());
+        // RFC 9068 §3: the resource the token is for; the demo AS's only resource is itself.
+        claims.entry("aud").or_insert_with(|| issuer.into());
+        let mut header = Map::new();
+        header.insert("typ".into(), "at+jwt".into());
+        header.insert("kid".into(), self.kid().into());
+        self.key.sign(header, &claims)
+    }
+}
+
 /// OIDC Core §3.1.3.6: base64url of the left half of SHA-256 of the access token (ES256).
 fn at_hash(access_token: &str) -> String {
     let digest = Sha256::digest(access_token.as_bytes());

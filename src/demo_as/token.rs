@@ -130,13 +130,14 @@ impl DemoAs {
             grant,
             exp: now.saturating_add(TOKEN_LIFETIME),
         };
-        let token = ledger.add_access(access, now);
-        let mut answer = Map::new();
-        answer.insert("access_token".into(), token.expose().into());
-        answer.insert("token_type".into(), if binding.jkt.is_some() { "DPoP" } else { "Bearer" }.into());
-        answer.insert("expires_in".into(), TOKEN_LIFETIME.into());
-        if let Some(scope) = scope {
-            answer.insert("scope".into(), scope.into());
+        let mut claims = Map::new();
+        claims.insert("sub".into(), sub.unwrap_or(client_id).into());
+        claims.insert("client_id".into(), client_id.into());
+        claims.insert("iat".into(), now.into());
+        claims.insert("exp".into(), access.exp.into());
+        claims.insert("jti".into(), jose::new_jti().into());
+        if let Some(scope) = &scope {
+            claims.insert("scope".into(), scope.clone().into());
         }
         let mut cnf = Map::new();
         if let Some(jkt) = &binding.jkt {
@@ -144,6 +145,25 @@ impl DemoAs {
         }
         if let Some(x5t) = &binding.x5t {
             cnf.insert("x5t#S256".into(), x5t.clone().into());
+        }
+        if !cnf.is_empty() {
+            claims.insert("cnf".into(), Value::Object(cnf.clone()));
+        }
+        // A JWT access token (RFC 9068), so apps and tokenrelay's inspector can read what is
+        // bound; the ledger still decides whether it is live.
+        let token = match self.id_key.sign_access(self.issuer(), claims) {
+            Ok(jwt) => ledger.add_access_as(Secret::new(jwt), access, now),
+            Err(e) => {
+                tracing::warn!("demo AS: signing a JWT access token failed ({e}); issuing an opaque one");
+                ledger.add_access(access, now)
+            }
+        };
+        let mut answer = Map::new();
+        answer.insert("access_token".into(), token.expose().into());
+        answer.insert("token_type".into(), if binding.jkt.is_some() { "DPoP" } else { "Bearer" }.into());
+        answer.insert("expires_in".into(), TOKEN_LIFETIME.into());
+        if let Some(scope) = scope {
+            answer.insert("scope".into(), scope.into());
         }
         if !cnf.is_empty() {
             answer.insert("cnf".into(), Value::Object(cnf));

@@ -4,6 +4,13 @@
 //! - `GET /.tokenrelay/status`: reload state (see [`crate::status`]);
 //! - `GET /.tokenrelay/exchanges[?route=NAME][&failed=1]`: the last exchanges, newest first;
 //! - `GET /.tokenrelay/exchanges/{id}`: one exchange;
+//! - `POST /.tokenrelay/exchanges/{id}/replay`: the exchange again, through the current
+//!   config (see [`super::replay`]);
+//! - `GET /.tokenrelay/exchanges/{a}/diff/{b}`: what differs between two exchanges
+//!   ([`crate::explain::compare`]);
+//! - `GET /.tokenrelay/exchanges.har`: every kept exchange as HAR 1.2
+//!   ([`crate::explain::har`]);
+//! - `GET /.tokenrelay/reloads`: the recent reload attempts ([`crate::status::ReloadEvent`]);
 //! - `GET /.tokenrelay/jwks/{route}`: the route's public client keys (a JWKS for ASes that
 //!   register clients by `jwks_uri`; public keys only, never the DPoP key);
 //! - `GET /.tokenrelay/`: the inspector page (one embedded HTML file, inline JS and CSS, no
@@ -32,12 +39,22 @@ pub(super) fn answer(
     let rest = path.strip_prefix(PREFIX)?;
     if method != Method::GET && method != Method::HEAD {
         return Some(Err(ProxyError::BadRequest(format!(
-            "{method} {path}: tokenrelay's own endpoints answer GET only"
+            "{method} {path}: tokenrelay's own endpoints answer GET only (POST: exchanges/{{id}}/replay)"
         ))));
     }
     Some(match rest {
         "" => Ok(page()),
         "status" => Ok(crate::status::response(&shared.reload)),
+        "reloads" => Ok(crate::status::reloads_response(&shared.reload)),
+        "exchanges.har" => {
+            let list = shared.exchanges.list(None, false);
+            let mut resp = json(serde_json::to_string_pretty(&crate::explain::har(&list)));
+            resp.headers_mut().insert(
+                header::CONTENT_DISPOSITION,
+                HeaderValue::from_static("attachment; filename=\"tokenrelay-exchanges.har\""),
+            );
+            Ok(resp)
+        }
         "exchanges" => {
             let mut route = None;
             let mut failed = false;
@@ -59,6 +76,16 @@ pub(super) fn answer(
                 None => Err(ProxyError::NotFound(format!("no route named {name:?}"))),
             }
         }
+        other if diff_ids(other).is_some() => {
+            let (a, b) = diff_ids(other).unwrap_or_default();
+            let missing = |id| ProxyError::NotFound(format!("no exchange {id} (kept: the last [proxy] exchanges)"));
+            let ra = shared.exchanges.get(a).ok_or_else(|| missing(a));
+            let rb = shared.exchanges.get(b).ok_or_else(|| missing(b));
+            ra.and_then(|ra| rb.map(|rb| (ra, rb))).map(|(ra, rb)| {
+                let differences = crate::explain::compare(&ra, &rb);
+                json(serde_json::to_string(&serde_json::json!({ "a": a, "b": b, "differences": differences })))
+            })
+        }
         other => match other.strip_prefix("exchanges/").and_then(|id| id.parse::<u64>().ok()) {
             Some(id) => match shared.exchanges.get(id) {
                 Some(record) => Ok(json(serde_json::to_string(&*record))),
@@ -67,6 +94,20 @@ pub(super) fn answer(
             None => Err(ProxyError::NotFound(format!("tokenrelay has no {path}; see {PREFIX}"))),
         },
     })
+}
+
+/// `(a, b)` from `exchanges/{a}/diff/{b}`.
+fn diff_ids(rest: &str) -> Option<(u64, u64)> {
+    let (a, b) = rest.strip_prefix("exchanges/")?.split_once("/diff/")?;
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
+/// `/.tokenrelay` without its slash: a redirect to the inspector page.
+pub(super) fn redirect_to_page() -> Response<Body> {
+    let mut resp = Response::new(full(Bytes::from_static(b"")));
+    *resp.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    resp.headers_mut().insert(header::LOCATION, HeaderValue::from_static(PREFIX));
+    resp
 }
 
 fn json(body: Result<String, serde_json::Error>) -> Response<Body> {

@@ -12,6 +12,7 @@
 mod guard;
 mod local;
 mod metadata;
+mod replay;
 mod signing;
 mod target;
 
@@ -30,8 +31,8 @@ use tracing::Instrument as _;
 use crate::body::Body;
 use crate::error::ProxyError;
 use crate::explain::{
-    hints, Actions, Answer, AppRequest, Attempt, Exchanges, Param, Record, Refusal, RouteFacts, Sent, Timestamp,
-    NEVER_SECRET, SKEW_WARNING_S,
+    hints, Actions, Answer, AppRequest, Attempt, Exchanges, Issued, Param, Record, Refusal, ReplayInput, RouteFacts,
+    Sent, Timestamp, NEVER_SECRET, SKEW_WARNING_S,
 };
 use crate::rewrite::client_auth::{self, Injected};
 use crate::rewrite::dpop::NonceCache;
@@ -75,6 +76,14 @@ pub(crate) struct Outcome {
     /// The last DPoP proof sent, without its signature.
     proof: Option<Sent>,
     answer: Option<Answer>,
+    /// Form parameter names of the attempt being sent (moved into its [`Attempt`]).
+    sent_params: Vec<String>,
+    /// What the AS issued, decoded, and the binding verdict.
+    issued: Issued,
+    /// The answer's `token_type` was rewritten to `Bearer` (`dpop.token_type`).
+    answered_bearer: bool,
+    /// What a replay of this exchange needs.
+    replay: ReplayInput,
 }
 
 impl Outcome {
@@ -102,6 +111,7 @@ impl Outcome {
             dpop_jti: self.dpop_jti.clone(),
             params_changed: self.changed_params.clone(),
             credentials_removed: self.injected.removed.clone(),
+            answer_token_type: self.answered_bearer.then_some("Bearer"),
             ..Actions::default()
         };
         if let Some(route) = &self.route_ref {
@@ -123,6 +133,10 @@ impl Outcome {
             refused: refused.cloned().map(Refusal),
             hints: Vec::new(),
             total_ms,
+            config_version: 0,
+            replay_of: None,
+            replay: std::mem::take(&mut self.replay),
+            issued: std::mem::take(&mut self.issued),
         };
         // Hints (which name the route's client and endpoints) when something went wrong.
         let skewed = self.answer.as_ref().and_then(|a| a.clock_skew_s).is_some_and(|s| s.abs() > SKEW_WARNING_S);
@@ -225,6 +239,7 @@ pub async fn handle_recorded<B: AppBody>(
     };
     let method = req.method().clone();
     let path = req.uri().path().to_string();
+    let replay_of = req.extensions().get::<replay::ReplayOf>().map(|r| r.0);
     let reverse = matches!(entry, Entry::Reverse { .. });
     let entry_label = match &entry {
         Entry::Reverse { https: false } => "reverse",
@@ -232,7 +247,7 @@ pub async fn handle_recorded<B: AppBody>(
         Entry::Forward { .. } => "forward",
     };
     // tokenrelay's own endpoints never get CORS, whatever allow_origins says.
-    let own = path.starts_with("/.tokenrelay/");
+    let own = path.starts_with("/.tokenrelay/") || path == "/.tokenrelay";
     let cors = (reverse && !own).then(|| guard::cors_origin(req.headers(), &snapshot.config.allow_origins)).flatten();
     let span = tracing::info_span!("exchange", %method, %path, %peer);
     async move {
@@ -252,31 +267,42 @@ pub async fn handle_recorded<B: AppBody>(
         let status = resp.status().as_u16();
         let total_ms = started.elapsed().as_millis() as u64;
         // Tokenrelay's own endpoints are not exchanges worth recording.
-        let record = (!own).then(|| outcome.record(shared.exchanges.next_id(), entry_label, status, refused.as_ref(), total_ms));
+        let record = (!own).then(|| {
+            let mut record = outcome.record(shared.exchanges.next_id(), entry_label, status, refused.as_ref(), total_ms);
+            record.config_version = snapshot.version;
+            record.replay_of = replay_of;
+            record
+        });
         let refused = refused.map(|e| e.to_string());
         let hint = record.as_ref().and_then(|r| r.hints.first().cloned());
         let answer = outcome.answer.as_ref();
         // One line per exchange; a refusal or an AS error is the same line at warn, with why.
+        // Empty fields are left out (an `Option` field that is `None` is not recorded), so the
+        // line says only what happened; lists are comma-separated.
+        let list = |v: &[String]| (!v.is_empty()).then(|| v.join(","));
+        let removed = list(&outcome.injected.removed.iter().map(|r| r.to_string()).collect::<Vec<_>>());
+        let params = list(&outcome.changed_params);
+        let called = outcome.attempt_log.last();
         macro_rules! exchange_line {
             ($level:ident) => {
                 tracing::$level!(
-                    route = %outcome.route,
+                    route = (!outcome.route.is_empty()).then(|| tracing::field::display(&outcome.route)),
                     status,
-                    upstream = outcome.attempt_log.last().map_or("-", |a| a.url.as_str()),
-                    upstream_ms = outcome.upstream_ms as u64,
+                    upstream = called.map(|a| a.url.as_str()),
+                    upstream_ms = called.map(|_| outcome.upstream_ms as u64),
                     total_ms,
-                    attempts = outcome.attempts,
-                    retry = outcome.attempt_log.iter().find_map(|a| a.retried_because.as_deref()).unwrap_or("-"),
-                    auth = if outcome.injected.method.is_empty() { "-" } else { outcome.injected.method },
-                    kid = outcome.injected.kid.as_deref().unwrap_or("-"),
-                    jti = outcome.injected.jti.as_deref().unwrap_or("-"),
-                    dpop_jti = outcome.dpop_jti.as_deref().unwrap_or("-"),
-                    removed = ?outcome.injected.removed,
-                    params = ?outcome.changed_params,
-                    as_error = answer.and_then(|a| a.error.as_deref()).unwrap_or("-"),
-                    as_error_description = answer.and_then(|a| a.error_description.as_deref()).unwrap_or("-"),
-                    refused = refused.as_deref().unwrap_or("-"),
-                    hint = hint.as_deref().unwrap_or("-"),
+                    attempts = (outcome.attempts > 1).then_some(outcome.attempts),
+                    retry = outcome.attempt_log.iter().find_map(|a| a.retried_because.as_deref()),
+                    auth = (!outcome.injected.method.is_empty()).then_some(outcome.injected.method),
+                    kid = outcome.injected.kid.as_deref(),
+                    jti = outcome.injected.jti.as_deref(),
+                    dpop_jti = outcome.dpop_jti.as_deref(),
+                    removed = removed.as_deref(),
+                    params = params.as_deref(),
+                    as_error = answer.and_then(|a| a.error.as_deref()),
+                    as_error_description = answer.and_then(|a| a.error_description.as_deref()),
+                    refused = refused.as_deref(),
+                    hint = hint.as_deref(),
                     "exchange"
                 )
             };
@@ -320,7 +346,7 @@ async fn read_body<B: AppBody>(body: B, limit: usize) -> Result<Bytes, ProxyErro
 }
 
 async fn relay<B: AppBody>(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     snapshot: &Snapshot,
     req: Request<B>,
     entry: Entry,
@@ -339,10 +365,11 @@ async fn relay<B: AppBody>(
         header_names: parts.headers.keys().map(|k| k.as_str().to_owned()).collect(),
         params: Vec::new(),
     };
+    outcome.replay.keep_query(parts.uri.query());
     let allow_origins = snapshot.config.allow_origins.as_slice();
     if let Entry::Reverse { https } = &entry {
         let https = *https;
-        let own = path.starts_with("/.tokenrelay/");
+        let own = path.starts_with("/.tokenrelay/") || path == "/.tokenrelay";
         // A CORS preflight: answered for allowed origins, never for tokenrelay's own endpoints.
         if parts.method == Method::OPTIONS && parts.headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD) {
             check_exposure(parts.version, &parts.headers, &parts.uri, if own { &[] } else { allow_origins })?;
@@ -355,6 +382,14 @@ async fn relay<B: AppBody>(
         }
         if own {
             check_exposure(parts.version, &parts.headers, &parts.uri, &[])?;
+            if path == "/.tokenrelay" {
+                outcome.route = "tokenrelay".into();
+                return Ok(local::redirect_to_page());
+            }
+            if let Some(id) = replay::path_id(path) {
+                outcome.route = "tokenrelay".into();
+                return replay::answer(shared.clone(), &parts.method, id, &parts.headers).await;
+            }
             if let Some(answer) = local::answer(shared, &parts.method, path, parts.uri.query()) {
                 outcome.route = "tokenrelay".into();
                 return answer;
@@ -401,6 +436,7 @@ async fn relay<B: AppBody>(
         .await
         .map_err(|_| ProxyError::BadRequest("the request body did not arrive in time".into()))??;
 
+    outcome.replay.body_len = Some(body.len());
     let target = resolve_target(route, rest, parts.uri.query(), called).await?;
     let mut headers = parts.headers.clone();
     hop::strip(&mut headers);
@@ -431,6 +467,7 @@ async fn relay<B: AppBody>(
                     value: NEVER_SECRET.contains(&name).then(|| form.get(name).ok().flatten()).flatten(),
                 })
                 .collect();
+            outcome.replay.keep_form(&outcome.request.params);
             outcome.changed_params = params::apply(&route.cfg.params, &mut form);
             Payload::Token(form)
         }

@@ -20,7 +20,7 @@ use super::target::Target;
 use super::{Outcome, Shared};
 use crate::body::{self, Body};
 use crate::error::ProxyError;
-use crate::explain::{Answer, Attempt, Sent};
+use crate::explain::{issued, Answer, Attempt, Sent};
 use crate::jose::{new_jti, SigningKey};
 use crate::rewrite::client_auth::{self, Call};
 use crate::rewrite::dpop::{self, ProofInput};
@@ -88,6 +88,7 @@ pub(super) async fn exchange(
                     x5t_s256: route.assertion_x5t.as_deref(),
                 };
                 outcome.injected = client_auth::apply(&route.cfg, &route.credential, &call, &mut headers, &mut form)?;
+                outcome.sent_params = form.names().map(str::to_string).collect();
                 Bytes::from(form.encode())
             }
             Payload::Resource { body, .. } | Payload::Plain(body) => body.clone(),
@@ -129,6 +130,23 @@ pub(super) async fn exchange(
                 continue;
             }
             let checked = if proof_key.is_some() { check_token_type(route, resp.status(), &answer) } else { Ok(()) };
+            let mut bytes = bytes;
+            if resp.status() == StatusCode::OK && answer.access_token {
+                let expected = issued::Expected {
+                    jkt: proof_key.map(|k| k.thumbprint()),
+                    // A certificate is presented over TLS only.
+                    x5t_s256: route.cert_thumbprint.as_deref().filter(|_| target.url.starts_with("https:")),
+                };
+                let mut tokens = issued::read(&bytes);
+                tokens.binding = Some(issued::verdict(&tokens, answer.token_type.as_deref(), &expected));
+                outcome.issued = tokens;
+                if route.cfg.dpop.as_ref().is_some_and(|d| d.answer_bearer) {
+                    if let Some(rewritten) = bearer_answer(&bytes) {
+                        bytes = rewritten;
+                        outcome.answered_bearer = true;
+                    }
+                }
+            }
             outcome.answer = Some(answer);
             checked?;
             return Ok(rebuild(resp, bytes));
@@ -201,6 +219,7 @@ pub(crate) async fn send(
     if !body.is_empty() || matches!(*method, Method::POST | Method::PUT | Method::PATCH) {
         req.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     }
+    let sent_headers: Vec<http::HeaderName> = req.headers().keys().cloned().collect();
     outcome.attempts += 1;
     let shown = target.split('?').next().unwrap_or(target);
     let started = Instant::now();
@@ -208,7 +227,13 @@ pub(crate) async fn send(
     let result = tokio::time::timeout(timeout, route.client.request(req)).await;
     let elapsed = started.elapsed();
     outcome.upstream_ms += elapsed.as_millis();
-    let mut attempt = Attempt { url: shown.to_string(), ms: elapsed.as_millis() as u64, ..Attempt::default() };
+    let mut attempt = Attempt {
+        url: shown.to_string(),
+        ms: elapsed.as_millis() as u64,
+        sent_headers,
+        sent_params: std::mem::take(&mut outcome.sent_params),
+        ..Attempt::default()
+    };
     let result = match result {
         Err(_) => Err(ProxyError::Timeout {
             url: shown.to_string(),
@@ -264,6 +289,20 @@ fn check_token_type(route: &Route, status: StatusCode, answer: &Answer) -> Resul
     );
     tracing::warn!("{msg}");
     Ok(())
+}
+
+/// `routes.NAME.dpop.token_type = "Bearer"`: the token answer with `token_type` `"Bearer"`
+/// where the AS said `"DPoP"`, for OAuth libraries that refuse an unknown token type. The
+/// token stays DPoP-bound: API calls through a route with `upgrade_bearer` get their proof.
+/// `None` when there is nothing to rewrite.
+fn bearer_answer(bytes: &[u8]) -> Option<Bytes> {
+    let mut answer: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(bytes).ok()?;
+    let token_type = answer.get_mut("token_type")?;
+    if !token_type.as_str().is_some_and(|t| t.eq_ignore_ascii_case("dpop")) {
+        return None;
+    }
+    *token_type = "Bearer".into();
+    serde_json::to_vec(&answer).ok().map(Bytes::from)
 }
 
 fn rebuild(resp: Response<()>, bytes: Bytes) -> Response<Body> {

@@ -50,7 +50,7 @@ use tokio::time::Instant;
 use tracing::Instrument as _;
 
 use crate::snapshot::Snapshot;
-pub use crate::status::{ReloadStats, ReloadStatus};
+pub use crate::status::{ReloadEvent, ReloadStats, ReloadStatus};
 use diff::{describe_changes, Listeners};
 pub use files::{config_hash, named_files};
 use files::{fingerprint, Fingerprint, Watch};
@@ -361,6 +361,7 @@ impl Reloader {
             }
             Loaded::Done { result, read, files } => (result, read, files),
         };
+        let changed = changed_files(&self.path, self.fingerprint.as_ref(), read.as_ref());
         if read.is_some() {
             self.fingerprint = read;
         }
@@ -368,16 +369,27 @@ impl Reloader {
             self.files = files;
             self.refresh_watch().await;
         }
-        match result {
+        let outcome = match result {
             Ok(loaded) => {
                 let (snapshot, listeners) = *loaded;
                 self.publish(snapshot, listeners, &by)
             }
             Err(error) => self.refuse(error, &by),
+        };
+        let mut event = ReloadEvent::now(self.status.stats().version, trigger.unwrap_or("files"), changed);
+        match &outcome {
+            Outcome::Applied { changes, .. } => {
+                event.accepted = true;
+                event.changes = Some(changes.clone());
+            }
+            Outcome::Failed { error } => event.error = Some(error.clone()),
+            Outcome::Unchanged => {}
         }
+        self.status.attempted(event);
+        outcome
     }
 
-    fn publish(&mut self, new: Snapshot, listeners: Listeners, by: &str) -> Outcome {
+    fn publish(&mut self, mut new: Snapshot, listeners: Listeners, by: &str) -> Outcome {
         let old = self.snapshot.borrow().clone();
         for w in new.warnings.iter().filter(|w| !old.warnings.contains(w)) {
             tracing::warn!("{w}");
@@ -391,6 +403,9 @@ impl Reloader {
         let restart = self.listeners.changes(&listeners);
         let changes = describe_changes(&old, &new);
         new.start_discovery();
+        // The reloader is the only writer of the version: the snapshot carries the number it
+        // will have, so a request never pairs a snapshot with another version.
+        new.version = self.status.stats().version + 1;
         self.snapshot.send_replace(Arc::new(new));
         let before = self.status.applied(restart.clone());
         let version = before.version + 1;
@@ -423,6 +438,27 @@ impl Reloader {
         );
         Outcome::Failed { error }
     }
+}
+
+/// The files whose contents differ between `before` and `after` (added, removed or
+/// changed), shown relative to the config's folder when under it.
+fn changed_files(config: &std::path::Path, before: Option<&Fingerprint>, after: Option<&Fingerprint>) -> Vec<String> {
+    let (Some(before), Some(after)) = (before, after) else { return Vec::new() };
+    let base = std::path::absolute(config).ok().and_then(|p| p.parent().map(std::path::Path::to_path_buf));
+    let shown =
+        |p: &std::path::Path| base.as_deref().and_then(|b| p.strip_prefix(b).ok()).unwrap_or(p).display().to_string();
+    let mut out = Vec::new();
+    for (path, hash) in after {
+        if before.iter().find(|(p, _)| p == path).map(|(_, h)| h) != Some(hash) {
+            out.push(shown(path));
+        }
+    }
+    for (path, _) in before {
+        if !after.iter().any(|(p, _)| p == path) {
+            out.push(shown(path));
+        }
+    }
+    out
 }
 
 /// `SIGHUP`, when asked for and available; otherwise never fires.

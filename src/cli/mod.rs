@@ -50,6 +50,10 @@ pub struct Cli {
     /// Less log detail (-q warnings and errors, -qq errors only). RUST_LOG, when set, wins.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub quiet: u8,
+    /// Override one config field, `KEY=VALUE` (repeatable): `--set proxy.listen=127.0.0.1:9000`.
+    /// VALUE is read as a TOML value (a number, `true`, `["a"]`), else as a string.
+    #[arg(long = "set", global = true, value_name = "KEY=VALUE")]
+    pub set: Vec<crate::config::interpolate::Override>,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -162,6 +166,7 @@ pub enum Command {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    crate::config::interpolate::set_overrides(cli.set.clone());
     init_tracing(cli.log_format, i16::from(cli.verbose) - i16::from(cli.quiet));
     let result = match cli.command.unwrap_or(Command::Run) {
         Command::Run => run(&cli.config),
@@ -391,7 +396,8 @@ async fn wait_for_stop(signals: &mut StopSignals) {
 fn check(config: &Path, offline: bool, as_json: bool) -> anyhow::Result<()> {
     let snapshot = crate::snapshot::load(config, BuildOptions::default())?;
     let discovered = if offline { Vec::new() } else { runtime()?.block_on(discover_all(&snapshot)) };
-    let report = check_report(&snapshot, &discovered, offline);
+    let mut report = check_report(&snapshot, &discovered, offline);
+    scrub(&mut report, &snapshot.config.env_secrets);
     if as_json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -402,6 +408,24 @@ fn check(config: &Path, offline: bool, as_json: bool) -> anyhow::Result<()> {
         anyhow::bail!("{}", mismatches.join("\n"));
     }
     Ok(())
+}
+
+/// Every string in `report` with the secrets taken from the environment replaced by
+/// `[redacted]` (values shorter than 4 characters are left: they would garble the output and
+/// protect nothing).
+fn scrub(report: &mut Value, secrets: &[crate::redact::Secret]) {
+    match report {
+        Value::String(s) => {
+            for secret in secrets.iter().map(|s| s.expose()).filter(|s| s.len() >= 4) {
+                if s.contains(secret) {
+                    *s = s.replace(secret, "[redacted]");
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|v| scrub(v, secrets)),
+        Value::Object(map) => map.values_mut().for_each(|v| scrub(v, secrets)),
+        _ => {}
+    }
 }
 
 type Discovered = Vec<(String, Result<crate::discovery::Metadata, crate::discovery::DiscoveryError>)>;

@@ -8,6 +8,7 @@
 
 mod check;
 pub mod host;
+pub mod interpolate;
 pub mod raw;
 
 use std::collections::BTreeMap;
@@ -16,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::jose::Alg;
-pub use check::parse;
+pub use check::{parse, parse_with};
 pub use host::{is_loopback_host, is_loopback_upstream, HostEntry};
 pub use raw::{AuthMethod, Preset, UnknownHosts};
 
@@ -80,6 +81,9 @@ pub struct Config {
     pub demo_as: Option<DemoAsConfig>,
     /// Routes, longest prefix first so the most specific one matches.
     pub routes: Vec<RouteConfig>,
+    /// Values `${VAR}` put into secret positions (client secrets, header and parameter
+    /// values): `check` prints `[redacted]` in their place ([`interpolate`]).
+    pub env_secrets: Vec<crate::redact::Secret>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -21,6 +21,11 @@ pub enum Credential {
     None,
     Secret(Secret),
     Key(Arc<SigningKey>),
+    /// A client assertion made elsewhere (`client.assertion`), fetched per request.
+    Assertion(Arc<crate::assertion::ExternalAssertion>),
+    /// That assertion as fetched for one request: sent as it is on every attempt, the
+    /// `use_dpop_nonce` retry included.
+    Fetched(Arc<crate::assertion::Fetched>),
 }
 
 /// A key file problem, with enough context to act on.

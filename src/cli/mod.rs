@@ -397,6 +397,7 @@ fn check(config: &Path, offline: bool, as_json: bool) -> anyhow::Result<()> {
     let snapshot = crate::snapshot::load(config, BuildOptions::default())?;
     let discovered = if offline { Vec::new() } else { runtime()?.block_on(discover_all(&snapshot)) };
     let mut report = check_report(&snapshot, &discovered, offline);
+    add_assertions(&mut report, &snapshot)?;
     scrub(&mut report, &snapshot.config.env_secrets);
     if as_json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -406,6 +407,45 @@ fn check(config: &Path, offline: bool, as_json: bool) -> anyhow::Result<()> {
     let mismatches: Vec<&str> = report["errors"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
     if !mismatches.is_empty() {
         anyhow::bail!("{}", mismatches.join("\n"));
+    }
+    Ok(())
+}
+
+/// Each route whose client assertion is made elsewhere: its source and what the current one
+/// says (`iss`, `sub`, `aud`, `exp`; the signature is the AS's to check). A source that gives
+/// no usable assertion is an error.
+fn add_assertions(report: &mut Value, snapshot: &crate::snapshot::Snapshot) -> anyhow::Result<()> {
+    let sources: Vec<_> = snapshot
+        .routes
+        .iter()
+        .filter_map(|r| match &r.credential {
+            Credential::Assertion(a) => Some((r.cfg.name.clone(), a.clone())),
+            _ => None,
+        })
+        .collect();
+    if sources.is_empty() {
+        return Ok(());
+    }
+    let fetched = runtime()?.block_on(async {
+        let mut out = Vec::new();
+        for (name, a) in sources {
+            out.push((name, a.source().to_string(), a.current().await));
+        }
+        out
+    });
+    for (name, source, result) in fetched {
+        let mut entry = json!({ "source": source });
+        match result {
+            Ok(f) => entry["claims"] = Value::Object(f.summary()),
+            Err(e) => {
+                if let Some(errors) = report["errors"].as_array_mut() {
+                    errors.push(e.to_string().into());
+                }
+            }
+        }
+        if let Some(route) = report["routes"].as_array_mut().and_then(|rs| rs.iter_mut().find(|r| r["name"] == name)) {
+            route["client"]["assertion"] = entry;
+        }
     }
     Ok(())
 }
@@ -588,6 +628,20 @@ fn print_check(report: &Value) {
         }
         if let Some(c) = r.get("client").filter(|c| c.get("kid").is_some()) {
             println!("  client key: {} kid {}", text(&c["alg"]), text(&c["kid"]));
+        }
+        if let Some(a) = r.get("client").and_then(|c| c.get("assertion")) {
+            let claims = &a["claims"];
+            match claims.as_object() {
+                Some(_) => println!(
+                    "  client assertion from {}: iss {} sub {} aud {} exp {}",
+                    text(&a["source"]),
+                    claims["iss"],
+                    claims["sub"],
+                    claims["aud"],
+                    claims["exp"]
+                ),
+                None => println!("  client assertion from {}: none usable (see the error below)", text(&a["source"])),
+            }
         }
         if let Some(d) = r.get("dpop") {
             println!("  dpop key: {} jkt {}", text(&d["alg"]), text(&d["jkt"]));

@@ -349,7 +349,20 @@ impl Cx<'_> {
             }
             redirect_uris.insert(client.clone(), list);
         }
-        Ok(DemoAsConfig { listen, dpop_nonce: d.dpop_nonce, tls: d.tls, user, redirect_uris })
+        let federated = d
+            .federated
+            .iter()
+            .map(|(client, f)| {
+                let credential = FederatedCredential {
+                    issuer: f.issuer.clone(),
+                    jwks: self.resolve(&f.jwks),
+                    subject: f.subject.clone(),
+                    audience: f.audience.clone().unwrap_or_else(|| FEDERATED_AUDIENCE.to_string()),
+                };
+                (client.clone(), credential)
+            })
+            .collect();
+        Ok(DemoAsConfig { listen, dpop_nonce: d.dpop_nonce, tls: d.tls, user, redirect_uris, federated })
     }
 
     fn check(&self, raw: RawConfig) -> Result<Config, ConfigError> {
@@ -638,7 +651,11 @@ impl Cx<'_> {
                  certificate's x5t#S256 thumbprint (the certificate you uploaded to the app registration)",
             ));
         }
-        let needs_key = auth == AuthMethod::PrivateKeyJwt;
+        let assertion = match c.assertion {
+            Some(a) => Some(self.assertion(route, a, auth, c.key.is_some())?),
+            None => None,
+        };
+        let needs_key = auth == AuthMethod::PrivateKeyJwt && assertion.is_none();
         let needs_secret =
             matches!(auth, AuthMethod::ClientSecretBasic | AuthMethod::ClientSecretPost | AuthMethod::ClientSecretJwt);
         if needs_key && c.key.is_none() {
@@ -727,7 +744,59 @@ impl Cx<'_> {
             typ: c.typ.or_else(|| preset.and_then(Preset::typ).map(str::to_string)),
             cert: c.cert.as_deref().map(|p| self.resolve(p)),
             nbf: preset == Some(Preset::Entra),
+            assertion,
         })
+    }
+
+    /// `client.assertion`: exactly one of `file` and `command`, with `auth = "private_key_jwt"`
+    /// and no `key` (the assertion is made elsewhere; RFC 7523 §2.2).
+    fn assertion(
+        &self,
+        route: &str,
+        spanned: Spanned<raw::RawAssertion>,
+        auth: AuthMethod,
+        has_key: bool,
+    ) -> Result<AssertionSource, ConfigError> {
+        let span = spanned.span();
+        let a = spanned.into_inner();
+        let key = format!("routes.{route}.client.assertion");
+        if auth != AuthMethod::PrivateKeyJwt {
+            return Err(self.err(
+                span,
+                &key,
+                format!(
+                    "an assertion made elsewhere is sent with auth = \"private_key_jwt\" (RFC 7523 §2.2), not {:?}",
+                    auth.as_str()
+                ),
+            ));
+        }
+        if has_key {
+            return Err(self.err(
+                span,
+                &key,
+                "set either key (tokenrelay signs the assertion) or assertion (it is made elsewhere), not both",
+            ));
+        }
+        let timeout = match &a.timeout {
+            Some(t) => self.duration(t, &format!("{key}.timeout"))?,
+            None => DEFAULT_TIMEOUT,
+        };
+        match (a.file, a.command) {
+            (Some(file), None) if !file.is_empty() => Ok(AssertionSource::File(self.resolve(&file))),
+            (None, Some(argv)) if argv.first().is_some_and(|p| !p.is_empty()) => {
+                Ok(AssertionSource::Command { argv, timeout })
+            }
+            (None, Some(_)) => Err(self.err(
+                span,
+                &key,
+                "command is empty: name the program and its arguments, e.g. command = [\"gcloud\", \"auth\", \"print-identity-token\"]",
+            )),
+            _ => Err(self.err(
+                span,
+                &key,
+                "set exactly one of file = \"path/to/token\" and command = [\"program\", \"arg\", ...]",
+            )),
+        }
     }
 
     fn dpop(&self, route: &str, spanned: Spanned<RawDpop>) -> Result<DpopConfig, ConfigError> {

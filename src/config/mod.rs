@@ -98,6 +98,41 @@ pub struct DemoAsConfig {
     /// not listed may use `http://127.0.0.1`, `http://[::1]` or `http://localhost` URIs on any
     /// port (RFC 8252 §7.3).
     pub redirect_uris: BTreeMap<String, Vec<String>>,
+    /// Per client id, the federated identity credential it authenticates with.
+    pub federated: BTreeMap<String, FederatedCredential>,
+}
+
+/// A federated identity credential as Entra registers one: assertions from `issuer`, signed
+/// by a key of its JWKS, with this `sub` and `aud`, authenticate the client (their `iss` is
+/// the external issuer, not the client id; a `jti` may be used again until `exp`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FederatedCredential {
+    pub issuer: String,
+    /// The issuer's JWKS file (`{"keys": [...]}`).
+    pub jwks: PathBuf,
+    pub subject: String,
+    pub audience: String,
+}
+
+/// Entra's audience for federated credentials.
+pub const FEDERATED_AUDIENCE: &str = "api://AzureADTokenExchange";
+
+/// Where a client assertion made elsewhere comes from (`client.assertion`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AssertionSource {
+    /// A file holding the JWT, re-read when it changes (a projected token rotated in place).
+    File(PathBuf),
+    /// A command whose stdout is the JWT, run without a shell, within `timeout`.
+    Command { argv: Vec<String>, timeout: Duration },
+}
+
+impl std::fmt::Display for AssertionSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AssertionSource::File(p) => write!(f, "file {}", p.display()),
+            AssertionSource::Command { argv, .. } => write!(f, "command {argv:?}"),
+        }
+    }
 }
 
 impl DemoAsConfig {
@@ -112,6 +147,7 @@ impl DemoAsConfig {
             tls: false,
             user: Self::DEFAULT_USER.to_string(),
             redirect_uris: BTreeMap::new(),
+            federated: BTreeMap::new(),
         }
     }
 }
@@ -311,6 +347,8 @@ pub struct ClientConfig {
     pub cert: Option<PathBuf>,
     /// Send `nbf` (= `iat`) in the assertion (Entra requires it).
     pub nbf: bool,
+    /// A client assertion made elsewhere, sent instead of one signed with `key`.
+    pub assertion: Option<AssertionSource>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

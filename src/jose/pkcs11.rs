@@ -95,9 +95,8 @@ impl Pkcs11Uri {
             let (k, v) = part.split_once('=').ok_or_else(|| bad(format!("{part:?} is not name=value")))?;
             attrs.insert(k.to_string(), pct_decode(v));
         }
-        let need = |k: &str, example: &str| {
-            attrs.get(k).cloned().ok_or_else(|| bad(format!("no {k}= (e.g. {k}={example})")))
-        };
+        let need =
+            |k: &str, example: &str| attrs.get(k).cloned().ok_or_else(|| bad(format!("no {k}= (e.g. {k}={example})")));
         let token = need("token", "dev")?;
         let object = need("object", "client")?;
         let module = PathBuf::from(need("module-path", "/usr/lib/softhsm/libsofthsm2.so")?);
@@ -123,8 +122,9 @@ impl Pkcs11Uri {
         let pin = match &self.pin {
             PinSource::File(p) => std::fs::read_to_string(p)
                 .map_err(|e| Pkcs11Error(format!("token {:?}: PIN file {}: {e}", self.token, p.display())))?,
-            PinSource::Env(var) => std::env::var(var)
-                .map_err(|_| Pkcs11Error(format!("token {:?}: environment variable {var} (the PIN) is not set", self.token)))?,
+            PinSource::Env(var) => std::env::var(var).map_err(|_| {
+                Pkcs11Error(format!("token {:?}: environment variable {var} (the PIN) is not set", self.token))
+            })?,
         };
         Ok(AuthPin::from(pin.trim_end_matches(['\r', '\n']).to_string()))
     }
@@ -156,8 +156,8 @@ fn module(path: &Path) -> Result<Pkcs11, Pkcs11Error> {
     if let Some(m) = modules.get(path) {
         return Ok(m.clone());
     }
-    let m = Pkcs11::new(path)
-        .map_err(|e| Pkcs11Error(format!("cannot load PKCS#11 module {}: {e}", path.display())))?;
+    let m =
+        Pkcs11::new(path).map_err(|e| Pkcs11Error(format!("cannot load PKCS#11 module {}: {e}", path.display())))?;
     m.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
         .map_err(|e| Pkcs11Error(format!("PKCS#11 module {}: C_Initialize failed: {e}", path.display())))?;
     modules.insert(path.to_path_buf(), m.clone());
@@ -237,9 +237,10 @@ impl TokenKey {
     }
 
     fn session(&self) -> Result<Session, Pkcs11Error> {
-        let (pkcs11, slot) = find_slot(&self.uri.module, &self.uri.token).map_err(|e| self.err(e))?.ok_or_else(|| {
-            self.err("no such token present (plugged in? initialised? `softhsm2-util --show-slots` lists them)")
-        })?;
+        let (pkcs11, slot) =
+            find_slot(&self.uri.module, &self.uri.token).map_err(|e| self.err(e))?.ok_or_else(|| {
+                self.err("no such token present (plugged in? initialised? `softhsm2-util --show-slots` lists them)")
+            })?;
         let session = pkcs11.open_ro_session(slot).map_err(|e| self.err(format!("cannot open a session: {e}")))?;
         match session.login(UserType::User, Some(&self.uri.pin()?)) {
             Ok(()) | Err(cryptoki::error::Error::Pkcs11(cryptoki::error::RvError::UserAlreadyLoggedIn, _)) => {}
@@ -254,7 +255,10 @@ impl TokenKey {
             .map_err(|e| self.err(format!("cannot search the token: {e}")))?;
         found.into_iter().next().ok_or_else(|| {
             let what = if class == ObjectClass::PRIVATE_KEY { "private key" } else { "public key" };
-            self.err(format!("no {what} labelled {:?} on the token (`tokenrelay init --only client --pkcs11 URI` creates one)", self.uri.object))
+            self.err(format!(
+                "no {what} labelled {:?} on the token (`tokenrelay init --only client --pkcs11 URI` creates one)",
+                self.uri.object
+            ))
         })
     }
 
@@ -271,7 +275,12 @@ impl TokenKey {
         let attrs = session
             .get_attributes(
                 public,
-                &[AttributeType::KeyType, AttributeType::EcPoint, AttributeType::Modulus, AttributeType::PublicExponent],
+                &[
+                    AttributeType::KeyType,
+                    AttributeType::EcPoint,
+                    AttributeType::Modulus,
+                    AttributeType::PublicExponent,
+                ],
             )
             .map_err(|e| self.err(format!("cannot read the public key: {e}")))?;
         let mut key_type = None;
@@ -301,7 +310,8 @@ impl TokenKey {
                 let n = n.unwrap_or_default();
                 let n = &n[n.iter().take_while(|b| **b == 0).count()..];
                 if n.len() * 8 < 2048 {
-                    return Err(self.err(format!("RSA key is {} bits; at least 2048 are required (RFC 7518 §3.3)", n.len() * 8)));
+                    return Err(self
+                        .err(format!("RSA key is {} bits; at least 2048 are required (RFC 7518 §3.3)", n.len() * 8)));
                 }
                 jwk.insert("e".into(), b64(&e.unwrap_or_default()));
                 jwk.insert("kty".into(), "RSA".into());
@@ -388,7 +398,9 @@ fn ec_point(attr: &[u8], half: usize) -> Option<Vec<u8>> {
     }
     // 0x04 (OCTET STRING), a one-byte length (65 or 97 < 128), the point.
     match attr {
-        [0x04, len, rest @ ..] if usize::from(*len) == want && rest.len() == want && rest[0] == 4 => Some(rest.to_vec()),
+        [0x04, len, rest @ ..] if usize::from(*len) == want && rest.len() == want && rest[0] == 4 => {
+            Some(rest.to_vec())
+        }
         _ => None,
     }
 }
@@ -443,7 +455,9 @@ fn generate_on(key: &TokenKey, alg: Alg) -> Result<(), Pkcs11Error> {
         ),
         other => return Err(key.err(format!("alg {other}: a token key is ES256, ES384, PS256 or RS256"))),
     };
-    session.generate_key_pair(&mechanism, &public, &private).map_err(|e| key.err(format!("key generation failed: {e}")))?;
+    session
+        .generate_key_pair(&mechanism, &public, &private)
+        .map_err(|e| key.err(format!("key generation failed: {e}")))?;
     Ok(())
 }
 
@@ -464,7 +478,8 @@ mod tests {
         assert_eq!(u.pin, PinSource::File(PathBuf::from("/etc/tr/pin.txt")));
         let env = Pkcs11Uri::parse("pkcs11:token=t;object=o?module-path=/m.so&pin-env=PIN", Path::new("/")).unwrap();
         assert_eq!(env.pin, PinSource::Env("PIN".into()));
-        let err = Pkcs11Uri::parse("pkcs11:token=t;object=o?module-path=/m.so&pin-value=1234", Path::new("/")).unwrap_err();
+        let err =
+            Pkcs11Uri::parse("pkcs11:token=t;object=o?module-path=/m.so&pin-value=1234", Path::new("/")).unwrap_err();
         assert!(err.to_string().contains("pin-source") && !err.to_string().contains("1234"), "{err}");
         assert!(Pkcs11Uri::parse("pkcs11:object=o?module-path=/m.so&pin-env=P", Path::new("/")).is_err());
     }

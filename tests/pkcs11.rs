@@ -224,3 +224,23 @@ fn signature_cost_token_vs_file() {
         }
     }
 }
+
+#[test]
+fn init_generates_a_non_extractable_key_on_the_token() {
+    token("init-token");
+    set_pin();
+    let client = uri("init-token", "made-by-init");
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(common::process::BIN)
+        .args(["init", "--only", "client", "--pkcs11", &client, "--config"])
+        .arg(dir.path().join("proxy.toml"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("not extractable") && stderr.contains("init-token"), "{stderr}");
+    let jwks: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let key = SigningKey::pkcs11(&client, Alg::ES256, Path::new("/")).unwrap();
+    assert_eq!(jwks["keys"][0]["kid"], key.thumbprint());
+    assert!(key.token_protected().unwrap().unwrap(), "sensitive and not extractable");
+}

@@ -121,6 +121,11 @@ pub enum Command {
         /// Replace without asking (what --only / --force name).
         #[arg(long, short = 'y')]
         yes: bool,
+        /// With `--only client` or `--only dpop`: generate the key on the PKCS#11 token this
+        /// URI names (RFC 7512; sensitive, never extractable) instead of in a file, then use
+        /// the URI as the `key`.
+        #[arg(long, value_name = "URI", requires = "only")]
+        pkcs11: Option<String>,
     },
     /// Send one token request through the route's pipeline, in-process, and explain it:
     /// what was sent, what the AS answered, and hints when it said no. Exits 0 on a 2xx.
@@ -172,7 +177,10 @@ pub fn main() -> ExitCode {
         Command::Run => run(&cli.config),
         Command::Check { offline, json } => check(&cli.config, offline, json),
         Command::Jwks { route, format } => jwks(&cli.config, route.as_deref(), format),
-        Command::Init { template, only, force, yes } => init::run(&cli.config, template, only, force, yes),
+        Command::Init { pkcs11: Some(uri), only, .. } => init_on_token(&cli.config, only, &uri),
+        Command::Init { template, only, force, yes, pkcs11: None } => {
+            init::run(&cli.config, template, only, force, yes)
+        }
         Command::Ca { shell, regenerate } => ca::run(&cli.config, shell, regenerate),
         Command::Token { route, params, show_token, json } => {
             token::run(&cli.config, &route, &params, show_token, json)
@@ -193,6 +201,34 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `init --only client|dpop --pkcs11 URI`: a key pair generated on the token, with the alg
+/// of the config's first route that names the URI (default ES256).
+fn init_on_token(config: &Path, only: Option<init::Only>, uri: &str) -> anyhow::Result<()> {
+    use crate::jose::{pkcs11, Alg};
+    let dir = config.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let alg = crate::config::load(config)
+        .ok()
+        .and_then(|c| {
+            c.routes.iter().find_map(|r| match only {
+                Some(init::Only::Dpop) => r.dpop.as_ref().map(|d| d.alg),
+                _ => r.client.as_ref().filter(|c| c.key.is_some()).map(|c| c.alg),
+            })
+        })
+        .unwrap_or(Alg::ES256);
+    if !matches!(only, Some(init::Only::Client | init::Only::Dpop)) {
+        anyhow::bail!("--pkcs11 generates a client or DPoP key: use it with --only client or --only dpop");
+    }
+    let parsed = pkcs11::Pkcs11Uri::parse(uri, dir)?;
+    pkcs11::generate(&parsed, alg)?;
+    let key = crate::jose::SigningKey::pkcs11(uri, alg, dir)?;
+    eprintln!("created a {alg} key on {} (sensitive, not extractable)", parsed.describe());
+    eprintln!("use it in proxy.toml as key = \"{uri}\"; its public JWK (kid = RFC 7638 thumbprint):");
+    let mut jwk = key.public_jwk().clone();
+    jwk.insert("kid".into(), key.thumbprint().into());
+    out(&format!("{}\n", serde_json::to_string_pretty(&json!({ "keys": [jwk] }))?));
+    Ok(())
 }
 
 /// Writes `text` to stdout; a closed stdout (`tokenrelay jwks | head -1`) is not an error.

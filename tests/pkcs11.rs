@@ -244,3 +244,51 @@ fn init_generates_a_non_extractable_key_on_the_token() {
     assert_eq!(jwks["keys"][0]["kid"], key.thumbprint());
     assert!(key.token_protected().unwrap().unwrap(), "sensitive and not extractable");
 }
+
+/// The independent check: oidc-provider verifies ES256 and PS256 assertions signed on the
+/// token, against the JWK read from the token.
+#[tokio::test(flavor = "multi_thread")]
+async fn private_key_jwt_es256_and_ps256_on_the_token_verified_by_oidc_provider() {
+    use common::oidc::{cc_client, param, OidcProvider};
+    use serde_json::json;
+    token("op-token");
+    set_pin();
+    let mut keys = Vec::new();
+    for (name, alg) in [("es256", Alg::ES256), ("ps256", Alg::PS256)] {
+        let u = uri("op-token", name);
+        generate(&Pkcs11Uri::parse(&u, Path::new("/")).unwrap(), alg).unwrap();
+        let key = SigningKey::pkcs11(&u, alg, Path::new("/")).unwrap();
+        keys.push((name, alg, u, key));
+    }
+    let clients: Vec<serde_json::Value> = keys
+        .iter()
+        .map(|(n, a, _, k)| {
+            cc_client(
+                &format!("hsm-{n}"),
+                json!({ "token_endpoint_auth_method": "private_key_jwt", "token_endpoint_auth_signing_alg": a.as_str(), "jwks": common::oidc::jwks(k) }),
+            )
+        })
+        .collect();
+    let op = OidcProvider::start(json!({ "clients": clients })).await;
+    let config: String = keys
+        .iter()
+        .map(|(n, a, u, _)| {
+            format!(
+                "[routes.{n}]\nprefix = \"/{n}\"\nupstream = \"{issuer}\"\nissuer = \"{issuer}\"\n[routes.{n}.client]\n\
+                 id = \"hsm-{n}\"\nauth = \"private_key_jwt\"\nalg = \"{a}\"\nkey = \"{u}\"\n",
+                issuer = op.issuer
+            )
+        })
+        .collect();
+    let proxy = TestProxy::builder(config).start().await;
+    for (i, (n, alg, _, key)) in keys.iter().enumerate() {
+        let (status, body) = proxy.post_form(&format!("/{n}/token"), "grant_type=client_credentials").await;
+        assert_eq!(status, 200, "{n}: {body}\n{}", op.stderr());
+        let seen = &op.token_requests().await[i];
+        assert_eq!(seen["status"], 200, "{seen}");
+        let assertion = param(seen, "client_assertion").unwrap();
+        assert_eq!(common::jwt::header(&assertion)["alg"], alg.as_str());
+        assert_eq!(common::jwt::header(&assertion)["kid"], key.thumbprint());
+    }
+    proxy.stop().await;
+}

@@ -16,6 +16,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use common::proxy::TestProxy;
+use rustls::pki_types::pem::PemObject as _;
 use tokenrelay::jose::pkcs11::{generate, Pkcs11Uri};
 use tokenrelay::jose::{Alg, SigningKey};
 
@@ -290,5 +291,32 @@ async fn private_key_jwt_es256_and_ps256_on_the_token_verified_by_oidc_provider(
         assert_eq!(common::jwt::header(&assertion)["alg"], alg.as_str());
         assert_eq!(common::jwt::header(&assertion)["kid"], key.thumbprint());
     }
+    proxy.stop().await;
+}
+
+/// `self_signed_tls_client_auth` with the certificate's key on the token: the TLS handshake
+/// signs through the token, and the demo AS binds the token to the certificate
+/// (`cnf.x5t#S256`, RFC 8705 §3).
+#[tokio::test(flavor = "multi_thread")]
+async fn mtls_with_the_certificate_key_on_the_token_gets_a_certificate_bound_token() {
+    token("tls-token");
+    set_pin();
+    let key_uri = uri("tls-token", "tls");
+    generate(&Pkcs11Uri::parse(&key_uri, Path::new("/")).unwrap(), Alg::ES256).unwrap();
+    let key = SigningKey::pkcs11(&key_uri, Alg::ES256, Path::new("/")).unwrap();
+    let cert_pem = tokenrelay::pki::self_signed_for_signer(&key, "tls-app", 30).unwrap();
+    let config = format!(
+        "[demo_as]\nlisten = \"$DEMO_AS\"\ntls = true\n[routes.ss]\nprefix = \"/ss\"\nupstream = \"https://$DEMO_AS\"\n\
+         issuer = \"https://$DEMO_AS\"\ntrust = [\"certs/demo-as-ca.pem\"]\n[routes.ss.client]\nid = \"tls-app\"\n\
+         auth = \"self_signed_tls_client_auth\"\n[routes.ss.mtls]\ncert = \"tls-cert.pem\"\nkey = \"{key_uri}\"\n"
+    );
+    let builder = TestProxy::builder(config).demo_as();
+    std::fs::write(builder.dir().join("tls-cert.pem"), &cert_pem).unwrap();
+    let proxy = builder.start().await;
+    let (status, answer) = proxy.post_form("/ss/token", "grant_type=client_credentials").await;
+    assert_eq!(status, 200, "{answer}");
+    let der = rustls::pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap();
+    assert_eq!(answer["cnf"]["x5t#S256"], tokenrelay::jose::sha256_b64url(&der), "{answer}");
+    assert_eq!(answer["verified"]["auth_method"], "self_signed_tls_client_auth");
     proxy.stop().await;
 }

@@ -328,15 +328,22 @@ impl TokenKey {
         let mut open = self.open.lock().map_err(|_| self.err("session lock poisoned"))?;
         // A session that went stale (the module was re-initialised, the token re-inserted)
         // is dropped and the signature made again on a new one, after a rescan.
-        with_rescan(&self.uri.module, || self.sign_in(&mut open, input))
+        with_rescan(&self.uri.module, || self.sign_in(&mut open, self.alg, input))
     }
 
-    fn sign_in(&self, open: &mut Option<Open>, input: &[u8]) -> Result<Vec<u8>, Pkcs11Error> {
+    /// Like [`TokenKey::sign`], with the mechanism of `alg` (RS256 or PS256 for an RSA key:
+    /// a TLS handshake picks).
+    pub fn sign_as(&self, alg: Alg, input: &[u8]) -> Result<Vec<u8>, Pkcs11Error> {
+        let mut open = self.open.lock().map_err(|_| self.err("session lock poisoned"))?;
+        with_rescan(&self.uri.module, || self.sign_in(&mut open, alg, input))
+    }
+
+    fn sign_in(&self, open: &mut Option<Open>, alg: Alg, input: &[u8]) -> Result<Vec<u8>, Pkcs11Error> {
         if open.is_none() {
             *open = Some(self.connect()?.0);
         }
         let Some(o) = open.as_ref() else { return Err(self.err("no session")) };
-        let result = match self.alg {
+        let result = match alg {
             Alg::ES256 => o.session.sign(&Mechanism::Ecdsa, o.key, &Sha256::digest(input)),
             Alg::ES384 => o.session.sign(&Mechanism::Ecdsa, o.key, &Sha384::digest(input)),
             Alg::RS256 => o.session.sign(&Mechanism::Sha256RsaPkcs, o.key, input),
@@ -359,16 +366,17 @@ impl TokenKey {
     /// Is the private key marked sensitive and not extractable (`CKA_SENSITIVE`,
     /// `CKA_EXTRACTABLE`), so the token never lets it out?
     pub fn never_leaves(&self) -> Result<bool, Pkcs11Error> {
-        let _gate = shared()?;
         let mut open = self.open.lock().map_err(|_| self.err("session lock poisoned"))?;
-        if open.is_none() {
-            *open = Some(self.connect()?.0);
-        }
-        let Some(o) = open.as_ref() else { return Err(self.err("no session")) };
-        let attrs = o
-            .session
-            .get_attributes(o.key, &[AttributeType::Sensitive, AttributeType::Extractable])
-            .map_err(|e| self.err(format!("cannot read the key's attributes: {e}")))?;
+        let attrs = with_rescan(&self.uri.module, || {
+            if open.is_none() {
+                *open = Some(self.connect()?.0);
+            }
+            let Some(o) = open.as_ref() else { return Err(self.err("no session")) };
+            o.session.get_attributes(o.key, &[AttributeType::Sensitive, AttributeType::Extractable]).map_err(|e| {
+                *open = None;
+                self.err(format!("cannot read the key's attributes: {e}"))
+            })
+        })?;
         let (mut sensitive, mut extractable) = (false, true);
         for a in attrs {
             match a {
@@ -386,6 +394,133 @@ impl TokenKey {
             Alg::ES384 => 96,
             _ => 512,
         }
+    }
+}
+
+/// A TLS client key on a token: the RFC 8705 §2 handshake signs through the token. Its
+/// `public_key` (SPKI, RFC 5280 §4.1) is built from the public key read from the token, so
+/// rustls can check it against the certificate.
+#[derive(Debug)]
+pub struct TlsKey {
+    key: std::sync::Arc<TokenKey>,
+    spki: Vec<u8>,
+}
+
+/// Opens the key `uri` names as a TLS client key (EC P-256, P-384 or RSA, whichever it is).
+pub fn tls_key(uri: &str, base: &Path) -> Result<std::sync::Arc<dyn rustls::sign::SigningKey>, Pkcs11Error> {
+    let parsed = Pkcs11Uri::parse(uri, base)?;
+    let mut last = None;
+    for alg in [Alg::ES256, Alg::ES384, Alg::PS256] {
+        match TokenKey::open(parsed.clone(), alg) {
+            Ok((key, jwk)) => {
+                let spki = spki(&jwk).ok_or_else(|| key.err("cannot encode its public key"))?;
+                return Ok(std::sync::Arc::new(TlsKey { key: std::sync::Arc::new(key), spki }));
+            }
+            Err(e) if e.0.contains(" needs ") || e.0.contains("not on the curve") => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| Pkcs11Error(format!("{}: no usable key", parsed.describe()))))
+}
+
+/// DER: a length.
+fn der_len(n: usize, out: &mut Vec<u8>) {
+    if n < 0x80 {
+        out.push(n as u8);
+    } else {
+        let bytes: Vec<u8> = n.to_be_bytes().into_iter().skip_while(|b| *b == 0).collect();
+        out.push(0x80 | bytes.len() as u8);
+        out.extend(bytes);
+    }
+}
+
+/// DER: tag, length, content.
+fn der(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    der_len(content.len(), &mut out);
+    out.extend_from_slice(content);
+    out
+}
+
+/// DER: an unsigned INTEGER from big-endian bytes.
+fn der_uint(bytes: &[u8]) -> Vec<u8> {
+    let trimmed = &bytes[bytes.iter().take_while(|b| **b == 0).count().min(bytes.len().saturating_sub(1))..];
+    let mut content = Vec::with_capacity(trimmed.len() + 1);
+    if trimmed.first().is_some_and(|b| b & 0x80 != 0) {
+        content.push(0);
+    }
+    content.extend_from_slice(trimmed);
+    der(0x02, &content)
+}
+
+/// A raw `R || S` ECDSA signature (RFC 7518 §3.4) as the DER `Ecdsa-Sig-Value` TLS and X.509
+/// use (RFC 3279 §2.2.3).
+pub fn ecdsa_der(raw: &[u8]) -> Vec<u8> {
+    let (r, s) = raw.split_at(raw.len() / 2);
+    der(0x30, &[der_uint(r), der_uint(s)].concat())
+}
+
+/// SubjectPublicKeyInfo DER of a public JWK (EC P-256/P-384, RSA).
+pub fn spki(jwk: &Map<String, Value>) -> Option<Vec<u8>> {
+    let part = |n: &str| jwk.get(n).and_then(Value::as_str).and_then(|v| URL_SAFE_NO_PAD.decode(v).ok());
+    use rustls::pki_types::alg_id;
+    let (alg, key) = match jwk.get("kty").and_then(Value::as_str)? {
+        "EC" => {
+            let alg = match jwk.get("crv").and_then(Value::as_str)? {
+                "P-256" => alg_id::ECDSA_P256,
+                "P-384" => alg_id::ECDSA_P384,
+                _ => return None,
+            };
+            (alg, [vec![4], part("x")?, part("y")?].concat())
+        }
+        "RSA" => (alg_id::RSA_ENCRYPTION, der(0x30, &[der_uint(&part("n")?), der_uint(&part("e")?)].concat())),
+        _ => return None,
+    };
+    Some(rustls::sign::public_key_to_spki(&alg, key).as_ref().to_vec())
+}
+
+impl rustls::sign::SigningKey for TlsKey {
+    fn choose_scheme(&self, offered: &[rustls::SignatureScheme]) -> Option<Box<dyn rustls::sign::Signer>> {
+        use rustls::SignatureScheme as S;
+        let choices: &[(S, Alg)] = match self.key.alg {
+            Alg::ES256 => &[(S::ECDSA_NISTP256_SHA256, Alg::ES256)],
+            Alg::ES384 => &[(S::ECDSA_NISTP384_SHA384, Alg::ES384)],
+            _ => &[(S::RSA_PSS_SHA256, Alg::PS256), (S::RSA_PKCS1_SHA256, Alg::RS256)],
+        };
+        let (scheme, alg) = choices.iter().find(|(s, _)| offered.contains(s))?;
+        Some(Box::new(TlsSigner { key: self.key.clone(), scheme: *scheme, alg: *alg }))
+    }
+
+    fn public_key(&self) -> Option<rustls::pki_types::SubjectPublicKeyInfoDer<'_>> {
+        Some(rustls::pki_types::SubjectPublicKeyInfoDer::from(self.spki.as_slice()))
+    }
+
+    fn algorithm(&self) -> rustls::SignatureAlgorithm {
+        match self.key.alg {
+            Alg::ES256 | Alg::ES384 => rustls::SignatureAlgorithm::ECDSA,
+            _ => rustls::SignatureAlgorithm::RSA,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct TlsSigner {
+    key: std::sync::Arc<TokenKey>,
+    scheme: rustls::SignatureScheme,
+    alg: Alg,
+}
+
+impl rustls::sign::Signer for TlsSigner {
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, rustls::Error> {
+        let raw = self.key.sign_as(self.alg, message).map_err(|e| rustls::Error::General(e.0))?;
+        Ok(match self.alg {
+            Alg::ES256 | Alg::ES384 => ecdsa_der(&raw),
+            _ => raw,
+        })
+    }
+
+    fn scheme(&self) -> rustls::SignatureScheme {
+        self.scheme
     }
 }
 

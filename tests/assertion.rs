@@ -118,7 +118,7 @@ async fn a_file_rotated_under_load_fails_nothing_and_is_used_within_a_second() {
     std::fs::write(&tmp, mint(&key, "second", SUBJECT, now() + 3600)).unwrap();
     std::fs::rename(&tmp, &token_path).unwrap();
     let renamed = start.elapsed();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     stop.store(true, Ordering::Relaxed);
     let mut seen = Vec::new();
     for t in tasks {

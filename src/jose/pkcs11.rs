@@ -143,6 +143,32 @@ static MODULES: OnceLock<Mutex<HashMap<PathBuf, Pkcs11>>> = OnceLock::new();
 /// flight while a module is finalised (a module may crash on that).
 static GATE: std::sync::RwLock<()> = std::sync::RwLock::new(());
 
+/// Counts [`rescan`]s. A session opened before the last one is gone with the module's old
+/// state, and its handle number may since have been given to a new session: it is forgotten,
+/// never closed (closing it could close someone else's).
+static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn generation() -> u64 {
+    GENERATION.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// Drops `open`'s session: closed if it is of the current generation, forgotten otherwise.
+fn discard(open: &mut Option<Open>) {
+    if let Some(o) = open.take() {
+        if o.generation != generation() {
+            std::mem::forget(o.session);
+        }
+    }
+}
+
+/// `open`, unless it predates the last rescan.
+fn current(open: &mut Option<Open>) -> Option<&Open> {
+    if open.as_ref().is_some_and(|o| o.generation != generation()) {
+        discard(open);
+    }
+    open.as_ref()
+}
+
 fn shared() -> Result<std::sync::RwLockReadGuard<'static, ()>, Pkcs11Error> {
     GATE.read().map_err(|_| Pkcs11Error("PKCS#11 gate poisoned".into()))
 }
@@ -172,6 +198,7 @@ fn rescan(path: &Path) -> Result<(), Pkcs11Error> {
     let modules = modules()?;
     let Some(m) = modules.get(path) else { return Ok(()) };
     let _ = m.clone().finalize();
+    GENERATION.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     m.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
         .map_err(|e| Pkcs11Error(format!("PKCS#11 module {}: C_Initialize failed: {e}", path.display())))
 }
@@ -207,6 +234,8 @@ fn with_rescan<T>(path: &Path, mut op: impl FnMut() -> Result<T, Pkcs11Error>) -
 struct Open {
     session: Session,
     key: ObjectHandle,
+    /// [`GENERATION`] when it was opened.
+    generation: u64,
 }
 
 /// A private key on a token, for one algorithm.
@@ -214,6 +243,14 @@ pub struct TokenKey {
     uri: Pkcs11Uri,
     alg: Alg,
     open: Mutex<Option<Open>>,
+}
+
+impl Drop for TokenKey {
+    fn drop(&mut self) {
+        if let Ok(open) = self.open.get_mut() {
+            discard(open);
+        }
+    }
 }
 
 impl std::fmt::Debug for TokenKey {
@@ -267,7 +304,7 @@ impl TokenKey {
         let key = self.find(&session, ObjectClass::PRIVATE_KEY)?;
         let public = self.find(&session, ObjectClass::PUBLIC_KEY)?;
         let jwk = self.public_jwk(&session, public)?;
-        Ok((Open { session, key }, jwk))
+        Ok((Open { session, key, generation: generation() }, jwk))
     }
 
     /// The public JWK (RFC 7518 §6.2.1 / §6.3.1 members) read from the public key object.
@@ -339,7 +376,7 @@ impl TokenKey {
     }
 
     fn sign_in(&self, open: &mut Option<Open>, alg: Alg, input: &[u8]) -> Result<Vec<u8>, Pkcs11Error> {
-        if open.is_none() {
+        if current(open).is_none() {
             *open = Some(self.connect()?.0);
         }
         let Some(o) = open.as_ref() else { return Err(self.err("no session")) };
@@ -358,7 +395,7 @@ impl TokenKey {
             other => return Err(self.err(format!("alg {other} cannot be signed on a PKCS#11 token here"))),
         };
         result.map_err(|e| {
-            *open = None;
+            discard(open);
             self.err(format!("signing failed (token removed?): {e}"))
         })
     }
@@ -368,12 +405,12 @@ impl TokenKey {
     pub fn never_leaves(&self) -> Result<bool, Pkcs11Error> {
         let mut open = self.open.lock().map_err(|_| self.err("session lock poisoned"))?;
         let attrs = with_rescan(&self.uri.module, || {
-            if open.is_none() {
+            if current(&mut open).is_none() {
                 *open = Some(self.connect()?.0);
             }
             let Some(o) = open.as_ref() else { return Err(self.err("no session")) };
             o.session.get_attributes(o.key, &[AttributeType::Sensitive, AttributeType::Extractable]).map_err(|e| {
-                *open = None;
+                discard(&mut open);
                 self.err(format!("cannot read the key's attributes: {e}"))
             })
         })?;

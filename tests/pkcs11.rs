@@ -47,7 +47,17 @@ fn softhsm() -> &'static Path {
                     panic!("these tests need SoftHSM2 ({MODULE}); install it (Debian/Ubuntu: `apt-get install softhsm2`, as root): {e}")
                 });
         }
-        let dir = tempfile::tempdir().unwrap().keep();
+        // Kept for the life of this process (SoftHSM reads it at every rescan); folders left by
+        // earlier runs, over an hour old, are removed.
+        for old in std::fs::read_dir(std::env::temp_dir()).into_iter().flatten().flatten() {
+            let stale = old.metadata().and_then(|m| m.modified()).is_ok_and(|t| {
+                t.elapsed().is_ok_and(|age| age > std::time::Duration::from_secs(3600))
+            });
+            if stale && old.file_name().to_string_lossy().starts_with("tokenrelay-softhsm-") {
+                let _ = std::fs::remove_dir_all(old.path());
+            }
+        }
+        let dir = tempfile::Builder::new().prefix("tokenrelay-softhsm-").tempdir().unwrap().keep();
         std::fs::create_dir_all(dir.join("tokens")).unwrap();
         let conf = dir.join("softhsm2.conf");
         std::fs::write(

@@ -11,6 +11,8 @@
 //! instructions (BENCHMARKS.md). The output is the same JWS: raw `R || S` (RFC 7518 §3.4),
 //! verified by josekit in the tests here and by real authorization servers in `tests/`.
 
+pub mod pkcs11;
+
 use std::borrow::Cow;
 use std::fmt;
 use std::sync::OnceLock;
@@ -109,6 +111,9 @@ pub enum KeyError {
     Unreadable(String),
     #[error("alg {0} cannot be used with a private key file (HS256 takes a secret)")]
     Symmetric(Alg),
+    /// A key on a PKCS#11 token could not be used ([`pkcs11`]).
+    #[error(transparent)]
+    Token(#[from] pkcs11::Pkcs11Error),
 }
 
 /// Error from signing or verifying, with josekit's reason as text.
@@ -129,8 +134,9 @@ pub struct SigningKey {
     public_jwk: Map<String, Value>,
     thumbprint: String,
     /// The key as loaded, for [`SigningKey::pkcs8_pem`] (PEM encoding is left until asked
-    /// for: OpenSSL's encoders are code a running proxy never needs in memory).
-    pair: Pair,
+    /// for: OpenSSL's encoders are code a running proxy never needs in memory). `None` for a
+    /// key on a PKCS#11 token, which never leaves it.
+    pair: Option<Pair>,
     /// `typ` and base64url of the header `{"alg", "jwk", "typ"}` [`SigningKey::sign_with_jwk`]
     /// puts on every JWS (a DPoP proof's, RFC 9449 §4.2): serialized once, on first use.
     jwk_header: OnceLock<(String, String)>,
@@ -271,7 +277,32 @@ impl SigningKey {
         let jwk = pair.as_key_pair().to_jwk_public_key();
         let public_jwk = public_members(&jwk);
         let thumbprint = thumbprint(&public_jwk);
-        Ok(SigningKey { alg, signer, public_jwk, thumbprint, pair, jwk_header: OnceLock::new() })
+        Ok(SigningKey { alg, signer, public_jwk, thumbprint, pair: Some(pair), jwk_header: OnceLock::new() })
+    }
+
+    /// The key a PKCS#11 URI (RFC 7512) names, signing on the token ([`pkcs11`]); relative
+    /// `pin-source` files resolve against `base`. A missing token or key is an error here.
+    pub fn pkcs11(uri: &str, alg: Alg, base: &std::path::Path) -> Result<SigningKey, KeyError> {
+        let uri = pkcs11::Pkcs11Uri::parse(uri, base)?;
+        let (key, public_jwk) = pkcs11::TokenKey::open(uri, alg)?;
+        let thumbprint = thumbprint(&public_jwk);
+        Ok(SigningKey {
+            alg,
+            signer: Signer::Token(key),
+            public_jwk,
+            thumbprint,
+            pair: None,
+            jwk_header: OnceLock::new(),
+        })
+    }
+
+    /// For a key on a PKCS#11 token: whether the token keeps it in (sensitive, not
+    /// extractable). `None` for a key from a file.
+    pub fn token_protected(&self) -> Option<Result<bool, pkcs11::Pkcs11Error>> {
+        match &self.signer {
+            Signer::Token(t) => Some(t.never_leaves()),
+            _ => None,
+        }
     }
 
     pub fn alg(&self) -> Alg {
@@ -289,14 +320,18 @@ impl SigningKey {
     }
 
     /// PKCS#8 PEM of the private key, for writing generated keys to disk (wiped on drop).
+    /// Empty for a key on a token: it cannot be exported.
     pub fn pkcs8_pem(&self) -> crate::redact::SecretBytes {
-        crate::redact::SecretBytes::new(self.pair.as_key_pair().to_pem_private_key())
+        crate::redact::SecretBytes::new(
+            self.pair.as_ref().map(|p| p.as_key_pair().to_pem_private_key()).unwrap_or_default(),
+        )
     }
 
     /// SubjectPublicKeyInfo PEM of the public key, for ASes that register a PEM public key
-    /// instead of a JWKS (`tokenrelay jwks --format pem`).
+    /// instead of a JWKS (`tokenrelay jwks --format pem`). Empty for a key on a PKCS#11 token
+    /// (its public key is printed as a JWK).
     pub fn public_pem(&self) -> Vec<u8> {
-        self.pair.as_key_pair().to_pem_public_key()
+        self.pair.as_ref().map(|p| p.as_key_pair().to_pem_public_key()).unwrap_or_default()
     }
 
     /// Signs `claims` (a JSON object: a `Map` or a `Serialize` struct) as a compact JWS with
@@ -337,6 +372,7 @@ impl SigningKey {
 enum Signer {
     Josekit(Box<dyn JwsSigner>),
     Ecdsa(Ecdsa),
+    Token(pkcs11::TokenKey),
 }
 
 impl Signer {
@@ -344,6 +380,7 @@ impl Signer {
         match self {
             Signer::Josekit(s) => s.signature_len(),
             Signer::Ecdsa(e) => 2 * e.half,
+            Signer::Token(t) => t.signature_len(),
         }
     }
 
@@ -353,6 +390,7 @@ impl Signer {
         match self {
             Signer::Josekit(s) => Ok(s.sign(input)?),
             Signer::Ecdsa(e) => e.sign(input),
+            Signer::Token(t) => t.sign(input).map_err(|e| JoseError(e.0)),
         }
     }
 }

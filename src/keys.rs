@@ -22,6 +22,11 @@ pub enum Credential {
     None,
     Secret(Secret),
     Key(Arc<SigningKey>),
+    /// A client assertion made elsewhere (`client.assertion`), fetched per request.
+    Assertion(Arc<crate::assertion::ExternalAssertion>),
+    /// That assertion as fetched for one request: sent as it is on every attempt, the
+    /// `use_dpop_nonce` retry included.
+    Fetched(Arc<crate::assertion::Fetched>),
 }
 
 /// A key file problem, with enough context to act on.
@@ -133,6 +138,11 @@ fn not_found(path: &Path) -> String {
 /// missing is made by [`new_signing_key`] instead. Returns the key and any warnings (such as
 /// loose file permissions).
 pub fn load_signing_key(at: &KeyRef<'_>, alg: Alg) -> Result<(Arc<SigningKey>, Vec<String>), KeyFileError> {
+    if let Some(uri) = at.path.to_str().filter(|p| crate::jose::pkcs11::is_uri(p)) {
+        // On a token: signed there, never read (the config made the PIN file path absolute).
+        let key = SigningKey::pkcs11(uri, alg, Path::new("/")).map_err(|e| at.error(e.to_string()))?;
+        return Ok((Arc::new(key), Vec::new()));
+    }
     let bytes = read(at)?;
     let key = SigningKey::load(bytes.expose(), alg).map_err(|e| at.error(e.to_string()))?;
     let warnings = permission_warning(at.path).into_iter().collect();
@@ -241,7 +251,8 @@ pub struct Identity {
     pub leaf: CertificateDer<'static>,
     /// Sent after the leaf in the handshake (RFC 8705 §2: the AS may need them to build a path).
     pub intermediates: Vec<CertificateDer<'static>>,
-    pub key: PrivateKeyDer<'static>,
+    /// Signs the handshake: from the key file, or on a PKCS#11 token.
+    pub key: Arc<dyn rustls::sign::SigningKey>,
 }
 
 impl Identity {
@@ -263,7 +274,30 @@ pub fn load_identity(route: &str, m: &MtlsConfig, warnings: &mut Vec<String>) ->
     if chain.is_empty() {
         return Err(cert_at.error("no CERTIFICATE block found (expected the client certificate in PEM, leaf first)"));
     }
-    let key_bytes = read(&key_at)?;
+    let on_token = m.key.to_str().filter(|p| crate::jose::pkcs11::is_uri(p));
+    let signing = match on_token {
+        Some(uri) => crate::jose::pkcs11::tls_key(uri, Path::new("/")).map_err(|e| key_at.error(e.to_string()))?,
+        None => file_tls_key(&key_at)?,
+    };
+    rustls::sign::CertifiedKey::new(chain.clone(), signing.clone()).keys_match().map_err(|_| {
+        cert_at.error(format!(
+            "the certificate does not match mtls.key {:?} (different key pair)",
+            m.key.display().to_string()
+        ))
+    })?;
+    if on_token.is_none() {
+        warnings.extend(permission_warning(&m.key));
+    }
+    if let Some(w) = crate::pki::validity_warning(&chain[0]) {
+        warnings.push(format!("route {route:?}: mtls.cert {:?}: {w}", m.cert.display().to_string()));
+    }
+    let leaf = chain.remove(0);
+    Ok(Identity { leaf, intermediates: chain, key: signing })
+}
+
+/// An `mtls.key` file as a rustls signing key.
+fn file_tls_key(key_at: &KeyRef<'_>) -> Result<Arc<dyn rustls::sign::SigningKey>, KeyFileError> {
+    let key_bytes = read(key_at)?;
     // The first PEM section decides, whatever its kind.
     let key = match <(SectionKind, Vec<u8>)>::from_pem_slice(key_bytes.expose()) {
         Ok((SectionKind::Certificate, _)) => {
@@ -275,20 +309,8 @@ pub fn load_identity(route: &str, m: &MtlsConfig, warnings: &mut Vec<String>) ->
         },
         Err(_) => return Err(key_at.error("not a PEM private key (PKCS#8, SEC1 or PKCS#1)")),
     };
-    let signing = rustls::crypto::ring::sign::any_supported_type(&key)
-        .map_err(|e| key_at.error(format!("unsupported private key: {e}")))?;
-    rustls::sign::CertifiedKey::new(chain.clone(), signing).keys_match().map_err(|_| {
-        cert_at.error(format!(
-            "the certificate does not match mtls.key {:?} (different key pair)",
-            m.key.display().to_string()
-        ))
-    })?;
-    warnings.extend(permission_warning(&m.key));
-    if let Some(w) = crate::pki::validity_warning(&chain[0]) {
-        warnings.push(format!("route {route:?}: mtls.cert {:?}: {w}", m.cert.display().to_string()));
-    }
-    let leaf = chain.remove(0);
-    Ok(Identity { leaf, intermediates: chain, key })
+    rustls::crypto::ring::sign::any_supported_type(&key)
+        .map_err(|e| key_at.error(format!("unsupported private key: {e}")))
 }
 
 /// Writes a private key with mode 0600, refusing to overwrite.

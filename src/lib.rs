@@ -16,6 +16,7 @@
 //! routes claim and feeds their requests into the same [`proxy`] pipeline.
 
 pub mod app;
+pub mod assertion;
 pub mod body;
 pub mod cli;
 pub mod config;

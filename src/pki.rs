@@ -302,6 +302,57 @@ pub fn self_signed_for_key(key_pem: &str, cn: &str, days: i64) -> Result<String,
     Ok(cert_pem(&params.self_signed(&key)?))
 }
 
+/// A self-signed client certificate for an EC P-256 or P-384 key that does not leave where it
+/// is (a PKCS#11 token): rcgen hands the to-be-signed bytes to [`crate::jose::SigningKey`].
+pub fn self_signed_for_signer(key: &crate::jose::SigningKey, cn: &str, days: i64) -> Result<String, PkiError> {
+    use base64::Engine as _;
+    let jwk = key.public_jwk();
+    let part = |n: &str| {
+        jwk.get(n)
+            .and_then(serde_json::Value::as_str)
+            .and_then(|v| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(v).ok())
+            .ok_or_else(|| PkiError(format!("the key has no EC {n}")))
+    };
+    let alg = match key.alg() {
+        crate::jose::Alg::ES256 => &rcgen::PKCS_ECDSA_P256_SHA256,
+        crate::jose::Alg::ES384 => &rcgen::PKCS_ECDSA_P384_SHA384,
+        other => {
+            return Err(PkiError(format!(
+                "a certificate for a {other} key on a token is not supported (use ES256 or ES384)"
+            )))
+        }
+    };
+    let remote = External { key, point: [vec![4], part("x")?, part("y")?].concat(), alg };
+    let params = leaf_params(&[cn], LeafUse::Client, days)?;
+    Ok(params.self_signed(&remote)?.pem())
+}
+
+/// A key rcgen cannot see: it signs through [`crate::jose::SigningKey::sign_input`].
+struct External<'a> {
+    key: &'a crate::jose::SigningKey,
+    /// The uncompressed EC point (the SPKI's BIT STRING).
+    point: Vec<u8>,
+    alg: &'static rcgen::SignatureAlgorithm,
+}
+
+impl rcgen::PublicKeyData for External<'_> {
+    fn der_bytes(&self) -> &[u8] {
+        &self.point
+    }
+
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        self.alg
+    }
+}
+
+impl rcgen::SigningKey for External<'_> {
+    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
+        // JWS gives `R || S`; X.509 wants the DER `Ecdsa-Sig-Value` (RFC 3279 §2.2.3).
+        let raw = self.key.sign_input(msg).map_err(|_| rcgen::Error::RemoteKeyError)?;
+        Ok(crate::jose::pkcs11::ecdsa_der(&raw))
+    }
+}
+
 /// A self-signed client certificate valid from `not_before` to `not_after` (tests use this
 /// to make expired certificates).
 pub fn self_signed_client_window(

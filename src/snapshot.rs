@@ -278,6 +278,13 @@ impl Snapshot {
             let credential = match &rc.client {
                 None => Credential::None,
                 Some(c) => match c.auth {
+                    AuthMethod::PrivateKeyJwt if c.assertion.is_some() => match &c.assertion {
+                        Some(source) => Credential::Assertion(Arc::new(crate::assertion::ExternalAssertion::new(
+                            name,
+                            source.clone(),
+                        ))),
+                        None => Credential::None,
+                    },
                     AuthMethod::PrivateKeyJwt => {
                         let path = c.key.clone().ok_or_else(|| BuildError::Route {
                             route: name.into(),

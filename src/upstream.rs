@@ -14,7 +14,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::CertificateDer;
 
 /// The pooled HTTP(S) client a route sends through.
 pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
@@ -65,7 +65,7 @@ pub fn parse_certs(bytes: &[u8]) -> Result<Vec<CertificateDer<'static>>, String>
 /// A rustls client config: system roots + `trust` files, optional client identity.
 pub fn tls_config(
     trust: &[PathBuf],
-    identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+    identity: Option<(Vec<CertificateDer<'static>>, Arc<dyn rustls::sign::SigningKey>)>,
 ) -> Result<rustls::ClientConfig, TlsError> {
     tls_config_with(trust, identity, read_certs)
 }
@@ -74,7 +74,7 @@ pub fn tls_config(
 /// a CA that is made in memory and not written yet).
 pub fn tls_config_with(
     trust: &[PathBuf],
-    identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+    identity: Option<(Vec<CertificateDer<'static>>, Arc<dyn rustls::sign::SigningKey>)>,
     read: impl Fn(&std::path::Path) -> Result<Vec<CertificateDer<'static>>, String>,
 ) -> Result<rustls::ClientConfig, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
@@ -94,12 +94,31 @@ pub fn tls_config_with(
         .map_err(|e| TlsError::Identity(e.to_string()))?
         .with_root_certificates(roots);
     let config = match identity {
-        Some((chain, key)) => {
-            builder.with_client_auth_cert(chain, key).map_err(|e| TlsError::Identity(e.to_string()))?
-        }
+        // The key may be on a PKCS#11 token: rustls signs through it (RFC 8705 §2).
+        Some((chain, key)) => builder
+            .with_client_cert_resolver(Arc::new(OneIdentity(Arc::new(rustls::sign::CertifiedKey::new(chain, key))))),
         None => builder.with_no_client_auth(),
     };
     Ok(config)
+}
+
+/// The one client certificate a route presents, whatever the server asks (the key and
+/// certificate were checked to match at load).
+#[derive(Debug)]
+struct OneIdentity(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for OneIdentity {
+    fn resolve(
+        &self,
+        _issuers: &[&[u8]],
+        _schemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
 }
 
 /// A pooled client over `tls`. Redirects are never followed (RFC 9700 §4.12): the legacy

@@ -53,6 +53,10 @@ pub struct Cli {
     /// Less log detail (-q warnings and errors, -qq errors only). RUST_LOG, when set, wins.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub quiet: u8,
+    /// Override one config field, `KEY=VALUE` (repeatable): `--set proxy.listen=127.0.0.1:9000`.
+    /// VALUE is read as a TOML value (a number, `true`, `["a"]`), else as a string.
+    #[arg(long = "set", global = true, value_name = "KEY=VALUE")]
+    pub set: Vec<crate::config::interpolate::Override>,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -128,6 +132,11 @@ pub enum Command {
         /// Replace without asking (what --only / --force name).
         #[arg(long, short = 'y')]
         yes: bool,
+        /// With `--only client` or `--only dpop`: generate the key on the PKCS#11 token this
+        /// URI names (RFC 7512; sensitive, never extractable) instead of in a file, then use
+        /// the URI as the `key`.
+        #[arg(long, value_name = "URI", requires = "only")]
+        pkcs11: Option<String>,
     },
     /// Send one token request through the route's pipeline, in-process, and explain it:
     /// what was sent, what the AS answered, and hints when it said no. Exits 0 on a 2xx.
@@ -197,12 +206,16 @@ pub enum Command {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    crate::config::interpolate::set_overrides(cli.set.clone());
     init_tracing(cli.log_format, i16::from(cli.verbose) - i16::from(cli.quiet));
     let result = match cli.command.unwrap_or(Command::Run) {
         Command::Run => run(&cli.config),
         Command::Check { offline, json } => check(&cli.config, offline, json),
         Command::Jwks { route, format } => jwks(&cli.config, route.as_deref(), format),
-        Command::Init { template, only, force, yes } => init::run(&cli.config, template, only, force, yes),
+        Command::Init { pkcs11: Some(uri), only, .. } => init_on_token(&cli.config, only, &uri),
+        Command::Init { template, only, force, yes, pkcs11: None } => {
+            init::run(&cli.config, template, only, force, yes)
+        }
         Command::Ca { shell, regenerate } => ca::run(&cli.config, shell, regenerate),
         Command::Token { route, params, show_token, json } => {
             token::run(&cli.config, &route, &params, show_token, json)
@@ -223,6 +236,34 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `init --only client|dpop --pkcs11 URI`: a key pair generated on the token, with the alg
+/// of the config's first route that names the URI (default ES256).
+fn init_on_token(config: &Path, only: Option<init::Only>, uri: &str) -> anyhow::Result<()> {
+    use crate::jose::{pkcs11, Alg};
+    let dir = config.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let alg = crate::config::load(config)
+        .ok()
+        .and_then(|c| {
+            c.routes.iter().find_map(|r| match only {
+                Some(init::Only::Dpop) => r.dpop.as_ref().map(|d| d.alg),
+                _ => r.client.as_ref().filter(|c| c.key.is_some()).map(|c| c.alg),
+            })
+        })
+        .unwrap_or(Alg::ES256);
+    if !matches!(only, Some(init::Only::Client | init::Only::Dpop)) {
+        anyhow::bail!("--pkcs11 generates a client or DPoP key: use it with --only client or --only dpop");
+    }
+    let parsed = pkcs11::Pkcs11Uri::parse(uri, dir)?;
+    pkcs11::generate(&parsed, alg)?;
+    let key = crate::jose::SigningKey::pkcs11(uri, alg, dir)?;
+    eprintln!("created a {alg} key on {} (sensitive, not extractable)", parsed.describe());
+    eprintln!("use it in proxy.toml as key = \"{uri}\"; its public JWK (kid = RFC 7638 thumbprint):");
+    let mut jwk = key.public_jwk().clone();
+    jwk.insert("kid".into(), key.thumbprint().into());
+    out(&format!("{}\n", serde_json::to_string_pretty(&json!({ "keys": [jwk] }))?));
+    Ok(())
 }
 
 /// Writes `text` to stdout; a closed stdout (`tokenrelay jwks | head -1`) is not an error.
@@ -537,7 +578,9 @@ async fn wait_for_stop(signals: &mut StopSignals) {
 fn check(config: &Path, offline: bool, as_json: bool) -> anyhow::Result<()> {
     let snapshot = crate::snapshot::load(config, BuildOptions::default())?;
     let discovered = if offline { Vec::new() } else { runtime()?.block_on(discover_all(&snapshot)) };
-    let report = check_report(&snapshot, &discovered, offline);
+    let mut report = check_report(&snapshot, &discovered, offline);
+    add_assertions(&mut report, &snapshot)?;
+    scrub(&mut report, &snapshot.config.env_secrets);
     if as_json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -548,6 +591,63 @@ fn check(config: &Path, offline: bool, as_json: bool) -> anyhow::Result<()> {
         anyhow::bail!("{}", mismatches.join("\n"));
     }
     Ok(())
+}
+
+/// Each route whose client assertion is made elsewhere: its source and what the current one
+/// says (`iss`, `sub`, `aud`, `exp`; the signature is the AS's to check). A source that gives
+/// no usable assertion is an error.
+fn add_assertions(report: &mut Value, snapshot: &crate::snapshot::Snapshot) -> anyhow::Result<()> {
+    let sources: Vec<_> = snapshot
+        .routes
+        .iter()
+        .filter_map(|r| match &r.credential {
+            Credential::Assertion(a) => Some((r.cfg.name.clone(), a.clone())),
+            _ => None,
+        })
+        .collect();
+    if sources.is_empty() {
+        return Ok(());
+    }
+    let fetched = runtime()?.block_on(async {
+        let mut out = Vec::new();
+        for (name, a) in sources {
+            out.push((name, a.source().to_string(), a.current().await));
+        }
+        out
+    });
+    for (name, source, result) in fetched {
+        let mut entry = json!({ "source": source });
+        match result {
+            Ok(f) => entry["claims"] = Value::Object(f.summary()),
+            Err(e) => {
+                if let Some(errors) = report["errors"].as_array_mut() {
+                    errors.push(e.to_string().into());
+                }
+            }
+        }
+        if let Some(route) = report["routes"].as_array_mut().and_then(|rs| rs.iter_mut().find(|r| r["name"] == name)) {
+            route["client"]["assertion"] = entry;
+        }
+    }
+    Ok(())
+}
+
+/// Every string in `report` with the secrets taken from the environment replaced by
+/// `[redacted]` (values shorter than 4 characters are left: they would garble the output and
+/// protect nothing).
+fn scrub(report: &mut Value, secrets: &[crate::redact::Secret]) {
+    match report {
+        Value::String(s) => {
+            for secret in secrets.iter().map(|s| s.expose()).filter(|s| s.len() >= 4) {
+                if s.contains(secret) {
+                    *s = s.replace(secret, "[redacted]");
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|v| scrub(v, secrets)),
+        Value::Object(map) => map.values_mut().for_each(|v| scrub(v, secrets)),
+        _ => {}
+    }
 }
 
 type Discovered = Vec<(String, Result<crate::discovery::Metadata, crate::discovery::DiscoveryError>)>;
@@ -766,6 +866,20 @@ fn print_check(report: &Value) {
         }
         if let Some(c) = r.get("client").filter(|c| c.get("kid").is_some()) {
             println!("  client key: {} kid {}", text(&c["alg"]), text(&c["kid"]));
+        }
+        if let Some(a) = r.get("client").and_then(|c| c.get("assertion")) {
+            let claims = &a["claims"];
+            match claims.as_object() {
+                Some(_) => println!(
+                    "  client assertion from {}: iss {} sub {} aud {} exp {}",
+                    text(&a["source"]),
+                    claims["iss"],
+                    claims["sub"],
+                    claims["aud"],
+                    claims["exp"]
+                ),
+                None => println!("  client assertion from {}: none usable (see the error below)", text(&a["source"])),
+            }
         }
         if let Some(d) = r.get("dpop") {
             println!("  dpop key: {} jkt {}", text(&d["alg"]), text(&d["jkt"]));

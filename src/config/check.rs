@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use serde::Deserialize as _;
 use toml::Spanned;
 
 use super::raw::{self, Preset, RawClient, RawConfig, RawDpop, RawRoute};
@@ -15,11 +16,36 @@ use crate::jose::Alg;
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(60);
 
-/// Checks config `text` as if read from `path` (paths resolve against its folder).
+/// Checks config `text` as if read from `path` (paths resolve against its folder), with
+/// `${VAR}` read from the process environment and the process's `--set` overrides
+/// ([`super::interpolate`]).
 pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-    let cx = Cx { text, path };
-    let raw: RawConfig = toml::from_str(text).map_err(|e| {
-        let (line, column) = e.span().map(|s| cx.line_col(s.start)).unwrap_or((1, 1));
+    parse_with(text, path, interpolate::overrides(), &|var| std::env::var(var).ok())
+}
+
+/// [`parse`] with the overrides and the environment given.
+pub fn parse_with(
+    text: &str,
+    path: &Path,
+    overrides: &[interpolate::Override],
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    let file = Cx { text, path, file_len: text.len() };
+    let mut table = toml::de::DeTable::parse(text).map_err(|e| file.toml_error(&e))?;
+    let secrets = interpolate::interpolate(table.get_mut(), text, env).map_err(|e| file.prepare_error(e))?;
+    let sources = interpolate::override_sources(text, overrides, table.get_ref()).map_err(|e| file.prepare_error(e))?;
+    let cx = Cx { text: &sources.text, path, file_len: sources.file_len };
+    sources.apply(table.get_mut()).map_err(|e| cx.prepare_error(e))?;
+    let raw = RawConfig::deserialize(toml::de::Deserializer::from(table)).map_err(|e| cx.toml_error(&e))?;
+    let mut config = cx.check(raw)?;
+    config.env_secrets = secrets.into_iter().map(crate::redact::Secret::new).collect();
+    Ok(config)
+}
+
+impl Cx<'_> {
+    /// A TOML or serde error in our words, at its place.
+    fn toml_error(&self, e: &toml::de::Error) -> ConfigError {
+        let cx = self;
         let mut message = e.message().trim_end().to_string();
         let secret = e.span().is_some_and(|s| cx.is_secret_line(s.start));
         let place = e.span().map(|s| cx.place(s.start)).unwrap_or_default();
@@ -39,10 +65,33 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         if message.starts_with("invalid type") || message.starts_with("invalid value") || secret {
             message = redact_quoted(&message);
         }
-        let key = if key.is_empty() { key } else { format!("{key}: ") };
-        ConfigError::Invalid { path: path.display().to_string(), line, column, key, message }
-    })?;
-    cx.check(raw)
+        self.err(e.span().unwrap_or(0..0), &key, message)
+    }
+
+    /// An interpolation or `--set` error, naming the variable or the option.
+    fn prepare_error(&self, e: interpolate::PrepareError) -> ConfigError {
+        use interpolate::PrepareError as E;
+        match e {
+            E::Toml(e) => self.toml_error(&e),
+            E::Unset { offset, var } => {
+                let key = self.place(offset).key();
+                self.err(
+                    offset..offset,
+                    &key,
+                    format!(
+                        "environment variable {var} is not set (export {var}=..., or write ${{{var}:-default}} for a default)"
+                    ),
+                )
+            }
+            E::Malformed { offset, message } => {
+                let key = self.place(offset).key();
+                self.err(offset..offset, &key, message)
+            }
+            E::BadKey { index, message } => {
+                ConfigError::Invalid { path: "--set".into(), line: index, column: 1, key: String::new(), message }
+            }
+        }
+    }
 }
 
 /// Where in the file an error points: the `[table]` it is in, and the key of its line.
@@ -152,8 +201,11 @@ fn redact_quoted(message: &str) -> String {
 }
 
 struct Cx<'a> {
+    /// The file's text, then the `--set` lines ([`interpolate::OverrideSources::text`]).
     text: &'a str,
     path: &'a Path,
+    /// Where the file's own text ends in `text`.
+    file_len: usize,
 }
 
 impl Cx<'_> {
@@ -191,8 +243,13 @@ impl Cx<'_> {
 
     fn err(&self, span: std::ops::Range<usize>, key: &str, message: impl Into<String>) -> ConfigError {
         let (line, column) = self.line_col(span.start);
+        // A value from `--set`: `--set:N:COLUMN`, N counting the options.
+        let (path, line) = match self.text.get(self.file_len..span.start) {
+            Some(tail) if span.start > self.file_len => ("--set".to_string(), tail.matches("\n[]\n").count()),
+            _ => (self.path.display().to_string(), line),
+        };
         ConfigError::Invalid {
-            path: self.path.display().to_string(),
+            path,
             line,
             column,
             key: if key.is_empty() { String::new() } else { format!("{key}: ") },
@@ -211,6 +268,10 @@ impl Cx<'_> {
     /// ([`super::charset::no_control`]).
     fn resolve(&self, p: &str, span: std::ops::Range<usize>, key: &str) -> Result<PathBuf, ConfigError> {
         super::charset::no_control(p).map_err(|why| self.err(span, key, why))?;
+        // A key on a PKCS#11 token (RFC 7512): the URI stays, its PIN file resolves here.
+        if crate::jose::pkcs11::is_uri(p) {
+            return Ok(PathBuf::from(crate::jose::pkcs11::with_absolute_pin_file(p, &self.dir())));
+        }
         let p = Path::new(p);
         Ok(if p.is_absolute() { p.to_path_buf() } else { self.dir().join(p) })
     }
@@ -276,7 +337,20 @@ impl Cx<'_> {
             }
             redirect_uris.insert(client.clone(), list);
         }
-        Ok(DemoAsConfig { listen, dpop_nonce: d.dpop_nonce, tls: d.tls, user, redirect_uris })
+        let federated = d
+            .federated
+            .iter()
+            .map(|(client, f)| {
+                let credential = FederatedCredential {
+                    issuer: f.issuer.clone(),
+                    jwks: self.resolve(&f.jwks, 0..0, &format!("demo_as.federated.{client}.jwks"))?,
+                    subject: f.subject.clone(),
+                    audience: f.audience.clone().unwrap_or_else(|| FEDERATED_AUDIENCE.to_string()),
+                };
+                Ok((client.clone(), credential))
+            })
+            .collect::<Result<_, ConfigError>>()?;
+        Ok(DemoAsConfig { listen, dpop_nonce: d.dpop_nonce, tls: d.tls, user, redirect_uris, federated })
     }
 
     fn check(&self, raw: RawConfig) -> Result<Config, ConfigError> {
@@ -365,6 +439,7 @@ impl Cx<'_> {
             exchanges: p.exchanges.unwrap_or(200),
             max_connections,
             allow_users,
+            env_secrets: Vec::new(),
             demo_as,
             routes,
         })
@@ -651,7 +726,11 @@ impl Cx<'_> {
                  certificate's x5t#S256 thumbprint (the certificate you uploaded to the app registration)",
             ));
         }
-        let needs_key = auth == AuthMethod::PrivateKeyJwt;
+        let assertion = match c.assertion {
+            Some(a) => Some(self.assertion(route, a, auth, c.key.is_some())?),
+            None => None,
+        };
+        let needs_key = auth == AuthMethod::PrivateKeyJwt && assertion.is_none();
         let needs_secret =
             matches!(auth, AuthMethod::ClientSecretBasic | AuthMethod::ClientSecretPost | AuthMethod::ClientSecretJwt);
         if needs_key && c.key.is_none() {
@@ -740,7 +819,61 @@ impl Cx<'_> {
             typ: c.typ.or_else(|| preset.and_then(Preset::typ).map(str::to_string)),
             cert: c.cert.as_deref().map(|p| self.resolve(p, span.clone(), &key("cert"))).transpose()?,
             nbf: preset == Some(Preset::Entra),
+            assertion,
         })
+    }
+
+    /// `client.assertion`: exactly one of `file` and `command`, with `auth = "private_key_jwt"`
+    /// and no `key` (the assertion is made elsewhere; RFC 7523 §2.2).
+    fn assertion(
+        &self,
+        route: &str,
+        spanned: Spanned<raw::RawAssertion>,
+        auth: AuthMethod,
+        has_key: bool,
+    ) -> Result<AssertionSource, ConfigError> {
+        let span = spanned.span();
+        let a = spanned.into_inner();
+        let key = format!("routes.{route}.client.assertion");
+        if auth != AuthMethod::PrivateKeyJwt {
+            return Err(self.err(
+                span,
+                &key,
+                format!(
+                    "an assertion made elsewhere is sent with auth = \"private_key_jwt\" (RFC 7523 §2.2), not {:?}",
+                    auth.as_str()
+                ),
+            ));
+        }
+        if has_key {
+            return Err(self.err(
+                span,
+                &key,
+                "set either key (tokenrelay signs the assertion) or assertion (it is made elsewhere), not both",
+            ));
+        }
+        let timeout = match &a.timeout {
+            Some(t) => self.duration(t, &format!("{key}.timeout"))?,
+            None => DEFAULT_TIMEOUT,
+        };
+        match (a.file, a.command) {
+            (Some(file), None) if !file.is_empty() => {
+                Ok(AssertionSource::File(self.resolve(&file, span.clone(), &format!("{key}.file"))?))
+            }
+            (None, Some(argv)) if argv.first().is_some_and(|p| !p.is_empty()) => {
+                Ok(AssertionSource::Command { argv, timeout })
+            }
+            (None, Some(_)) => Err(self.err(
+                span,
+                &key,
+                "command is empty: name the program and its arguments, e.g. command = [\"gcloud\", \"auth\", \"print-identity-token\"]",
+            )),
+            _ => Err(self.err(
+                span,
+                &key,
+                "set exactly one of file = \"path/to/token\" and command = [\"program\", \"arg\", ...]",
+            )),
+        }
     }
 
     fn dpop(&self, route: &str, spanned: Spanned<RawDpop>) -> Result<DpopConfig, ConfigError> {

@@ -10,6 +10,7 @@ mod charset;
 mod check;
 pub mod file;
 pub mod host;
+pub mod interpolate;
 pub mod raw;
 
 use std::collections::BTreeMap;
@@ -18,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::jose::Alg;
-pub use check::parse;
+pub use check::{parse, parse_with};
 pub use host::{is_loopback_host, is_loopback_upstream, HostEntry};
 pub use raw::{AuthMethod, Preset, UnknownHosts};
 
@@ -85,6 +86,9 @@ pub struct Config {
     pub demo_as: Option<DemoAsConfig>,
     /// Routes, longest prefix first so the most specific one matches.
     pub routes: Vec<RouteConfig>,
+    /// Values `${VAR}` put into secret positions (client secrets, header and parameter
+    /// values): `check` prints `[redacted]` in their place ([`interpolate`]).
+    pub env_secrets: Vec<crate::redact::Secret>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,6 +103,41 @@ pub struct DemoAsConfig {
     /// not listed may use `http://127.0.0.1`, `http://[::1]` or `http://localhost` URIs on any
     /// port (RFC 8252 §7.3).
     pub redirect_uris: BTreeMap<String, Vec<String>>,
+    /// Per client id, the federated identity credential it authenticates with.
+    pub federated: BTreeMap<String, FederatedCredential>,
+}
+
+/// A federated identity credential as Entra registers one: assertions from `issuer`, signed
+/// by a key of its JWKS, with this `sub` and `aud`, authenticate the client (their `iss` is
+/// the external issuer, not the client id; a `jti` may be used again until `exp`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FederatedCredential {
+    pub issuer: String,
+    /// The issuer's JWKS file (`{"keys": [...]}`).
+    pub jwks: PathBuf,
+    pub subject: String,
+    pub audience: String,
+}
+
+/// Entra's audience for federated credentials.
+pub const FEDERATED_AUDIENCE: &str = "api://AzureADTokenExchange";
+
+/// Where a client assertion made elsewhere comes from (`client.assertion`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AssertionSource {
+    /// A file holding the JWT, re-read when it changes (a projected token rotated in place).
+    File(PathBuf),
+    /// A command whose stdout is the JWT, run without a shell, within `timeout`.
+    Command { argv: Vec<String>, timeout: Duration },
+}
+
+impl std::fmt::Display for AssertionSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AssertionSource::File(p) => write!(f, "file {}", p.display()),
+            AssertionSource::Command { argv, .. } => write!(f, "command {argv:?}"),
+        }
+    }
 }
 
 impl DemoAsConfig {
@@ -113,6 +152,7 @@ impl DemoAsConfig {
             tls: false,
             user: Self::DEFAULT_USER.to_string(),
             redirect_uris: BTreeMap::new(),
+            federated: BTreeMap::new(),
         }
     }
 }
@@ -315,6 +355,8 @@ pub struct ClientConfig {
     pub cert: Option<PathBuf>,
     /// Send `nbf` (= `iat`) in the assertion (Entra requires it).
     pub nbf: bool,
+    /// A client assertion made elsewhere, sent instead of one signed with `key`.
+    pub assertion: Option<AssertionSource>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -100,6 +100,9 @@ pub struct RawDemoAs {
     /// loopback URIs on any port (RFC 8252 §7.3).
     #[serde(default)]
     pub redirect_uris: BTreeMap<String, Vec<Spanned<String>>>,
+    /// Per client id, a federated identity credential (see [`RawFederated`]).
+    #[serde(default)]
+    pub federated: BTreeMap<String, RawFederated>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -198,6 +201,32 @@ pub struct RawClient {
     /// Generate `key` on first start when the file does not exist.
     #[serde(default)]
     pub create: bool,
+    /// A client assertion made elsewhere (a workload identity token), sent as it is instead
+    /// of one signed with `key` (RFC 7523 §2.2).
+    pub assertion: Option<Spanned<RawAssertion>>,
+}
+
+/// `assertion = { file = "..." }` or `assertion = { command = ["...", ...] }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAssertion {
+    pub file: Option<String>,
+    pub command: Option<Vec<String>>,
+    /// How long `command` may run (default 10s).
+    pub timeout: Option<Spanned<String>>,
+}
+
+/// `[demo_as.federated.CLIENT_ID]`: a federated identity credential, registered the way
+/// Entra registers one: the external issuer, its JWKS, the expected `sub` and `aud`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFederated {
+    pub issuer: String,
+    /// The issuer's JWKS (a file, `{"keys": [...]}`).
+    pub jwks: String,
+    pub subject: String,
+    /// Default `api://AzureADTokenExchange` (Entra's).
+    pub audience: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -72,6 +72,8 @@ pub struct DemoAs {
     redirect_uris: BTreeMap<String, Vec<String>>,
     /// Served over HTTPS (then it takes the RFC 8705 client authentication methods).
     tls: bool,
+    /// `[demo_as.federated]`: clients that authenticate with an external issuer's assertions.
+    federated: BTreeMap<String, crate::config::FederatedCredential>,
 }
 
 type Answer = Response<Body>;
@@ -133,6 +135,7 @@ impl DemoAs {
             user: settings.user.clone(),
             redirect_uris: settings.redirect_uris.clone(),
             tls: settings.tls,
+            federated: settings.federated.clone(),
         })
     }
 

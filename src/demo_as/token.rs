@@ -377,6 +377,7 @@ impl DemoAs {
                     auth: client.auth,
                     credential: &route.credential,
                     lifetime: client.lifetime,
+                    federated: self.federated.get(&client_id),
                 };
                 self.verifier.assertion(&registration, &assertion, now(), verified)?
             }

@@ -26,7 +26,7 @@ use serde_json::{json, Map, Value};
 use subtle::ConstantTimeEq as _;
 
 use super::{oauth_error, Answer};
-use crate::config::AuthMethod;
+use crate::config::{AuthMethod, FederatedCredential};
 use crate::jose::{self, Alg, VerifyKey};
 use crate::snapshot::Credential;
 
@@ -89,6 +89,91 @@ fn assertion_times(claims: &Map<String, Value>, now: u64, window: u64) -> Result
     Ok(exp.saturating_add(CLOCK_SKEW))
 }
 
+/// A federated identity credential's assertion, checked the way Entra checks one: signed by a
+/// key of the external issuer's JWKS, `iss` = that issuer (not the client id), `sub` = the
+/// registered subject, `aud` containing the registered audience, within `exp` (and `nbf`).
+/// Its `jti` is not replay-checked: the workload presents the same token until it expires.
+fn federated_assertion(
+    client_id: &str,
+    fed: &FederatedCredential,
+    assertion: &str,
+    now: u64,
+    verified: &mut Map<String, Value>,
+) -> Result<AuthMethod, Answer> {
+    let invalid = |d: String| oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", d);
+    let header = jose::peek_header(assertion).map_err(|e| invalid(format!("client_assertion: {e}")))?;
+    let alg_name = header.get("alg").and_then(Value::as_str).unwrap_or("none");
+    let alg = Alg::parse(alg_name)
+        .filter(|a| *a != Alg::HS256)
+        .ok_or_else(|| invalid(format!("client_assertion alg {alg_name:?} not accepted")))?;
+    let jwks: Value = std::fs::read(&fed.jwks)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or_else(|| invalid(format!("the federated issuer's JWKS {} is unreadable", fed.jwks.display())))?;
+    let kid = header.get("kid").and_then(Value::as_str);
+    let claims = jwks["keys"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_object)
+        .filter(|k| kid.is_none() || k.get("kid").and_then(Value::as_str) == kid)
+        .find_map(|k| jose::verify(assertion, alg, VerifyKey::Jwk(k)).ok())
+        .ok_or_else(|| {
+            invalid(format!("client_assertion signature does not verify with any key of {:?}'s JWKS", fed.issuer))
+        })?
+        .claims;
+    let mut checks = vec!["signature"];
+    let s = |n: &str| claims.get(n).and_then(Value::as_str).map(str::to_string);
+    if s("iss").as_deref() != Some(fed.issuer.as_str()) {
+        return Err(invalid(format!(
+            "assertion iss {:?} is not the federated issuer {:?} registered for {client_id:?}",
+            s("iss"),
+            fed.issuer
+        )));
+    }
+    checks.push("iss");
+    if s("sub").as_deref() != Some(fed.subject.as_str()) {
+        return Err(invalid(format!(
+            "assertion sub {:?} is not the subject {:?} registered for {client_id:?}",
+            s("sub"),
+            fed.subject
+        )));
+    }
+    checks.push("sub");
+    let aud_ok = match claims.get("aud") {
+        Some(Value::String(a)) => *a == fed.audience,
+        Some(Value::Array(list)) => list.iter().any(|a| a.as_str() == Some(fed.audience.as_str())),
+        _ => false,
+    };
+    if !aud_ok {
+        return Err(invalid(format!(
+            "assertion aud {} does not contain the registered audience {:?}",
+            claims.get("aud").map(Value::to_string).unwrap_or_else(|| "(missing)".into()),
+            fed.audience
+        )));
+    }
+    checks.push("aud");
+    let exp = numeric_date(&claims, "exp").map_err(invalid)?.ok_or_else(|| invalid("assertion has no exp".into()))?;
+    if exp.saturating_add(CLOCK_SKEW) < now {
+        return Err(invalid(format!("assertion expired at {exp} (now {now})")));
+    }
+    if let Some(nbf) = numeric_date(&claims, "nbf").map_err(invalid)? {
+        if nbf > now.saturating_add(CLOCK_SKEW) {
+            return Err(invalid(format!("assertion is not valid before {nbf} (now {now})")));
+        }
+    }
+    checks.push("exp");
+    verified.insert("federated".into(), true.into());
+    verified.insert("assertion_alg".into(), alg.as_str().into());
+    verified.insert("assertion_iss".into(), fed.issuer.clone().into());
+    verified.insert("assertion_sub".into(), fed.subject.clone().into());
+    if let Some(jti) = s("jti") {
+        verified.insert("assertion_jti".into(), jti.into());
+    }
+    verified.insert("assertion_checks".into(), json!(checks));
+    Ok(AuthMethod::PrivateKeyJwt)
+}
+
 /// RFC 9449 §4.3 check 11 with §11.1: `iat` is within [`CLOCK_SKEW`] of `now`. Returns the
 /// last second at which the proof could still be accepted.
 fn dpop_iat(claims: &Map<String, Value>, now: u64) -> Result<u64, String> {
@@ -141,6 +226,9 @@ pub(super) struct Registration<'a> {
     pub(super) credential: &'a Credential,
     /// `client.lifetime`: how long the assertions this client signs live.
     pub(super) lifetime: Duration,
+    /// `[demo_as.federated.ID]`: the client authenticates with assertions from an external
+    /// issuer instead.
+    pub(super) federated: Option<&'a FederatedCredential>,
 }
 
 /// The JWT checks of one demo AS: its issuer, nonce policy and replay cache.
@@ -166,6 +254,9 @@ impl Verifier {
         verified: &mut Map<String, Value>,
     ) -> Result<AuthMethod, Answer> {
         let client_id = client.id;
+        if let Some(federated) = client.federated {
+            return federated_assertion(client_id, federated, assertion, now, verified);
+        }
         let invalid = |d: String| oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", d);
         let header = jose::peek_header(assertion).map_err(|e| invalid(format!("client_assertion: {e}")))?;
         let alg_name = header.get("alg").and_then(Value::as_str).unwrap_or("none");
@@ -438,6 +529,7 @@ mod tests {
                 auth: AuthMethod::PrivateKeyJwt,
                 credential: &self.credential,
                 lifetime: Duration::from_secs(60),
+                federated: None,
             }
         }
 

@@ -4,7 +4,10 @@
 //! requests relayed with header rules only.
 //!
 //! Every attempt is signed afresh: a new assertion `jti` and a new proof `jti` (RFC 7523 §3,
-//! RFC 9449 §4.2; an AS replay-checks both). A `use_dpop_nonce` answer (RFC 9449 §8 from an
+//! RFC 9449 §4.2; an AS replay-checks both). The one exception is a client assertion made
+//! elsewhere (`client.assertion`, [`crate::assertion`]): fetched once per request and sent as
+//! it is on every attempt (the retry gets a fresh DPoP proof with the same assertion), since
+//! the federated credential that accepts it accepts it until its `exp`. A `use_dpop_nonce` answer (RFC 9449 §8 from an
 //! AS, §9 from a resource server) whose nonce differs from the one sent is retried exactly
 //! once. Nonces are cached per upstream origin from every response.
 
@@ -26,7 +29,7 @@ use crate::rewrite::client_auth::{self, Call};
 use crate::rewrite::dpop::{self, ProofInput};
 use crate::rewrite::form::Form;
 use crate::rewrite::hop;
-use crate::snapshot::Route;
+use crate::snapshot::{Credential, Route};
 
 /// Token answers are small; this bounds what is buffered to look for `use_dpop_nonce`.
 const MAX_BUFFERED_ANSWER: usize = 1024 * 1024;
@@ -69,6 +72,14 @@ pub(super) async fn exchange(
         Payload::Plain(_) => None,
     };
     let mut nonce = proof_key.and_then(|_| shared.nonces.get(&target.origin));
+    let fetched;
+    let credential = match (&route.credential, &payload) {
+        (Credential::Assertion(source), Payload::Token(_)) => {
+            fetched = Credential::Fetched(source.current().await.map_err(|e| ProxyError::Signing(e.to_string()))?);
+            &fetched
+        }
+        (credential, _) => credential,
+    };
     let mut first = true;
     loop {
         // Every attempt starts from the app's request: kept while a retry may follow (a first
@@ -87,7 +98,7 @@ pub(super) async fn exchange(
                     jti: new_jti(),
                     x5t_s256: route.assertion_x5t.as_deref(),
                 };
-                outcome.injected = client_auth::apply(&route.cfg, &route.credential, &call, &mut headers, &mut form)?;
+                outcome.injected = client_auth::apply(&route.cfg, credential, &call, &mut headers, &mut form)?;
                 outcome.sent_params = form.names().map(str::to_string).collect();
                 Bytes::from(form.encode())
             }

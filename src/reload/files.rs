@@ -53,7 +53,9 @@ pub fn named_files(c: &Config) -> Vec<PathBuf> {
     files.push(c.ca_cert.clone());
     files.push(c.ca_key.clone());
     let mut seen = HashSet::new();
-    files.into_iter().map(|f| absolute(&f)).filter(|f| seen.insert(f.clone())).collect()
+    // A key on a PKCS#11 token is no file to watch.
+    let on_token = |f: &PathBuf| f.to_str().is_some_and(crate::jose::pkcs11::is_uri);
+    files.into_iter().filter(|f| !on_token(f)).map(|f| absolute(&f)).filter(|f| seen.insert(f.clone())).collect()
 }
 
 /// The notify watcher and what it watches.

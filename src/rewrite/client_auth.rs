@@ -129,6 +129,15 @@ pub fn apply(
             injected.kid = Some(kid);
             injected.jti = Some(call.jti.clone());
         }
+        (AuthMethod::PrivateKeyJwt, Credential::Fetched(fetched)) => {
+            // Made elsewhere: sent as it is (RFC 7523 §2.2), its own `kid` and `jti`.
+            let jwt = fetched.jwt.expose();
+            set_assertion(form, &client.id, jwt);
+            injected.assertion = Some(crate::explain::Sent::of(jwt));
+            injected.kid =
+                jose::peek_header(jwt).ok().and_then(|h| h.get("kid").and_then(Value::as_str).map(str::to_string));
+            injected.jti = fetched.claims.get("jti").and_then(Value::as_str).map(str::to_string);
+        }
         (AuthMethod::TlsClientAuth | AuthMethod::SelfSignedTlsClientAuth, _) => {
             // RFC 8705 §2: the certificate authenticates; client_id names the client.
             form.set("client_id", &client.id);

@@ -41,6 +41,13 @@ impl ProxyProcess {
         Self::spawn(Command::new(BIN), args, config, rust_log)
     }
 
+    /// Like [`ProxyProcess::start`], with `env` added to tokenrelay's environment.
+    pub fn start_with_env(args: &[&str], config: &Path, rust_log: &str, env: &[(&str, &str)]) -> ProxyProcess {
+        let mut command = Command::new(BIN);
+        command.envs(env.iter().copied());
+        Self::spawn(command, args, config, rust_log)
+    }
+
     /// Like [`ProxyProcess::start`], with the open-file limit (soft and hard) set to `nofile`
     /// for tokenrelay alone: it runs as `sh -c 'ulimit -n N && exec "$0" "$@"' tokenrelay ...`,
     /// so the limit applies to the same process (same pid) and not to the test.

@@ -196,7 +196,8 @@ fn control_characters_and_unsafe_names_are_refused_at_load() {
         (format!("[proxy]\nca_cert = \"c\\ntouch PWNED\\n/ca.pem\"\n{base}"), "control character"),
         (format!("{base}[routes.as.dpop]\nkey = \"k\\u001b[2J.pem\"\n"), "control character"),
         ("[routes.\"r$(touch X)\"]\nprefix = \"/r\"\nupstream = \"https://as.example.com\"\n".into(), "route name"),
-        ("[routes.p]\nprefix = \"/p$(touch${IFS}Y)\"\nupstream = \"https://as.example.com\"\n".into(), "RFC 3986"),
+        // `$${` is a literal `${` (a bare `${IFS}` would be an environment reference).
+        ("[routes.p]\nprefix = \"/p$(touch$${IFS}Y)\"\nupstream = \"https://as.example.com\"\n".into(), "RFC 3986"),
         (base.replace("/as\"", "/as\"\nendpoints = [\"/t`id`\"]"), "RFC 3986"),
         (base.replace("https://as.example.com", "https://as.example.com/\\u0085x"), "control character"),
     ] {

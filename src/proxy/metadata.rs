@@ -21,7 +21,7 @@ use crate::body::{full, Body};
 use crate::config::RouteConfig;
 use crate::discovery::Metadata;
 use crate::error::ProxyError;
-use crate::snapshot::{EndpointSource, Endpoints, Route, Snapshot};
+use crate::snapshot::{Endpoints, Route, Snapshot};
 
 const OIDC: &str = "/.well-known/openid-configuration";
 const RFC8414: &str = "/.well-known/oauth-authorization-server";
@@ -69,8 +69,11 @@ pub(super) async fn answer(
 pub fn rewrite(cfg: &RouteConfig, table: &Endpoints, meta: &Metadata, base: &str) -> Map<String, Value> {
     let mut doc = meta.document.clone();
     let mut aliases = Map::new();
-    for e in &table.list {
-        let EndpointSource::Metadata(member) = e.source else { continue };
+    for (member, raw) in meta.client_auth_endpoints() {
+        // The endpoint the route signs at this URL (configured or from this metadata); one
+        // it does not sign stays as published.
+        let Ok(url) = crate::urlnorm::EndpointUrl::parse(raw) else { continue };
+        let Some(e) = table.by_url(&url) else { continue };
         let proxied = format!("{base}{}{}", cfg.prefix, e.app_path);
         doc.insert(member.into(), proxied.clone().into());
         // The proxy presents the certificate and calls the alias itself: the app's "alias"

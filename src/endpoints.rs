@@ -302,6 +302,35 @@ secret = "s"
     }
 
     #[test]
+    fn an_mtls_alias_on_another_origin_is_followed_and_noted() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cfg(&format!(
+            r#"
+[routes.m]
+prefix = "/m"
+issuer = "https://as.example"
+[routes.m.mtls]
+cert = "{0}/c.pem"
+key = "{0}/k.pem"
+"#,
+            dir.path().display()
+        ));
+        let m = meta(
+            r#"{"issuer":"https://as.example","token_endpoint":"https://as.example/token",
+            "mtls_endpoint_aliases":{"token_endpoint":"https://MTLS.as.example:443/token","revocation_endpoint":"http://mtls.as.example/revoke"},
+            "revocation_endpoint":"https://as.example/revoke"}"#,
+        );
+        let t = Endpoints::build(&c, Some(&m));
+        let token = t.by_app_path("/token").unwrap();
+        assert_eq!(token.send.to_string(), "https://mtls.as.example/token");
+        assert_eq!(token.url.to_string(), "https://as.example/token");
+        assert!(t.notes.iter().any(|n| n.contains("another origin") && n.contains("RFC 8705")), "{:?}", t.notes);
+        // A plain-http alias is never used.
+        assert_eq!(t.by_app_path("/revoke").unwrap().send.to_string(), "https://as.example/revoke");
+        assert!(t.notes.iter().any(|n| n.contains("not https")), "{:?}", t.notes);
+    }
+
+    #[test]
     fn configured_endpoints_are_normalized_paths_under_the_upstream() {
         let c = cfg(r#"
 [routes.a]

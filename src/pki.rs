@@ -324,7 +324,7 @@ pub fn self_signed_for_signer(key: &crate::jose::SigningKey, cn: &str, days: i64
     };
     let remote = External { key, point: [vec![4], part("x")?, part("y")?].concat(), alg };
     let params = leaf_params(&[cn], LeafUse::Client, days)?;
-    Ok(params.self_signed(&remote)?.pem())
+    Ok(cert_pem(&params.self_signed(&remote)?))
 }
 
 /// A key rcgen cannot see: it signs through [`crate::jose::SigningKey::sign_input`].

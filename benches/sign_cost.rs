@@ -3,16 +3,16 @@
 //! thread, so a busy machine stretches the wall clock but not the figures):
 //!
 //! - `es256_sign_us`: one ES256 signature over a typical signing input, as tokenrelay makes
-//!   it (`SigningKey::sign_input`: SHA-256 + ECDSA P-256 by OpenSSL, raw R||S): the crypto
-//!   and nothing else;
+//!   it (`SigningKey::sign_input`: SHA-256 + ECDSA P-256 by ring's fixed-length signing,
+//!   raw R||S): the crypto and nothing else;
 //! - `es256_josekit_us`: the same signature through josekit's own signer (the bare josekit
 //!   sign call the JOSE layer is compared with);
 //! - `dpop_proof_us`: a whole DPoP proof as the pipeline makes it (header and claims JSON,
 //!   base64url, signature);
 //! - `assertion_us`: a whole `private_key_jwt` client assertion through
 //!   `rewrite::client_auth::apply` (form edits included);
-//! - `es256_ring_us`: for comparison, the same signature by ring (which rustls links), not
-//!   what tokenrelay uses.
+//! - `es256_ring_us`: for comparison, the same signature by ring through rustls's TLS
+//!   signing API (ASN.1 DER output).
 //!
 //! `BENCH_MS` (default 800) bounds each loop.
 
@@ -70,8 +70,8 @@ fn main() {
         std::hint::black_box(raw.sign(std::hint::black_box(&input)).ok());
     });
 
-    // For comparison only (tokenrelay signs with OpenSSL): the same signature by ring,
-    // which rustls already links, through rustls's signing API (ASN.1 DER output).
+    // For comparison: the same signature by ring through rustls's TLS signing API (ASN.1
+    // DER output), beside tokenrelay's fixed-length one.
     let ring_key = {
         use rustls::pki_types::pem::PemObject as _;
         let der = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.pkcs8_pem().expose())

@@ -1,15 +1,17 @@
-//! JOSE: the one module that touches `josekit` (and the OpenSSL it is built on).
+//! JOSE: the one module that touches `josekit` (and the OpenSSL it is built on) and signs
+//! with ring.
 //!
 //! Everything tokenrelay signs or verifies (client assertions, DPoP proofs, the demo AS's
 //! checks) goes through the small API here: [`Alg`], [`SigningKey`], [`SigningKey::sign`] and
 //! [`verify`]. Keeping josekit behind this wall means a change of JOSE library is a change
 //! of one file.
 //!
-//! ES256 and ES384 signatures are made by OpenSSL's ECDSA directly (the same library and key
-//! josekit uses): josekit's signer builds an OpenSSL 3 signing context per signature and
-//! round-trips the signature through ASN.1 DER, about 14 % of an ES256 signature's
-//! instructions (BENCHMARKS.md). The output is the same JWS: raw `R || S` (RFC 7518 §3.4),
-//! verified by josekit in the tests here and by real authorization servers in `tests/`.
+//! ES256 and ES384 signatures are made by ring's fixed-length ECDSA (the ring rustls already
+//! links), from the key josekit parsed: one key pair built when the key loads, `R || S`
+//! straight out (RFC 7518 §3.4), no signing context per signature and no ASN.1 DER round
+//! trip (BENCHMARKS.md). josekit keeps key parsing, JWKs, verification and the other
+//! algorithms. The output is verified by josekit in the tests here and by real authorization
+//! servers in `tests/`. Keys on a PKCS#11 token sign on the token ([`pkcs11`]).
 
 pub mod pkcs11;
 
@@ -271,7 +273,10 @@ impl SigningKey {
             _ => return Err(wrong(&pair)),
         };
         let signer = match alg {
-            Alg::ES256 | Alg::ES384 => Signer::Ecdsa(Ecdsa::from_der(&der, alg).map_err(|_| wrong(&pair))?),
+            Alg::ES256 | Alg::ES384 => match &pair {
+                Pair::Ec(k) => Signer::Ecdsa(Ecdsa::from_pair(k, alg).map_err(KeyError::Unreadable)?),
+                _ => return Err(wrong(&pair)),
+            },
             _ => Signer::Josekit(josekit),
         };
         let jwk = pair.as_key_pair().to_jwk_public_key();
@@ -379,7 +384,7 @@ impl Signer {
     fn signature_len(&self) -> usize {
         match self {
             Signer::Josekit(s) => s.signature_len(),
-            Signer::Ecdsa(e) => 2 * e.half,
+            Signer::Ecdsa(e) => e.len,
             Signer::Token(t) => t.signature_len(),
         }
     }
@@ -395,31 +400,60 @@ impl Signer {
     }
 }
 
-/// ES256 / ES384 (RFC 7518 §3.4): SHA-256 / SHA-384 of the input, ECDSA, `R || S` each
-/// left-padded to the curve size.
+/// ES256 / ES384 (RFC 7518 §3.4) by ring: SHA-256 / SHA-384 of the input, ECDSA, and the
+/// signature as RFC 7518 §3.4 wants it, `R || S` each left-padded to the curve size (ring's
+/// fixed-length encoding, no DER round trip). The key pair is built once, when the key loads.
 struct Ecdsa {
-    key: openssl::ec::EcKey<openssl::pkey::Private>,
-    /// Bytes of `R` (and of `S`): 32 for P-256, 48 for P-384.
-    half: usize,
+    key: ring::signature::EcdsaKeyPair,
+    /// Bytes of `R || S`: 64 for P-256, 96 for P-384.
+    len: usize,
+}
+
+/// The randomness ECDSA's nonces come from (ring's deterministic-plus-random nonce), one for
+/// the process.
+static RNG: OnceLock<ring::rand::SystemRandom> = OnceLock::new();
+
+fn rng() -> &'static ring::rand::SystemRandom {
+    RNG.get_or_init(ring::rand::SystemRandom::new)
 }
 
 impl Ecdsa {
-    fn from_der(der: &[u8], alg: Alg) -> Result<Ecdsa, openssl::error::ErrorStack> {
-        let key = openssl::pkey::PKey::private_key_from_der(der)?.ec_key()?;
-        Ok(Ecdsa { key, half: if alg == Alg::ES384 { 48 } else { 32 } })
+    /// From the private scalar `d` and public point `(x, y)` of the key josekit parsed (its
+    /// private JWK, RFC 7518 §6.2), each left-padded to the curve size. ring checks that the
+    /// point is `d`'s. (ring's PKCS#8 reader refuses the DER josekit gives for an EC key,
+    /// `InvalidEncoding`: ring wants the public point inside, which josekit leaves out.)
+    fn from_pair(pair: &EcKeyPair, alg: Alg) -> Result<Ecdsa, String> {
+        let (algorithm, len) = if alg == Alg::ES384 {
+            (&ring::signature::ECDSA_P384_SHA384_FIXED_SIGNING, 96)
+        } else {
+            (&ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING, 64)
+        };
+        // josekit's private JWK of an EC key carries `d` only; `x` and `y` are in its public one.
+        let (private, public) = (pair.to_jwk_private_key(), pair.to_jwk_public_key());
+        let member = |name: &str| -> Result<Vec<u8>, String> {
+            let jwk = if name == "d" { &private } else { &public };
+            let b64 = jwk.parameter(name).and_then(Value::as_str).ok_or(format!("no {name:?} in the EC key"))?;
+            let bytes = URL_SAFE_NO_PAD.decode(b64).map_err(|e| format!("EC key member {name:?}: {e}"))?;
+            let bytes = bytes.strip_prefix(&[0][..]).filter(|_| bytes.len() > len / 2).unwrap_or(&bytes);
+            if bytes.len() > len / 2 {
+                return Err(format!("EC key member {name:?} is longer than the curve size"));
+            }
+            let mut padded = vec![0; len / 2 - bytes.len()];
+            padded.extend_from_slice(bytes);
+            Ok(padded)
+        };
+        let d = zeroize::Zeroizing::new(member("d")?);
+        let mut point = vec![4];
+        point.extend(member("x")?);
+        point.extend(member("y")?);
+        let key = ring::signature::EcdsaKeyPair::from_private_key_and_public_key(algorithm, &d, &point, rng())
+            .map_err(|e| format!("EC key rejected by ring: {e}"))?;
+        Ok(Ecdsa { key, len })
     }
 
     fn sign(&self, input: &[u8]) -> Result<Vec<u8>, JoseError> {
-        let failed = |e: openssl::error::ErrorStack| JoseError(format!("ECDSA signing failed: {e}"));
-        let sig = if self.half == 48 {
-            openssl::ecdsa::EcdsaSig::sign(&openssl::sha::sha384(input), &self.key)
-        } else {
-            openssl::ecdsa::EcdsaSig::sign(&openssl::sha::sha256(input), &self.key)
-        }
-        .map_err(failed)?;
-        let mut out = sig.r().to_vec_padded(self.half as i32).map_err(failed)?;
-        out.extend(sig.s().to_vec_padded(self.half as i32).map_err(failed)?);
-        Ok(out)
+        let sig = self.key.sign(rng(), input).map_err(|_| JoseError("ECDSA signing failed".into()))?;
+        Ok(sig.as_ref().to_vec())
     }
 }
 
@@ -596,10 +630,13 @@ mod tests {
 
     #[test]
     fn ecdsa_signatures_verify_with_josekit_including_short_r_and_s() {
-        // R or S below 2^(8·(n-1)) (a leading zero byte, 1 in 256 each) must still be
-        // padded to the curve size: 400 signatures per curve meet some with near certainty.
+        // Signatures by ring (`Signer::Ecdsa`), verified by josekit. R or S below
+        // 2^(8·(n-1)) (a leading zero byte, 1 in 256 each) must still be padded to the curve
+        // size: 2000 ES256 signatures meet one with probability 1 - (254/256)^2000 > 1 - 1e-6,
+        // and the test checks that they did.
         for alg in [Alg::ES256, Alg::ES384] {
             let key = SigningKey::generate(alg).unwrap();
+            assert!(matches!(key.signer, Signer::Ecdsa(_)), "{alg} is not signed by ring");
             let verifier: Box<dyn JwsVerifier> = match alg {
                 Alg::ES256 => Box::new(
                     EcdsaJwsAlgorithm::Es256
@@ -612,7 +649,8 @@ mod tests {
                         .unwrap(),
                 ),
             };
-            let n = if alg == Alg::ES256 { 400 } else { 100 };
+            let (n, half) = if alg == Alg::ES256 { (2000, 32) } else { (500, 48) };
+            let mut short = 0;
             for i in 0..n {
                 let claims: Map<String, Value> = [("i".to_string(), Value::from(i))].into_iter().collect();
                 let jws = key.sign(Map::new(), &claims).unwrap();
@@ -620,7 +658,28 @@ mod tests {
                     .unwrap_or_else(|e| panic!("{alg} signature {i} does not verify: {e}"));
                 assert_eq!(serde_json::from_slice::<Value>(&payload).unwrap()["i"], i);
                 let sig = URL_SAFE_NO_PAD.decode(jws.rsplit('.').next().unwrap()).unwrap();
-                assert_eq!(sig.len(), if alg == Alg::ES256 { 64 } else { 96 });
+                assert_eq!(sig.len(), 2 * half);
+                short += usize::from(sig[0] == 0 || sig[half] == 0);
+            }
+            if alg == Alg::ES256 {
+                assert!(short > 0, "no ES256 signature with a short R or S in {n}");
+            }
+        }
+    }
+
+    #[test]
+    fn ec_keys_from_sec1_pem_and_jwk_sign_by_ring() {
+        // ring builds its key pair from the key josekit parsed, whatever form the key file
+        // had: SEC1 `EC PRIVATE KEY` PEM and a private JWK too.
+        for alg in [Alg::ES256, Alg::ES384] {
+            let generated = SigningKey::generate(alg).unwrap();
+            let Some(Pair::Ec(pair)) = &generated.pair else { panic!("not an EC key") };
+            for bytes in [pair.to_traditional_pem_private_key(), pair.to_jwk_private_key().to_string().into_bytes()] {
+                let key = SigningKey::load(&bytes, alg).unwrap();
+                assert!(matches!(key.signer, Signer::Ecdsa(_)));
+                assert_eq!(key.thumbprint(), generated.thumbprint());
+                let jws = key.sign(Map::new(), &Map::new()).unwrap();
+                verify(&jws, alg, VerifyKey::Jwk(generated.public_jwk())).unwrap();
             }
         }
     }

@@ -1,7 +1,7 @@
 //! The layout the README's architecture section describes, checked: top-level modules use
-//! each other without cycles (data flows one way), and the two wrapped libraries stay behind
-//! their one module each (josekit, the OpenSSL under it and cryptoki's PKCS#11 in `jose`,
-//! rcgen in `pki`).
+//! each other without cycles (data flows one way), and the wrapped libraries stay behind
+//! their one module each (josekit, the OpenSSL under it, ring's signing and cryptoki's
+//! PKCS#11 in `jose`, rcgen in `pki`).
 //!
 //! It reads `src/` as text: every `crate::name` path in a module's files is an edge from
 //! that module to `name`. `cargo test --test architecture -- --nocapture` prints the graph,
@@ -211,6 +211,7 @@ fn wrapped_libraries_stay_behind_one_module() {
         if module != "jose" {
             assert!(!text.contains("josekit"), "{module} uses josekit; JOSE goes through crate::jose");
             assert!(!text.contains("openssl::"), "{module} uses OpenSSL; signing goes through crate::jose");
+            assert!(!text.contains("ring::signature"), "{module} signs with ring; signing goes through crate::jose");
         }
         if module != "jose" {
             assert!(!text.contains("cryptoki"), "{module} uses cryptoki; PKCS#11 signing goes through crate::jose");

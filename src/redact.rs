@@ -115,7 +115,7 @@ mod tests {
         let s = Secret::new("hunter2");
         assert_eq!(format!("{s:?} {s}"), "[redacted] [redacted]");
         assert_eq!(s.expose(), "hunter2");
-        let b = SecretBytes::new(b"-----BEGIN PRIVATE KEY-----".to_vec());
+        let b = SecretBytes::new(b"pem header of a private key".to_vec());
         assert_eq!(format!("{b:?}"), "[redacted 27 bytes]");
     }
 

@@ -135,7 +135,13 @@ impl std::fmt::Display for AssertionSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             AssertionSource::File(p) => write!(f, "file {}", p.display()),
-            AssertionSource::Command { argv, .. } => write!(f, "command {argv:?}"),
+            // The program only: arguments may carry secrets (a token, a client secret), and
+            // this text reaches 502 answers, logs and `check`.
+            AssertionSource::Command { argv, .. } => match argv.split_first() {
+                Some((program, [])) => write!(f, "command {program:?}"),
+                Some((program, args)) => write!(f, "command {program:?} (+{} arguments, not shown)", args.len()),
+                None => f.write_str("command (empty)"),
+            },
         }
     }
 }
